@@ -1,0 +1,81 @@
+"""
+### consent_gate_daily
+
+Publishes one UTC day of **training-eligible meeting content** and **telemetry aggregates**.
+
+Each run snapshots consent at a pinned `as_of`, gates the day's meeting artifacts (dropping all
+content whose subjects did not opt in), aggregates telemetry with k-suppression, checks that every
+input unit is accounted for, and only then publishes atomically with a manifest under `_audit/`.
+
+- **Which day:** scheduled and backfill runs process their data interval's day; a manual run processes
+  the last complete UTC day, or the day named by the `day` param.
+- **Settings:** connection `consent_db`; variables `consent_gate_raw_uri`, `consent_gate_out_uri`,
+  `consent_gate_hmac_key`, `consent_gate_policy_file` (see `airflow_settings.yaml`).
+- All logic lives in `include/consent_gate`; this file only wires the steps.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+CONTENT = Asset("consent_gate_content", uri="file:///consent-gate/content")
+AGGREGATES = Asset("consent_gate_aggregates", uri="file:///consent-gate/aggregates")
+
+
+@dag(
+    dag_id="consent_gate_daily",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "data-platform", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+    params={
+        "day": Param(None, type=["null", "string"], description="UTC day YYYY-MM-DD; default: the run's interval"),
+        "as_of": Param(None, type=["null", "string"], description="consent snapshot instant; default: now"),
+    },
+    tags=["consent-gate", "privacy", "training-data"],
+    doc_md=__doc__,
+)
+def consent_gate_daily():
+    @task
+    def snapshot_consent(params=None, data_interval_start=None, data_interval_end=None, run_id=None) -> dict:
+        """Pin the day and `as_of`; record the visible consent's checksum in a new stage."""
+        from consent_gate.airflow_tasks import snapshot_task
+
+        return snapshot_task(params, data_interval_start, data_interval_end, run_id)
+
+    @task
+    def gate_content(stage: dict) -> dict:
+        """Gate the day's meeting artifacts into staged content, exclusions and quarantine."""
+        from consent_gate.airflow_tasks import gate_task
+
+        return gate_task(stage)
+
+    @task
+    def aggregate_telemetry(stage: dict) -> dict:
+        """Aggregate the day's telemetry; small groups are suppressed."""
+        from consent_gate.airflow_tasks import aggregate_task
+
+        return aggregate_task(stage)
+
+    @task
+    def validate(stage: dict, content: dict, telemetry: dict) -> dict:
+        """Reconcile every unit and check the quarantine ratio; a failure publishes nothing."""
+        from consent_gate.airflow_tasks import validate_task
+
+        return validate_task(stage)
+
+    @task(outlets=[CONTENT, AGGREGATES])
+    def publish(stage: dict) -> str:
+        """Publish the validated stage atomically; returns the manifest's path."""
+        from consent_gate.airflow_tasks import publish_task
+
+        return publish_task(stage)
+
+    stage = snapshot_consent()
+    publish(validate(stage, gate_content(stage), aggregate_telemetry(stage)))
+
+
+consent_gate_daily()

@@ -1,0 +1,61 @@
+"""The bodies of the DAG's tasks: a few lines each around `pipeline`, testable with Airflow installed.
+
+Stages travel between tasks as small dicts ({"day", "attempt"}): paths, never data frames.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from datetime import UTC, date, datetime
+from typing import Any
+
+from consent_gate import pipeline
+from consent_gate.runs import as_of_for_run, partition_for_run, settings_from_airflow
+
+log = logging.getLogger(__name__)
+
+
+def _stage(payload: dict[str, str]) -> pipeline.Stage:
+    return pipeline.Stage(date.fromisoformat(payload["day"]), payload["attempt"])
+
+
+def snapshot_task(params: Any, interval_start: Any, interval_end: Any, run_id: str | None) -> dict[str, str]:
+    params = params or {}
+    day = partition_for_run(interval_start, interval_end, params.get("day"))
+    as_of = as_of_for_run(params.get("as_of"), datetime.now(UTC))
+    settings = settings_from_airflow()
+    stage = pipeline.snapshot_consent(settings, day, as_of, run_id=run_id or "manual", dag_run_id=run_id)
+    log.info("partition %s, consent as of %s, stage %s", day, as_of.isoformat(), stage.root)
+    return {"day": day.isoformat(), "attempt": stage.attempt}
+
+
+def gate_task(payload: dict[str, str]) -> dict[str, Any]:
+    report = pipeline.gate_content(settings_from_airflow(), _stage(payload), progress=log.info)
+    return asdict(report)
+
+
+def aggregate_task(payload: dict[str, str]) -> dict[str, int]:
+    return pipeline.aggregate_day(settings_from_airflow(), _stage(payload))
+
+
+def validate_task(payload: dict[str, str]) -> dict[str, str]:
+    """Failing checks fail the task for good (no retry can fix the data) and keep the evidence."""
+    from airflow.exceptions import AirflowFailException
+
+    settings, stage = settings_from_airflow(), _stage(payload)
+    checks = pipeline.validate_stage(settings, stage)
+    for check in checks:
+        log.info("check %s: %s (%s)", check.name, "passed" if check.passed else "FAILED", check.detail)
+    failed = [c.name for c in checks if not c.passed]
+    if failed:
+        evidence = pipeline.record_failed_attempt(settings, stage, f"checks failed: {', '.join(failed)}")
+        raise AirflowFailException(f"checks failed: {', '.join(failed)}; nothing published; evidence: {evidence}")
+    return payload
+
+
+def publish_task(payload: dict[str, str]) -> str:
+    settings, stage = settings_from_airflow(), _stage(payload)
+    manifest = pipeline.publish_stage(settings, stage)
+    log.info("published %s: %s content rows", manifest["partition"], manifest["counts"]["content"]["published"])
+    return f"{settings.out}/_audit/dt={stage.day.isoformat()}/manifest.json"

@@ -1,0 +1,175 @@
+"""`consent-gate`: the same code as the DAGs, for one day, without a scheduler (SPEC §8).
+
+Defaults make every command work on the embedded default: `var/` in the project holds the sample
+landing zone (`var/raw`), the SQLite consent store (`var/consent.db`), the HMAC secret
+(`var/hmac.key`) and the outputs (`var/out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from consent_gate.config import load_policy
+from consent_gate.keys import Keyer, MissingSecretError, create_secret_file, load_secret
+from consent_gate.pipeline import GateCheckFailed, RunSettings, project_var, run_day
+from consent_gate.records import MalformedRecord, parse_timestamp
+
+
+def _defaults() -> dict[str, str]:
+    var = project_var()
+    return {
+        "raw": str(var / "raw"),
+        "out": str(var / "out"),
+        "consent_db": f"sqlite:///{var / 'consent.db'}",
+        "key_file": str(var / "hmac.key"),
+    }
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def _instant(value: str) -> datetime:
+    try:
+        return parse_timestamp(value, "--as-of")
+    except MalformedRecord as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _common(parser: argparse.ArgumentParser, *, consent: bool = True) -> None:
+    defaults = _defaults()
+    parser.add_argument("--raw", default=defaults["raw"], help="landing zone: a path or URI (default: %(default)s)")
+    parser.add_argument("--out", default=defaults["out"], help="output root: a path or URI (default: %(default)s)")
+    if consent:
+        parser.add_argument(
+            "--consent-db",
+            default=defaults["consent_db"],
+            help="SQLAlchemy URL of the consent store (default: %(default)s)",
+        )
+    parser.add_argument(
+        "--key-file", default=defaults["key_file"], type=Path,
+        help="HMAC secret file, used when $CONSENT_GATE_HMAC_KEY is unset (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--policy", default=None, help="policy YAML (default: the project's policy.yaml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="consent-gate", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sample = commands.add_parser("sample", help="write a realistic sample landing zone and consent store")
+    sample.add_argument(
+        "--out", type=Path, default=project_var(), help="folder for raw/ and consent.db (default: %(default)s)"
+    )
+    sample.add_argument("--days", type=int, default=3)
+    sample.add_argument("--meetings", type=int, default=40, help="meetings per day")
+    sample.add_argument("--seed", type=int, default=7)
+    sample.add_argument("--start", type=_day, default=None, help="first day (default: 2026-11-02)")
+
+    run = commands.add_parser("run", help="gate one day and publish it if every check passes")
+    run.add_argument("--date", type=_day, required=True)
+    run.add_argument("--as-of", type=_instant, default=None, help="consent snapshot instant (default: now)")
+    _common(run)
+
+    explain = commands.add_parser("explain", help="why an artifact was kept or dropped")
+    explain.add_argument("--date", type=_day, required=True)
+    explain.add_argument("--artifact", required=True, help="artifact_id, e.g. m_1a2b/chat/42")
+    _common(explain)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> RunSettings:
+    return RunSettings(
+        raw=args.raw,
+        out=args.out,
+        consent_db=args.consent_db,
+        policy=load_policy(args.policy),
+        secret=load_secret(args.key_file),
+    )
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from consent_gate.sample import DEFAULT_SAMPLE_START, write_sample
+
+    summary = write_sample(
+        args.out, start=args.start or DEFAULT_SAMPLE_START, days=args.days, meetings_per_day=args.meetings,
+        seed=args.seed, progress=_say,
+    )  # fmt: skip
+    create_secret_file(args.out / "hmac.key")
+    days = ", ".join(d.isoformat() for d in summary.days)
+    print(f"sample landing zone: {summary.raw_dir}")
+    print(f"consent store:       sqlite:///{summary.consent_db} ({summary.consent_events} events)")
+    print(f"days:                {days} ({summary.meetings} meetings, {summary.telemetry_events} telemetry events)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    as_of = args.as_of or datetime.now(UTC)
+    _say(f"gating {args.date} with consent as of {as_of.isoformat()}")
+    try:
+        outcome = run_day(settings, args.date, as_of, run_id="cli", progress=_say)
+    except GateCheckFailed as error:
+        _say(f"FAILED, nothing published: {error}")
+        print(f"failed attempt's evidence: {args.out}/_audit/dt={args.date}/attempts/", file=sys.stderr)
+        return 1
+    counts = outcome.manifest["counts"]
+    content, telemetry = counts["content"], counts["telemetry"]
+    excluded = ", ".join(f"{k} {v}" for k, v in content["excluded"].items() if v) or "none"
+    print(f"published {args.date}: {content['published']} of {content['units_in']} content units")
+    print(f"  excluded: {excluded}")
+    print(f"  quarantined: {counts['quarantined']} units ({counts['quarantine_ratio']:.3%})")
+    print(
+        f"  telemetry: {telemetry['aggregated']} events in published groups, "
+        f"{telemetry['suppressed_groups']} groups suppressed (k={settings.policy.k_min_distinct_users})"
+    )
+    for check in outcome.checks:
+        print(f"  check {check.name}: {'passed' if check.passed else 'FAILED'}")
+    print(f"content:   {args.out}/content/dt={args.date}/")
+    print(f"manifest:  {args.out}/{outcome.manifest_path}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from consent_gate.consent import take_snapshot
+    from consent_gate.explain import explain
+
+    settings = settings_from(args)
+    store = settings.store()
+    manifest_path = f"_audit/dt={args.date}/manifest.json"
+    snapshot = None
+    if store.exists(manifest_path):
+        as_of = parse_timestamp(store.read_json(manifest_path)["as_of"], "as_of")
+        snapshot = take_snapshot(settings.consent_db, as_of)
+    result = explain(
+        store, args.date, args.artifact, zone=settings.zone(), snapshot=snapshot, keyer=Keyer(settings.secret)
+    )
+    print(result.render())
+    return 0 if result.outcome != "unknown" else 2
+
+
+COMMANDS = {"sample": cmd_sample, "run": cmd_run, "explain": cmd_explain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except MissingSecretError as error:
+        print(f"consent-gate: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

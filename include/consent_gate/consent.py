@@ -1,0 +1,299 @@
+"""Consent snapshots: effective-dated grants and revocations, frozen at an instant `as_of`.
+
+SPEC §3: a run sees the consent events recorded at or before `as_of`; the state of a subject for a
+content type at instant t is the decision of the last visible event (for that content type or `*`)
+effective at or before t, ordered by (effective_at, recorded_at, revoke after grant, event_id).
+
+The snapshot keeps the visible events as sorted numpy arrays, so that a batch of (subject, content
+type, instant) questions is answered with two binary searches instead of a join that holds the
+day in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from consent_gate.records import MalformedRecord, parse_timestamp
+
+PURPOSE = "ai_training"
+CONTENT_TYPES = ("transcript", "chat", "summary", "recording")
+SUBJECT_TYPES = ("account", "user")
+DECISIONS = ("grant", "revoke")
+COLUMNS = (
+    "event_id", "subject_type", "subject_id", "purpose", "content_type",
+    "decision", "effective_at", "recorded_at", "terms_version",
+)  # fmt: skip
+GRANT, REVOKE, NONE = 1, 0, -1
+
+
+class ConsentStoreError(RuntimeError):
+    """The consent store cannot be read well enough to decide anything: the run fails."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableConsentRow:
+    """A visible consent row that could not be read; its subject is not consented for the run."""
+
+    event_id: str
+    subject_type: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEvent:
+    event_id: str
+    subject_type: str
+    subject_id: str
+    content_type: str  # one of CONTENT_TYPES or '*'
+    decision: str
+    effective_at: datetime
+    recorded_at: datetime
+    terms_version: str | None
+
+
+def subject_key(subject_type: str, subject_id: str) -> str:
+    return f"{subject_type}\x1f{subject_id}"
+
+
+@dataclass
+class ConsentSnapshot:
+    """The consent visible at `as_of`, indexed for batched state look-ups."""
+
+    as_of: datetime
+    checksum: str
+    visible_events: int
+    unreadable: list[UnreadableConsentRow]
+    _subjects: pd.Index  # subject keys, position = subject code
+    _failed_closed: np.ndarray  # bool per subject code: an unreadable row names it
+    _event_slot: np.ndarray  # int64: slot * n_times + time rank, sorted
+    _event_decision: np.ndarray  # int8 GRANT/REVOKE
+    _event_terms: np.ndarray  # object: terms_version per event
+    _times: np.ndarray  # sorted unique effective_at in ns
+    _decision_cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def failed_closed_subjects(self) -> int:
+        return int(self._failed_closed.sum())
+
+    def states(
+        self, subjects: Sequence[str], content_type: str | Sequence[str], instants_ns: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """State (GRANT, REVOKE or NONE) and deciding terms_version for each (subject, ct, instant).
+
+        `subjects` are subject_key()s. A subject named by an unreadable row is NONE: fail closed.
+        """
+        codes = self._subjects.get_indexer(pd.Index(subjects, dtype=object))
+        if isinstance(content_type, str):
+            ct_codes = np.full(len(codes), CONTENT_TYPES.index(content_type), dtype=np.int64)
+        else:
+            ct_codes = np.array([CONTENT_TYPES.index(c) for c in content_type], dtype=np.int64)
+        known = codes >= 0
+        slots = np.where(known, codes, 0).astype(np.int64) * len(CONTENT_TYPES) + ct_codes
+        n_times = max(len(self._times), 1)
+        time_rank = np.searchsorted(self._times, np.asarray(instants_ns, dtype=np.int64), side="right") - 1
+        query = slots * n_times + time_rank
+        position = np.searchsorted(self._event_slot, query, side="right") - 1
+        safe = np.clip(position, 0, max(len(self._event_slot) - 1, 0))
+        found = known & (time_rank >= 0) & (position >= 0) & (len(self._event_slot) > 0)
+        if len(self._event_slot):
+            found &= (self._event_slot[safe] // n_times) == slots
+            found &= ~self._failed_closed[np.where(known, codes, 0)]
+            state = np.where(found, self._event_decision[safe], NONE).astype(np.int8)
+            terms = np.where(found, self._event_terms[safe], None)
+        else:
+            state = np.full(len(codes), NONE, dtype=np.int8)
+            terms = np.full(len(codes), None, dtype=object)
+        return state, terms
+
+    def consented(
+        self, subjects: Sequence[str], content_type: str | Sequence[str], captured_ns: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """SPEC §3: granted both at capture and at as_of. Returns (bool mask, terms at capture)."""
+        at_capture, terms = self.states(subjects, content_type, captured_ns)
+        as_of_ns = np.full(len(subjects), to_ns(self.as_of), dtype=np.int64)
+        at_as_of, _ = self.states(subjects, content_type, as_of_ns)
+        return (at_capture == GRANT) & (at_as_of == GRANT), terms
+
+
+def to_ns(instant: datetime) -> int:
+    if instant.tzinfo is None:
+        raise ValueError("naive datetime: every instant in consent-gate carries an offset")
+    return int(pd.Timestamp(instant).as_unit("ns").value)
+
+
+def _cell_timestamp(value: Any, field_name: str) -> datetime:
+    """Timestamps arrive as text (SQLite) or timezone-aware datetimes (PostgreSQL timestamptz)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise MalformedRecord(field_name, "timestamp without a UTC offset")
+        return value.astimezone(UTC)
+    return parse_timestamp(value, field_name)
+
+
+def parse_consent_row(row: Sequence[Any]) -> ConsentEvent:
+    """One consent_events row, strictly; raises MalformedRecord naming the field."""
+    values = dict(zip(COLUMNS, row, strict=True))
+    for name in ("event_id", "subject_type", "subject_id", "content_type", "decision"):
+        if not isinstance(values[name], str) or not values[name]:
+            raise MalformedRecord(name, "missing or not text")
+    if values["subject_type"] not in SUBJECT_TYPES:
+        raise MalformedRecord("subject_type", "not 'account' or 'user'")
+    if values["content_type"] not in (*CONTENT_TYPES, "*"):
+        raise MalformedRecord("content_type", "not a known content type or '*'")
+    if values["decision"] not in DECISIONS:
+        raise MalformedRecord("decision", "not 'grant' or 'revoke'")
+    terms = values["terms_version"]
+    if terms is not None and not isinstance(terms, str):
+        raise MalformedRecord("terms_version", "not text")
+    return ConsentEvent(
+        event_id=values["event_id"],
+        subject_type=values["subject_type"],
+        subject_id=values["subject_id"],
+        content_type=values["content_type"],
+        decision=values["decision"],
+        effective_at=_cell_timestamp(values["effective_at"], "effective_at"),
+        recorded_at=_cell_timestamp(values["recorded_at"], "recorded_at"),
+        terms_version=terms,
+    )
+
+
+def _row_digest(row: Sequence[Any]) -> int:
+    canonical = "\x1e".join("" if v is None else str(v) for v in row)
+    return int.from_bytes(hashlib.sha256(canonical.encode()).digest(), "big")
+
+
+class _SnapshotBuilder:
+    """Accumulates visible rows; the checksum is order-independent so rows can stream in."""
+
+    def __init__(self, as_of: datetime) -> None:
+        self.as_of = as_of
+        self.digest_sum = 0
+        self.visible = 0
+        self.unreadable: list[UnreadableConsentRow] = []
+        self.failed_closed: set[str] = set()
+        self.subjects: list[str] = []
+        self.content_types: list[str] = []
+        self.decisions: list[int] = []
+        self.effective: list[int] = []
+        self.recorded: list[int] = []
+        self.event_ids: list[str] = []
+        self.terms: list[str | None] = []
+        self._last_event_id: str | None = None
+        self._last_subject: str | None = None
+
+    def add(self, row: Sequence[Any]) -> None:
+        purpose = row[3]
+        if isinstance(purpose, str) and purpose != PURPOSE:
+            return  # another purpose's consent never decides ai_training
+        try:
+            recorded_at = _cell_timestamp(row[7], "recorded_at")
+            if recorded_at > self.as_of:
+                return  # not yet recorded at as_of: invisible, readable or not
+        except MalformedRecord:
+            pass  # cannot tell when it was recorded: treat as visible, and unreadable below
+        self.visible += 1
+        self.digest_sum = (self.digest_sum + _row_digest(row)) % (1 << 256)
+        duplicate = row[0] is not None and row[0] == self._last_event_id
+        if duplicate and self._last_subject is not None:
+            # Two rows claim one id: neither can be trusted, so both subjects fail closed.
+            self.failed_closed.add(self._last_subject)
+        readable_subject = row[1] in SUBJECT_TYPES and isinstance(row[2], str) and row[2]
+        self._last_event_id = row[0]
+        self._last_subject = subject_key(row[1], row[2]) if readable_subject else None
+        try:
+            if purpose is None:
+                raise MalformedRecord("purpose", "missing")
+            if duplicate:
+                raise MalformedRecord("event_id", "duplicate event_id")
+            event = parse_consent_row(row)
+        except MalformedRecord as error:
+            self._fail_closed(row, error)
+            return
+        key = subject_key(event.subject_type, event.subject_id)
+        for content_type in CONTENT_TYPES if event.content_type == "*" else (event.content_type,):
+            self.subjects.append(key)
+            self.content_types.append(content_type)
+            self.decisions.append(GRANT if event.decision == "grant" else REVOKE)
+            self.effective.append(to_ns(event.effective_at))
+            self.recorded.append(to_ns(event.recorded_at))
+            self.event_ids.append(event.event_id)
+            self.terms.append(event.terms_version)
+
+    def _fail_closed(self, row: Sequence[Any], error: MalformedRecord) -> None:
+        subject_type, subject_id = row[1], row[2]
+        if subject_type not in SUBJECT_TYPES or not isinstance(subject_id, str) or not subject_id:
+            raise ConsentStoreError(
+                f"consent_events row event_id={row[0]!r}: {error}, and its subject cannot be read either; "
+                "refusing to decide any consent"
+            )
+        self.failed_closed.add(subject_key(subject_type, subject_id))
+        self.unreadable.append(UnreadableConsentRow(str(row[0]), subject_type, str(error)))
+
+    def build(self) -> ConsentSnapshot:
+        subjects = pd.Index(sorted(set(self.subjects) | self.failed_closed), dtype=object)
+        failed = np.zeros(len(subjects), dtype=bool)
+        if self.failed_closed:
+            failed[subjects.get_indexer(sorted(self.failed_closed))] = True
+        codes = subjects.get_indexer(pd.Index(self.subjects, dtype=object)).astype(np.int64)
+        ct = np.array([CONTENT_TYPES.index(c) for c in self.content_types], dtype=np.int64)
+        slot = codes * len(CONTENT_TYPES) + ct
+        effective = np.array(self.effective, dtype=np.int64)
+        recorded = np.array(self.recorded, dtype=np.int64)
+        decision = np.array(self.decisions, dtype=np.int8)
+        event_rank = pd.factorize(pd.Index(self.event_ids, dtype=object), sort=True)[0]
+        # np.lexsort sorts by the last key first: slot, then effective_at, recorded_at,
+        # revoke after grant (grant=1 sorts after revoke=0, so rank on 1 - decision), event_id.
+        order = np.lexsort((event_rank, 1 - decision, recorded, effective, slot))
+        times = np.unique(effective)
+        n_times = max(len(times), 1)
+        time_rank = np.searchsorted(times, effective)
+        checksum = hashlib.sha256(f"{self.visible}:{self.digest_sum:064x}".encode()).hexdigest()
+        return ConsentSnapshot(
+            as_of=self.as_of,
+            checksum=checksum,
+            visible_events=self.visible,
+            unreadable=self.unreadable,
+            _subjects=subjects,
+            _failed_closed=failed,
+            _event_slot=(slot * n_times + time_rank)[order],
+            _event_decision=decision[order],
+            _event_terms=np.array(self.terms, dtype=object)[order],
+            _times=times,
+        )
+
+
+def snapshot_from_rows(rows: Iterable[Sequence[Any]], as_of: datetime) -> ConsentSnapshot:
+    """A snapshot of rows given in COLUMNS order, sorted by event_id (duplicates detected adjacent)."""
+    builder = _SnapshotBuilder(as_of.astimezone(UTC))
+    for row in rows:
+        builder.add(row)
+    return builder.build()
+
+
+def read_consent_rows(url: str, batch_size: int = 50_000) -> Iterator[tuple[Any, ...]]:
+    """Stream consent_events rows from a SQLAlchemy URL, ordered by event_id."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    query = sa.text(f"SELECT {', '.join(COLUMNS)} FROM consent_events ORDER BY event_id")
+    try:
+        with engine.connect() as connection:
+            result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(query)
+            for row in result:
+                yield tuple(row)
+    except sa.exc.SQLAlchemyError as error:
+        raise ConsentStoreError(f"cannot read consent_events from the consent store: {type(error).__name__}") from None
+    finally:
+        engine.dispose()
+
+
+def take_snapshot(url: str, as_of: datetime) -> ConsentSnapshot:
+    """The consent visible at `as_of` in the store at `url`."""
+    return snapshot_from_rows(read_consent_rows(url), as_of)

@@ -1,0 +1,118 @@
+"""Why was an artifact kept or dropped? Answered from a day's published evidence.
+
+The answer names the outcome, the reason and, for consent reasons, which required subject (by
+kind and keyed hash, never raw id) lacked consent at capture or at `as_of`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from consent_gate.consent import GRANT, NONE, ConsentSnapshot, subject_key, to_ns
+from consent_gate.gate import required_subjects, structural_reason
+from consent_gate.keys import Keyer
+from consent_gate.publish import OutputStore
+from consent_gate.sources import LandingZone, read_meeting
+
+_STATE = {GRANT: "grant", 0: "revoke", NONE: "none"}
+
+
+@dataclass
+class Explanation:
+    artifact_id: str
+    partition: str
+    outcome: str  # published | excluded | quarantined | unknown
+    reason: str | None = None
+    as_of: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    subjects: list[dict[str, str]] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [f"artifact {self.artifact_id} on {self.partition}: {self.outcome.upper()}"]
+        if self.reason:
+            lines.append(f"  reason: {self.reason}")
+        if self.as_of:
+            lines.append(f"  consent as_of: {self.as_of}")
+        lines.extend(f"  {k}: {v}" for k, v in self.facts.items())
+        for s in self.subjects:
+            lines.append(
+                f"  required {s['kind']} {s['key'][:16]}…: at capture {s['at_capture']}, at as_of {s['at_as_of']}"
+            )
+        return "\n".join(lines)
+
+
+def _find(store: OutputStore, relative: str, artifact_id: str) -> dict[str, Any] | None:
+    if not store.exists(relative):
+        return None
+    dataset = ds.dataset(store.path(relative), filesystem=store.fs, format="parquet")
+    table = dataset.to_table(filter=ds.field("artifact_id") == artifact_id)
+    return table.to_pylist()[0] if table.num_rows else None
+
+
+def explain(
+    store: OutputStore,
+    day: date,
+    artifact_id: str,
+    *,
+    zone: LandingZone | None = None,
+    snapshot: ConsentSnapshot | None = None,
+    keyer: Keyer | None = None,
+) -> Explanation:
+    """The evidence for one artifact; with the landing zone and the run's snapshot, per-subject detail."""
+    partition = day.isoformat()
+    manifest_path = f"_audit/dt={partition}/manifest.json"
+    if not store.exists(manifest_path):
+        return Explanation(artifact_id, partition, "unknown", facts={"evidence": "no published run for this day"})
+    manifest = store.read_json(manifest_path)
+    result = Explanation(artifact_id, partition, "unknown", as_of=manifest["as_of"])
+    result.facts["run"] = manifest["run_id"]
+    row = _find(store, f"content/dt={partition}", artifact_id)
+    if row is not None:
+        result.outcome = "published"
+        result.facts["captured_at"] = row["captured_at"].isoformat()
+        result.facts["terms_versions"] = ", ".join(row["terms_versions"]) or "-"
+    elif (row := _find(store, f"_audit/dt={partition}/excluded.parquet", artifact_id)) is not None:
+        result.outcome, result.reason = "excluded", row["reason"]
+    else:
+        meeting_id = artifact_id.split("/", 1)[0]
+        with store.open(f"_audit/dt={partition}/quarantine.parquet") as handle:
+            units = pq.read_table(handle).to_pylist()
+        hits = [u for u in units if f"/{meeting_id}/" in f"{u['unit']}/"]
+        if hits:
+            result.outcome = "quarantined"
+            result.reason = "; ".join(f"{u['unit']}: {u['error']}" for u in hits)
+        else:
+            result.facts["evidence"] = "not read on this day (no such artifact in the landing zone's partition)"
+    if zone is not None and snapshot is not None and keyer is not None and result.outcome != "quarantined":
+        result.subjects = _subject_detail(zone, day, artifact_id, snapshot, keyer)
+    return result
+
+
+def _subject_detail(
+    zone: LandingZone, day: date, artifact_id: str, snapshot: ConsentSnapshot, keyer: Keyer
+) -> list[dict[str, str]]:
+    meeting_id = artifact_id.split("/", 1)[0]
+    read = read_meeting(zone, f"{zone.meetings_prefix(day)}/{meeting_id}", day)
+    artifact = next((a for a in read.artifacts if a.artifact_id == artifact_id), None)
+    if artifact is None or structural_reason(artifact) is not None:
+        return []
+    subjects = required_subjects(artifact)
+    keys = [subject_key(kind, sid) for kind, sid in subjects]
+    captured = np.full(len(keys), to_ns(artifact.captured_at), dtype=np.int64)
+    at_capture, _ = snapshot.states(keys, artifact.content_type, captured)
+    at_as_of, _ = snapshot.states(keys, artifact.content_type, np.full(len(keys), to_ns(snapshot.as_of)))
+    return [
+        {
+            "kind": kind,
+            "key": keyer.key(kind, sid),
+            "at_capture": _STATE[int(c)],
+            "at_as_of": _STATE[int(a)],
+        }
+        for (kind, sid), c, a in zip(subjects, at_capture, at_as_of, strict=True)
+    ]

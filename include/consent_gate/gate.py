@@ -1,0 +1,151 @@
+"""The eligibility rule of SPEC §3: which artifacts may train models, and why the others may not.
+
+Decisions are made a batch at a time: the structural reasons (private message, unidentified
+speaker, guest) are read off each artifact, then every (artifact, required subject) pair of the
+batch is asked of the consent snapshot at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+
+from consent_gate.consent import ConsentSnapshot, subject_key, to_ns
+from consent_gate.keys import Keyer
+from consent_gate.sources import Artifact
+
+# In the order SPEC §3 applies them: the first that holds is the reason.
+REASONS = (
+    "private_message",
+    "unidentified_speaker",
+    "guest_participant",
+    "account_not_consented",
+    "user_not_consented",
+)
+
+CONTENT_SCHEMA = pa.schema(
+    [
+        ("artifact_id", pa.string()),
+        ("artifact_type", pa.string()),
+        ("meeting_key", pa.string()),
+        ("user_keys", pa.list_(pa.string())),
+        ("account_keys", pa.list_(pa.string())),
+        ("captured_at", pa.timestamp("us", tz="UTC")),
+        ("text", pa.string()),
+        ("media_uri", pa.string()),
+        ("media_sha256", pa.string()),
+        ("terms_versions", pa.list_(pa.string())),
+        ("consent_as_of", pa.timestamp("us", tz="UTC")),
+    ]
+)
+EXCLUDED_SCHEMA = pa.schema([("artifact_id", pa.string()), ("artifact_type", pa.string()), ("reason", pa.string())])
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    reason: str | None  # None: eligible
+    terms_versions: tuple[str, ...]  # the terms each deciding grant was given under
+
+    @property
+    def eligible(self) -> bool:
+        return self.reason is None
+
+
+def required_subjects(artifact: Artifact) -> list[tuple[str, str]]:
+    """(subject_type, subject_id) pairs whose consent the artifact needs, without duplicates."""
+    subjects = [("account", artifact.meeting.account_id)]
+    for participant in artifact.required_participants:
+        if participant.user_id is not None:
+            subjects.append(("user", participant.user_id))
+        if participant.account_id is not None:
+            subjects.append(("account", participant.account_id))
+    return list(dict.fromkeys(subjects))
+
+
+def structural_reason(artifact: Artifact) -> str | None:
+    """The reasons that hold whatever anybody consented to."""
+    if artifact.private_message:
+        return "private_message"
+    if artifact.unidentified_speaker:
+        return "unidentified_speaker"
+    if any(p.is_guest for p in artifact.required_participants):
+        return "guest_participant"
+    return None
+
+
+def decide(artifacts: Sequence[Artifact], snapshot: ConsentSnapshot) -> list[Decision]:
+    """A decision per artifact, in order."""
+    reasons: list[str | None] = [structural_reason(a) for a in artifacts]
+    owner: list[int] = []
+    subjects: list[str] = []
+    is_account: list[bool] = []
+    content_types: list[str] = []
+    captured: list[int] = []
+    for index, artifact in enumerate(artifacts):
+        if reasons[index] is not None:
+            continue
+        captured_ns = to_ns(artifact.captured_at)
+        for subject_type, subject_id in required_subjects(artifact):
+            owner.append(index)
+            subjects.append(subject_key(subject_type, subject_id))
+            is_account.append(subject_type == "account")
+            content_types.append(artifact.content_type)
+            captured.append(captured_ns)
+    owners = np.array(owner, dtype=np.int64)
+    ok, terms = snapshot.consented(subjects, content_types, np.array(captured, dtype=np.int64))
+    accounts = np.array(is_account, dtype=bool)
+    account_refused = np.zeros(len(artifacts), dtype=bool)
+    user_refused = np.zeros(len(artifacts), dtype=bool)
+    account_refused[owners[accounts & ~ok]] = True
+    user_refused[owners[~accounts & ~ok]] = True
+    terms_of: dict[int, set[str]] = {}
+    for index, version in zip(owner, terms, strict=True):
+        if version is not None:
+            terms_of.setdefault(index, set()).add(version)
+    decisions = []
+    for index, reason in enumerate(reasons):
+        if reason is None and account_refused[index]:
+            reason = "account_not_consented"
+        elif reason is None and user_refused[index]:
+            reason = "user_not_consented"
+        versions = tuple(sorted(terms_of.get(index, ()))) if reason is None else ()
+        decisions.append(Decision(reason, versions))
+    return decisions
+
+
+def published_rows(
+    artifacts: Sequence[Artifact], decisions: Sequence[Decision], keyer: Keyer, as_of: datetime
+) -> pa.Table:
+    """The content rows of the eligible artifacts: keyed hashes in place of every raw id."""
+    rows = [
+        {
+            "artifact_id": a.artifact_id,
+            "artifact_type": a.artifact_type,
+            "meeting_key": keyer.meeting(a.meeting.meeting_id),
+            "user_keys": sorted({keyer.user(sid) for kind, sid in required_subjects(a) if kind == "user"}),
+            "account_keys": sorted({keyer.account(sid) for kind, sid in required_subjects(a) if kind == "account"}),
+            "captured_at": a.captured_at,
+            "text": a.text,
+            "media_uri": a.media_uri,
+            "media_sha256": a.media_sha256,
+            "terms_versions": list(d.terms_versions),
+            "consent_as_of": as_of,
+        }
+        for a, d in zip(artifacts, decisions, strict=True)
+        if d.eligible
+    ]
+    return pa.Table.from_pylist(rows, schema=CONTENT_SCHEMA)
+
+
+def excluded_rows(artifacts: Sequence[Artifact], decisions: Sequence[Decision]) -> pa.Table:
+    """Why each excluded artifact was dropped; no content, no raw ids."""
+    rows = [
+        {"artifact_id": a.artifact_id, "artifact_type": a.artifact_type, "reason": d.reason}
+        for a, d in zip(artifacts, decisions, strict=True)
+        if not d.eligible
+    ]
+    return pa.Table.from_pylist(rows, schema=EXCLUDED_SCHEMA)

@@ -1,0 +1,516 @@
+"""One day through the gate: snapshot consent, gate content, aggregate telemetry, check, publish.
+
+Each step is a function of (settings, stage) that reads and writes files in the stage, so the CLI
+runs them in a row and the Airflow DAG runs each as a task, passing only the stage path along.
+Nothing is published until every check has passed; a failed attempt leaves its evidence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import consent_gate
+from consent_gate.config import PROJECT_ROOT, Policy
+from consent_gate.consent import ConsentSnapshot, take_snapshot
+from consent_gate.gate import CONTENT_SCHEMA, EXCLUDED_SCHEMA, REASONS, decide, excluded_rows, published_rows
+from consent_gate.keys import Keyer
+from consent_gate.publish import OutputStore
+from consent_gate.records import Quarantined, parse_timestamp
+from consent_gate.sources import Artifact, InputFile, LandingZone, read_meeting
+
+QUARANTINE_SCHEMA = pa.schema([("unit", pa.string()), ("error", pa.string())])
+INPUTS_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("sha256", pa.string())])
+PARQUET_OPTIONS = {"compression": "zstd"}
+
+Progress = Callable[[str], None]
+
+
+class GateCheckFailed(RuntimeError):
+    """A check failed: nothing was published, the attempt's evidence is kept."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    raw: str
+    out: str
+    consent_db: str
+    policy: Policy
+    secret: bytes = field(repr=False)
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 20_000
+
+    def zone(self) -> LandingZone:
+        return LandingZone(self.raw, self.storage_options)
+
+    def store(self) -> OutputStore:
+        return OutputStore(self.out, self.storage_options)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Where one attempt at one day is staged: `<out>/_staging/dt=D/<attempt>/`."""
+
+    day: date
+    attempt: str
+
+    @property
+    def root(self) -> str:
+        return f"_staging/dt={self.day.isoformat()}/{self.attempt}"
+
+    def __truediv__(self, relative: str) -> str:
+        return f"{self.root}/{relative}"
+
+
+def new_attempt_id(run_id: str | None = None) -> str:
+    base = run_id or f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
+    return f"{safe}__{uuid.uuid4().hex[:8]}"
+
+
+def code_version() -> str:
+    """The package version, with the git commit when run from a checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{consent_gate.__version__}+{commit}" if commit else consent_gate.__version__
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+# --- step 1: consent snapshot -------------------------------------------------------------------
+
+
+def snapshot_consent(
+    settings: RunSettings, day: date, as_of: datetime, *, run_id: str, dag_run_id: str | None = None
+) -> Stage:
+    """Pin `as_of`, read the consent visible then, and open a stage recording it."""
+    stage = Stage(day, new_attempt_id(run_id))
+    snapshot = take_snapshot(settings.consent_db, as_of)
+    store = settings.store()
+    store.write_json(
+        stage / "run.json",
+        {
+            "run_id": run_id,
+            "dag_run_id": dag_run_id,
+            "attempt": stage.attempt,
+            "partition": day.isoformat(),
+            "started_at": _now(),
+            "code_version": code_version(),
+            "policy": {**asdict(settings.policy), "checksum": settings.policy.checksum},
+            "consent": _snapshot_evidence(snapshot),
+        },
+    )
+    return stage
+
+
+def _snapshot_evidence(snapshot: ConsentSnapshot) -> dict[str, Any]:
+    return {
+        "as_of": snapshot.as_of.isoformat(),
+        "checksum": snapshot.checksum,
+        "visible_events": snapshot.visible_events,
+        "failed_closed_subjects": snapshot.failed_closed_subjects,
+        "unreadable_rows": [asdict(row) for row in snapshot.unreadable],
+    }
+
+
+def load_snapshot(settings: RunSettings, stage: Stage) -> ConsentSnapshot:
+    """The stage's snapshot, read again at its pinned `as_of`; it must match what was recorded."""
+    recorded = settings.store().read_json(stage / "run.json")["consent"]
+    snapshot = take_snapshot(settings.consent_db, parse_timestamp(recorded["as_of"], "as_of"))
+    if snapshot.checksum != recorded["checksum"]:
+        raise GateCheckFailed(
+            "the consent visible at the pinned as_of changed since the snapshot (rows were edited or "
+            "back-dated); refusing to gate against a moving consent record"
+        )
+    return snapshot
+
+
+# --- step 2: content ----------------------------------------------------------------------------
+
+
+@dataclass
+class ContentReport:
+    meetings: int = 0
+    units_in: int = 0
+    published: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)
+    quarantined: int = 0
+
+
+def shard_of(meeting_folder: str, shards: int) -> int:
+    """A stable shard for a meeting: the same for every run, process and Python version."""
+    digest = hashlib.sha256(meeting_folder.rsplit("/", 1)[-1].encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
+class _ParquetSink:
+    """Streams record batches into one Parquet file of the stage; opens it lazily."""
+
+    def __init__(self, store: OutputStore, relative: str, schema: pa.Schema) -> None:
+        self.store, self.relative, self.schema = store, relative, schema
+        self._handle: Any = None
+        self._writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        if self._writer is None:
+            self._handle = self.store.open(self.relative, "wb")
+            self._writer = pq.ParquetWriter(self._handle, self.schema, **PARQUET_OPTIONS)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._handle.close()
+
+
+def gate_content(
+    settings: RunSettings, stage: Stage, *, shard: int = 0, shards: int = 1, progress: Progress | None = None
+) -> ContentReport:
+    """Gate the day's meetings of one shard into staged content, exclusions and quarantine."""
+    snapshot = load_snapshot(settings, stage)
+    zone, store = settings.zone(), settings.store()
+    keyer = Keyer(settings.secret)
+    folders = [f for f in zone.meeting_folders(stage.day) if shard_of(f, shards) == shard]
+    content = _ParquetSink(store, stage / f"content/part-{shard:04d}.parquet", CONTENT_SCHEMA)
+    excluded = _ParquetSink(store, stage / f"audit/excluded/part-{shard:04d}.parquet", EXCLUDED_SCHEMA)
+    quarantine = _ParquetSink(store, stage / f"audit/quarantine/content-{shard:04d}.parquet", QUARANTINE_SCHEMA)
+    inputs = _ParquetSink(store, stage / f"audit/inputs/meetings-{shard:04d}.parquet", INPUTS_SCHEMA)
+    report = ContentReport(meetings=len(folders))
+    batch: list[Artifact] = []
+
+    def flush() -> None:
+        decisions = decide(batch, snapshot)
+        content.write(published_rows(batch, decisions, keyer, snapshot.as_of))
+        excluded.write(excluded_rows(batch, decisions))
+        batch.clear()
+
+    try:
+        for number, folder in enumerate(folders, start=1):
+            read = read_meeting(zone, folder, stage.day)
+            report.units_in += read.units_in
+            quarantine.write(_quarantine_table(read.quarantine))
+            inputs.write(_inputs_table(read.files))
+            batch.extend(read.artifacts)
+            if len(batch) >= settings.batch_size:
+                flush()
+            if progress and number % 1000 == 0:
+                progress(f"shard {shard}: {number}/{len(folders)} meetings gated")
+        flush()
+    finally:
+        for sink in (content, excluded, quarantine, inputs):
+            sink.close()
+    report.published = content.rows
+    report.quarantined = quarantine.rows
+    if excluded.rows:
+        with store.open(excluded.relative) as handle:
+            reasons = pq.read_table(handle, columns=["reason"]).column("reason").to_pylist()
+        report.excluded = dict(sorted(Counter(reasons).items()))
+    store.write_json(stage / f"reports/content-{shard:04d}.json", asdict(report))
+    return report
+
+
+def _quarantine_table(units: list[Quarantined]) -> pa.Table:
+    return pa.Table.from_pylist([asdict(u) for u in units], schema=QUARANTINE_SCHEMA)
+
+
+def _inputs_table(files: list[InputFile]) -> pa.Table:
+    return pa.Table.from_pylist([asdict(f) for f in files], schema=INPUTS_SCHEMA)
+
+
+# --- step 3: telemetry --------------------------------------------------------------------------
+
+
+def aggregate_day(settings: RunSettings, stage: Stage) -> dict[str, int]:
+    """Aggregate the day's telemetry into staged groups; the counts go to the stage."""
+    from consent_gate.aggregates import AGGREGATE_SCHEMA, aggregate_telemetry
+
+    zone, store = settings.zone(), settings.store()
+    relative = zone.telemetry_files(stage.day)
+    result = aggregate_telemetry(
+        [zone.url(r) for r in relative],
+        landing_root=zone.root,
+        day=stage.day,
+        k=settings.policy.k_min_distinct_users,
+        storage_options=settings.storage_options,
+    )
+    groups = _ParquetSink(store, stage / "aggregates/part-0000.parquet", AGGREGATE_SCHEMA)
+    quarantine = _ParquetSink(store, stage / "audit/quarantine/telemetry.parquet", QUARANTINE_SCHEMA)
+    inputs = _ParquetSink(store, stage / "audit/inputs/telemetry.parquet", INPUTS_SCHEMA)
+    try:
+        groups.write(result.groups)
+        quarantine.write(_quarantine_table(result.quarantine))
+        inputs.write(_inputs_table([_hash_input(zone, r) for r in relative]))
+    finally:
+        for sink in (groups, quarantine, inputs):
+            sink.close()
+    counts = asdict(result.counts)
+    store.write_json(stage / "reports/telemetry.json", counts)
+    return counts
+
+
+def _hash_input(zone: LandingZone, relative: str) -> InputFile:
+    digest = hashlib.sha256()
+    size = 0
+    with zone.fs.open(f"{zone._root_path}/{relative}", "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return InputFile(relative, size, digest.hexdigest())
+
+
+# --- step 4: checks -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    detail: str
+
+
+def staged_counts(settings: RunSettings, stage: Stage) -> dict[str, Any]:
+    """The counts the manifest reports, summed over the stage's shard reports."""
+    store = settings.store()
+    content = ContentReport()
+    excluded: Counter[str] = Counter()
+    for path in store.files(stage / "reports", ".json"):
+        if path.rsplit("/", 1)[-1].startswith("content-"):
+            part = store.read_json(path)
+            content.meetings += part["meetings"]
+            content.units_in += part["units_in"]
+            content.published += part["published"]
+            content.quarantined += part["quarantined"]
+            excluded.update(part["excluded"])
+    content.excluded = {reason: excluded.get(reason, 0) for reason in REASONS}
+    telemetry = store.read_json(stage / "reports/telemetry.json")
+    units = content.units_in + telemetry["lines_read"]
+    quarantined = content.quarantined + telemetry["quarantined"]
+    return {
+        "content": asdict(content),
+        "telemetry": telemetry,
+        "units_in": units,
+        "quarantined": quarantined,
+        "quarantine_ratio": quarantined / units if units else 0.0,
+    }
+
+
+def _rows(store: OutputStore, files: list[str]) -> int:
+    total = 0
+    for path in files:
+        with store.open(path) as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
+
+
+def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResult]:
+    """SPEC §3: every unit ends in exactly one outcome, counted from what was actually written."""
+    store = settings.store()
+    counts = staged_counts(settings, stage)
+    content, telemetry = counts["content"], counts["telemetry"]
+    published = _rows(store, store.files(stage / "content", ".parquet"))
+    excluded = _rows(store, store.files(stage / "audit/excluded", ".parquet"))
+    quarantined = _rows(store, [p for p in store.files(stage / "audit/quarantine", ".parquet") if "/content-" in p])
+    accounted = published + excluded + quarantined
+    checks = [
+        CheckResult(
+            "content_reconciles",
+            accounted == content["units_in"] and published == content["published"],
+            f"units in {content['units_in']} = published {published} + excluded {excluded} "
+            f"+ quarantined {quarantined} ({accounted})",
+        )
+    ]
+    aggregated = 0
+    for path in store.files(stage / "aggregates", ".parquet"):
+        with store.open(path) as handle:
+            aggregated += sum(pq.read_table(handle, columns=["event_count"]).column("event_count").to_pylist())
+    outcomes = (
+        telemetry["aggregated"] + telemetry["suppressed_events"] + telemetry["out_of_partition"]
+        + telemetry["quarantined"]
+    )  # fmt: skip
+    checks.append(
+        CheckResult(
+            "telemetry_reconciles",
+            outcomes == telemetry["lines_read"] and aggregated == telemetry["aggregated"],
+            f"lines read {telemetry['lines_read']} = aggregated {telemetry['aggregated']} (published groups "
+            f"hold {aggregated}) + suppressed {telemetry['suppressed_events']} + out of partition "
+            f"{telemetry['out_of_partition']} + quarantined {telemetry['quarantined']}",
+        )
+    )
+    ratio, limit = counts["quarantine_ratio"], settings.policy.max_quarantine_ratio
+    checks.append(
+        CheckResult(
+            "quarantine_ratio",
+            ratio <= limit,
+            f"{counts['quarantined']} of {counts['units_in']} units quarantined ({ratio:.4%}; limit {limit:.2%})",
+        )
+    )
+    return checks
+
+
+def validate_stage(settings: RunSettings, stage: Stage) -> list[CheckResult]:
+    """Every check the stage must pass before publication; the results go to the stage."""
+    checks = reconciliation_checks(settings, stage)
+    settings.store().write_json(stage / "reports/checks.json", [asdict(c) for c in checks])
+    return checks
+
+
+# --- step 5: publication ------------------------------------------------------------------------
+
+
+def build_manifest(settings: RunSettings, stage: Stage, status: str) -> dict[str, Any]:
+    store = settings.store()
+    run = store.read_json(stage / "run.json")
+    checks_file = stage / "reports/checks.json"
+    checks = store.read_json(checks_file) if store.exists(checks_file) else []
+    try:
+        counts = staged_counts(settings, stage)
+    except (FileNotFoundError, KeyError):
+        counts = None
+    merged = stage / "audit/inputs.parquet"
+    inputs = [merged] if store.exists(merged) else store.files(stage / "audit/inputs", ".parquet")
+    return {
+        **{k: run[k] for k in ("run_id", "dag_run_id", "attempt", "partition", "code_version", "policy")},
+        "as_of": run["consent"]["as_of"],
+        "consent": run["consent"],
+        "status": status,
+        "inputs": {"files": _rows(store, inputs), "listed_in": "inputs.parquet"},
+        "counts": counts,
+        "checks": checks,
+        "started_at": run["started_at"],
+        "ended_at": _now(),
+    }
+
+
+def _merge_parquet(store: OutputStore, sources: list[str], target: str, schema: pa.Schema) -> None:
+    """Concatenate a stage's part files into one audit file (always written, even when empty)."""
+    with store.open(target, "wb") as handle, pq.ParquetWriter(handle, schema, **PARQUET_OPTIONS) as writer:
+        for path in sources:
+            with store.open(path) as source:
+                writer.write_table(pq.read_table(source, schema=schema))
+
+
+def _finish_audit(settings: RunSettings, stage: Stage) -> None:
+    store = settings.store()
+    for name, schema in (("excluded", EXCLUDED_SCHEMA), ("quarantine", QUARANTINE_SCHEMA), ("inputs", INPUTS_SCHEMA)):
+        _merge_parquet(store, store.files(stage / f"audit/{name}", ".parquet"), stage / f"audit/{name}.parquet", schema)
+        store.remove(stage / f"audit/{name}")
+
+
+def _output_files(settings: RunSettings, stage: Stage) -> list[dict[str, Any]]:
+    store = settings.store()
+    outputs = []
+    for folder in ("content", "aggregates", "audit"):
+        for path in store.files(stage / folder, ".parquet"):
+            size, sha256 = store.sha256(path)
+            with store.open(path) as handle:
+                rows = pq.ParquetFile(handle).metadata.num_rows
+            published_as = path.removeprefix(stage.root + "/")
+            if folder == "audit":
+                published_as = f"_audit/dt={stage.day.isoformat()}/{published_as.removeprefix('audit/')}"
+            else:
+                published_as = f"{folder}/dt={stage.day.isoformat()}/{published_as.removeprefix(folder + '/')}"
+            outputs.append({"path": published_as, "rows": rows, "bytes": size, "sha256": sha256})
+    return outputs
+
+
+def record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> str:
+    """Keep a failed attempt's evidence under `_audit/dt=D/attempts/`; publish nothing."""
+    store = settings.store()
+    manifest = build_manifest(settings, stage, status="failed")
+    manifest["failure"] = reason
+    target = f"_audit/dt={stage.day.isoformat()}/attempts/{stage.attempt}.json"
+    with store.day_lock(stage.day.isoformat()):
+        store.write_json(target, manifest)
+    return target
+
+
+def publish_stage(settings: RunSettings, stage: Stage) -> dict[str, Any]:
+    """Publish a validated stage: content, aggregates, then the audit evidence, each atomically."""
+    store = settings.store()
+    checks = store.read_json(stage / "reports/checks.json")
+    failed = [c["name"] for c in checks if not c["passed"]]
+    if failed:
+        raise GateCheckFailed(f"refusing to publish: checks failed: {', '.join(failed)}")
+    day = stage.day.isoformat()
+    _finish_audit(settings, stage)
+    manifest = build_manifest(settings, stage, status="published")
+    manifest["outputs"] = _output_files(settings, stage)
+    with store.day_lock(day):
+        for folder in ("content", "aggregates"):
+            store.makedirs(stage / folder)
+            store.replace_directory(stage / folder, f"{folder}/dt={day}")
+        store.write_json(stage / "audit/manifest.json", manifest)
+        attempts = f"_audit/dt={day}/attempts"
+        if store.exists(attempts):
+            store.fs.mv(store.path(attempts), store.path(stage / "audit/attempts"), recursive=True)
+        store.write_json(stage / f"audit/attempts/{stage.attempt}.json", manifest)
+        store.replace_directory(stage / "audit", f"_audit/dt={day}")
+    store.remove(stage.root)
+    return manifest
+
+
+# --- the whole day, for the CLI -----------------------------------------------------------------
+
+
+@dataclass
+class RunOutcome:
+    published: bool
+    manifest_path: str
+    manifest: dict[str, Any]
+    checks: list[CheckResult]
+
+
+def run_day(
+    settings: RunSettings,
+    day: date,
+    as_of: datetime,
+    *,
+    run_id: str = "cli",
+    dag_run_id: str | None = None,
+    progress: Progress | None = None,
+) -> RunOutcome:
+    """All steps for one day in this process. Raises GateCheckFailed after keeping the evidence."""
+    stage = snapshot_consent(settings, day, as_of, run_id=run_id, dag_run_id=dag_run_id)
+    try:
+        gate_content(settings, stage, progress=progress)
+        aggregate_day(settings, stage)
+        checks = validate_stage(settings, stage)
+        if not all(c.passed for c in checks):
+            failed = ", ".join(c.name for c in checks if not c.passed)
+            raise GateCheckFailed(f"checks failed: {failed}")
+        manifest = publish_stage(settings, stage)
+    except Exception as error:
+        record_failed_attempt(settings, stage, f"{type(error).__name__}: {error}")
+        settings.store().remove(stage.root)
+        raise
+    return RunOutcome(True, f"_audit/dt={day.isoformat()}/manifest.json", manifest, checks)
+
+
+def read_manifest(store: OutputStore, day: date) -> dict[str, Any]:
+    return json.loads(store.fs.cat_file(store.path(f"_audit/dt={day.isoformat()}/manifest.json")))
+
+
+def project_var() -> Path:
+    """The embedded default's working folder: sample data, consent DB, outputs."""
+    return PROJECT_ROOT / "var"

@@ -1,0 +1,426 @@
+"""Reading the landing zone: meeting folders into artifacts, bad units into quarantine.
+
+Storage is reached through fsspec, so the same code reads local paths, `file://` and `s3://` URIs.
+Every file is read once: its bytes are hashed for the manifest and parsed from the same buffer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import fsspec
+import webvtt
+from webvtt.errors import MalformedFileError
+
+from consent_gate.records import (
+    MalformedRecord,
+    Quarantined,
+    optional_str,
+    parse_timestamp,
+    require_object,
+    require_str,
+)
+
+ARTIFACT_TYPES = ("transcript_segment", "chat_message", "summary", "recording")
+CONTENT_TYPE_OF = {
+    "transcript_segment": "transcript",
+    "chat_message": "chat",
+    "summary": "summary",
+    "recording": "recording",
+}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Participant:
+    participant_id: str
+    user_id: str | None
+    account_id: str | None
+    display_name: str | None
+
+    @property
+    def is_guest(self) -> bool:
+        """A guest has no user or no account, so nobody can consent for them."""
+        return self.user_id is None or self.account_id is None
+
+
+@dataclass(frozen=True, slots=True)
+class Meeting:
+    meeting_id: str
+    account_id: str
+    started_at: datetime
+    participants: tuple[Participant, ...]
+
+
+@dataclass(slots=True)
+class Artifact:
+    """One unit of customer content, with what the gate needs to decide on it."""
+
+    artifact_id: str
+    artifact_type: str
+    meeting: Meeting
+    captured_at: datetime
+    # Participants whose consent the artifact needs (besides the meeting's account).
+    required_participants: tuple[Participant, ...]
+    unit: str  # where it came from: file, with ':<line>', '#<cue>' or '[<index>]'
+    text: str | None = None
+    media_uri: str | None = None
+    media_sha256: str | None = None
+    private_message: bool = False
+    unidentified_speaker: bool = False
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPE_OF[self.artifact_type]
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    path: str  # relative to the landing zone root
+    size: int
+    sha256: str
+
+
+@dataclass(slots=True)
+class MeetingRead:
+    """What one meeting folder yielded: artifacts, quarantined units and the files read."""
+
+    artifacts: list[Artifact] = field(default_factory=list)
+    quarantine: list[Quarantined] = field(default_factory=list)
+    files: list[InputFile] = field(default_factory=list)
+    units_in: int = 0  # cues, chat lines, summaries, recordings read, and units quarantined whole
+
+
+class LandingZone:
+    """A landing zone root (path or fsspec URI) and the day partitions below it."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.root = root.rstrip("/")
+        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
+        self._root_path = self._root_path.rstrip("/")
+
+    def meetings_prefix(self, day: date) -> str:
+        return f"meetings/dt={day.isoformat()}"
+
+    def telemetry_prefix(self, day: date) -> str:
+        return f"telemetry/dt={day.isoformat()}"
+
+    def _abs(self, relative: str) -> str:
+        return f"{self._root_path}/{relative}"
+
+    def meeting_folders(self, day: date) -> list[str]:
+        """Relative paths of the day's meeting folders, sorted (a stable processing order)."""
+        prefix = self.meetings_prefix(day)
+        base = self._abs(prefix)
+        if not self.fs.exists(base):
+            return []
+        entries = self.fs.ls(base, detail=True)
+        names = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
+        return [f"{prefix}/{name}" for name in names]
+
+    def telemetry_files(self, day: date) -> list[str]:
+        """Relative paths of the day's telemetry files, sorted."""
+        prefix = self.telemetry_prefix(day)
+        base = self._abs(prefix)
+        if not self.fs.exists(base):
+            return []
+        names = sorted(p.rsplit("/", 1)[-1] for p in self.fs.glob(f"{base}/*.jsonl.gz"))
+        return [f"{prefix}/{name}" for name in names]
+
+    def url(self, relative: str) -> str:
+        """A URL fsspec opens with this zone's protocol."""
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        path = self._abs(relative)
+        return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+    def read_bytes(self, relative: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist."""
+        try:
+            return self.fs.cat_file(self._abs(relative))
+        except FileNotFoundError:
+            return None
+
+    def folder_files(self, relative: str) -> set[str]:
+        return {p.rsplit("/", 1)[-1] for p in self.fs.ls(self._abs(relative), detail=False)}
+
+
+def input_file(path: str, data: bytes) -> InputFile:
+    return InputFile(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def read_meeting(zone: LandingZone, folder: str, day: date) -> MeetingRead:
+    """Read one meeting folder. Fails closed: an unreadable meeting.json quarantines the folder."""
+    result = MeetingRead()
+    meeting_id = folder.rsplit("/", 1)[-1]
+    present = zone.folder_files(folder)
+    raw = zone.read_bytes(f"{folder}/meeting.json") if "meeting.json" in present else None
+    if raw is None:
+        result.quarantine.append(Quarantined(folder, "meeting.json is missing; no artifact of the folder is read"))
+        result.units_in = 1
+        return result
+    result.files.append(input_file(f"{folder}/meeting.json", raw))
+    try:
+        meeting = parse_meeting(raw, meeting_id, day)
+    except MalformedRecord as error:
+        result.quarantine.append(Quarantined(folder, f"meeting.json: {error}; no artifact of the folder is read"))
+        result.units_in = 1
+        return result
+
+    readers = (
+        ("transcript.vtt", read_transcript),
+        ("chat.jsonl", read_chat),
+        ("summary.json", read_summary),
+        ("recordings.json", read_recordings),
+    )
+    for name, reader in readers:
+        if name not in present:
+            continue
+        data = zone.read_bytes(f"{folder}/{name}")
+        if data is None:  # vanished between listing and reading: fail closed, say so
+            result.quarantine.append(Quarantined(f"{folder}/{name}", "file disappeared while reading"))
+            result.units_in += 1
+            continue
+        result.files.append(input_file(f"{folder}/{name}", data))
+        artifacts, quarantined = reader(data, meeting, f"{folder}/{name}")
+        result.artifacts.extend(artifacts)
+        result.quarantine.extend(quarantined)
+        result.units_in += len(artifacts) + len(quarantined)
+    _quarantine_duplicate_ids(result)
+    return result
+
+
+def _quarantine_duplicate_ids(result: MeetingRead) -> None:
+    """Two records with one artifact_id cannot both be right: both are quarantined."""
+    counts = Counter(a.artifact_id for a in result.artifacts)
+    duplicated = {aid for aid, n in counts.items() if n > 1}
+    if not duplicated:
+        return
+    kept = []
+    for artifact in result.artifacts:
+        if artifact.artifact_id in duplicated:
+            result.quarantine.append(
+                Quarantined(artifact.unit, "duplicate artifact_id: another record has the same id")
+            )
+        else:
+            kept.append(artifact)
+    result.artifacts = kept
+
+
+def _load_json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        line = getattr(error, "lineno", None)
+        where = f" (line {line})" if line else ""
+        raise MalformedRecord("<file>", f"not valid JSON{where}") from None
+
+
+def parse_meeting(data: bytes, folder_meeting_id: str, day: date) -> Meeting:
+    record = require_object(_load_json(data), "<file>")
+    meeting_id = require_str(record, "meeting_id")
+    if meeting_id != folder_meeting_id:
+        raise MalformedRecord("meeting_id", "does not match the folder name")
+    account_id = require_str(record, "account_id")
+    started_at = parse_timestamp(record.get("started_at"), "started_at")
+    ended_at = parse_timestamp(record.get("ended_at"), "ended_at")
+    if ended_at < started_at:
+        raise MalformedRecord("ended_at", "before started_at")
+    if started_at.date() != day:
+        raise MalformedRecord("started_at", "not on the UTC day of the partition")
+    optional_str(record, "host_user_id")
+    raw_participants = record.get("participants")
+    if not isinstance(raw_participants, list):
+        raise MalformedRecord("participants", "missing or not a list")
+    participants = tuple(_parse_participant(p, f"participants[{i}]") for i, p in enumerate(raw_participants))
+    ids = Counter(p.participant_id for p in participants)
+    if any(n > 1 for n in ids.values()):
+        raise MalformedRecord("participants", "duplicate participant_id")
+    return Meeting(meeting_id, account_id, started_at, participants)
+
+
+def _parse_participant(value: Any, where: str) -> Participant:
+    record = require_object(value, where)
+    try:
+        participant = Participant(
+            participant_id=require_str(record, "participant_id"),
+            user_id=optional_str(record, "user_id"),
+            account_id=optional_str(record, "account_id"),
+            display_name=optional_str(record, "display_name"),
+        )
+        parse_timestamp(record.get("joined_at"), "joined_at")
+        if record.get("left_at") is not None:
+            parse_timestamp(record.get("left_at"), "left_at")
+    except MalformedRecord as error:
+        raise MalformedRecord(f"{where}.{error.field}", error.problem) from None
+    return participant
+
+
+def read_transcript(data: bytes, meeting: Meeting, path: str) -> tuple[list[Artifact], list[Quarantined]]:
+    """Cues of a WebVTT file; an unparseable file is one quarantined unit."""
+    try:
+        text = data.decode("utf-8")
+        captions = webvtt.from_buffer(io.StringIO(text))
+    except (UnicodeDecodeError, MalformedFileError):
+        return [], [Quarantined(path, "not a valid WebVTT file")]
+    # webvtt-py skips a cue block whose timing line it cannot parse; that would silently shift
+    # the cue numbering in artifact ids and lose a unit, so the file is rejected instead.
+    blocks = _cue_block_count(text)
+    if blocks != len(captions):
+        return [], [Quarantined(path, f"{blocks - len(captions)} cue block(s) without a valid timing line")]
+    by_name: dict[str, list[Participant]] = {}
+    for participant in meeting.participants:
+        if participant.display_name is not None:
+            by_name.setdefault(participant.display_name, []).append(participant)
+    artifacts = []
+    for n, caption in enumerate(captions, start=1):
+        offset = caption.start_time
+        start = timedelta(
+            hours=offset.hours, minutes=offset.minutes, seconds=offset.seconds, milliseconds=offset.milliseconds
+        )
+        name, sep, words = caption.text.partition(":")
+        matches = by_name.get(name, []) if sep else []
+        speaker = matches[0] if len(matches) == 1 else None
+        artifacts.append(
+            Artifact(
+                artifact_id=f"{meeting.meeting_id}/transcript/{n}",
+                artifact_type="transcript_segment",
+                meeting=meeting,
+                captured_at=meeting.started_at + start,
+                required_participants=(speaker,) if speaker else (),
+                unit=f"{path}#{n}",
+                text=words.strip() if sep else caption.text.strip(),
+                unidentified_speaker=speaker is None,
+            )
+        )
+    return artifacts, []
+
+
+def _cue_block_count(text: str) -> int:
+    """Blocks after the header that are not NOTE, STYLE or REGION blocks: each must be a cue."""
+    blocks = re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n").replace("\r", "\n").strip())
+    cues = 0
+    for block in blocks[1:]:
+        first = block.lstrip("\n").split("\n", 1)[0]
+        if not block.strip() or first.startswith(("NOTE", "STYLE", "REGION")):
+            continue
+        cues += 1
+    return cues
+
+
+def read_chat(data: bytes, meeting: Meeting, path: str) -> tuple[list[Artifact], list[Quarantined]]:
+    """One artifact per message line; each bad line is one quarantined unit."""
+    participants = {p.participant_id: p for p in meeting.participants}
+    artifacts: list[Artifact] = []
+    quarantined: list[Quarantined] = []
+    for number, line in _lines(data):
+        try:
+            artifacts.append(_parse_chat_line(line, meeting, participants, f"{path}:{number}"))
+        except MalformedRecord as error:
+            quarantined.append(Quarantined(f"{path}:{number}", str(error)))
+    return artifacts, quarantined
+
+
+def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if line.strip():
+            yield number, line
+
+
+def _parse_chat_line(line: bytes, meeting: Meeting, participants: dict[str, Participant], unit: str) -> Artifact:
+    try:
+        record = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise MalformedRecord("<line>", "not valid JSON") from None
+    record = require_object(record, "<line>")
+    message_id = require_str(record, "message_id")
+    sender_id = require_str(record, "sender_participant_id")
+    sender = participants.get(sender_id)
+    if sender is None:
+        raise MalformedRecord("sender_participant_id", "not a participant of the meeting")
+    sent_at = parse_timestamp(record.get("sent_at"), "sent_at")
+    recipient = require_str(record, "recipient")
+    text = record.get("text")
+    if not isinstance(text, str):
+        raise MalformedRecord("text", "missing or not a string")
+    return Artifact(
+        artifact_id=f"{meeting.meeting_id}/chat/{message_id}",
+        artifact_type="chat_message",
+        meeting=meeting,
+        captured_at=sent_at,
+        required_participants=(sender,),
+        unit=unit,
+        text=text,
+        private_message=recipient != "everyone",
+    )
+
+
+def read_summary(data: bytes, meeting: Meeting, path: str) -> tuple[list[Artifact], list[Quarantined]]:
+    try:
+        record = require_object(_load_json(data), "<file>")
+        summary_id = require_str(record, "summary_id")
+        generated_at = parse_timestamp(record.get("generated_at"), "generated_at")
+        text = record.get("text")
+        if not isinstance(text, str):
+            raise MalformedRecord("text", "missing or not a string")
+    except MalformedRecord as error:
+        return [], [Quarantined(path, str(error))]
+    artifact = Artifact(
+        artifact_id=f"{meeting.meeting_id}/summary/{summary_id}",
+        artifact_type="summary",
+        meeting=meeting,
+        captured_at=generated_at,
+        required_participants=meeting.participants,
+        unit=path,
+        text=text,
+    )
+    return [artifact], []
+
+
+def read_recordings(data: bytes, meeting: Meeting, path: str) -> tuple[list[Artifact], list[Quarantined]]:
+    try:
+        entries = _load_json(data)
+        if not isinstance(entries, list):
+            raise MalformedRecord("<file>", "not a JSON list")
+    except MalformedRecord as error:
+        return [], [Quarantined(path, str(error))]
+    artifacts: list[Artifact] = []
+    quarantined: list[Quarantined] = []
+    for index, entry in enumerate(entries):
+        try:
+            artifacts.append(_parse_recording(entry, meeting, f"{path}[{index}]"))
+        except MalformedRecord as error:
+            quarantined.append(Quarantined(f"{path}[{index}]", str(error)))
+    return artifacts, quarantined
+
+
+def _parse_recording(entry: Any, meeting: Meeting, unit: str) -> Artifact:
+    record = require_object(entry, "<entry>")
+    recording_id = require_str(record, "recording_id")
+    if record.get("kind") not in ("audio", "video"):
+        raise MalformedRecord("kind", "not 'audio' or 'video'")
+    uri = require_str(record, "uri")
+    sha256 = require_str(record, "sha256")
+    if not _SHA256.match(sha256):
+        raise MalformedRecord("sha256", "not 64 lowercase hex digits")
+    size = record.get("bytes")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise MalformedRecord("bytes", "not a non-negative integer")
+    started_at = parse_timestamp(record.get("started_at"), "started_at")
+    return Artifact(
+        artifact_id=f"{meeting.meeting_id}/recording/{recording_id}",
+        artifact_type="recording",
+        meeting=meeting,
+        captured_at=started_at,
+        required_participants=meeting.participants,
+        unit=unit,
+        media_uri=uri,
+        media_sha256=sha256,
+    )

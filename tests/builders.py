@@ -1,0 +1,134 @@
+"""Small builders for hand-made landing zones and consent stores: each test states its own data."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from consent_gate.consent import COLUMNS, snapshot_from_rows
+
+DAY = "2026-11-02"
+T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+
+
+def ts(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def at(minutes: float) -> datetime:
+    """An instant `minutes` after 10:00 UTC on the test day."""
+    return T0 + timedelta(minutes=minutes)
+
+
+def consent_row(
+    event_id: str,
+    subject: str,
+    decision: str = "grant",
+    *,
+    subject_type: str | None = None,
+    content_type: str = "*",
+    effective: datetime | str | None = None,
+    recorded: datetime | str | None = None,
+    purpose: str | None = "ai_training",
+    terms: str | None = "2026-01",
+) -> tuple[Any, ...]:
+    """A consent_events row; subject_type is guessed from the id prefix (acct_ / u_)."""
+    kind = subject_type or ("account" if subject.startswith("acct") else "user")
+    effective = effective if effective is not None else at(-24 * 60)
+    recorded = recorded if recorded is not None else effective
+    as_text = [ts(v) if isinstance(v, datetime) else v for v in (effective, recorded)]
+    return (event_id, kind, subject, purpose, content_type, decision, as_text[0], as_text[1], terms)
+
+
+def snapshot(rows: Sequence[tuple[Any, ...]], as_of: datetime | None = None):
+    ordered = sorted(rows, key=lambda r: str(r[0]))
+    return snapshot_from_rows(ordered, as_of or at(24 * 60))
+
+
+def write_consent_db(path: Path, rows: Sequence[tuple[Any, ...]]) -> str:
+    with sqlite3.connect(path) as connection:
+        connection.execute(f"CREATE TABLE IF NOT EXISTS consent_events ({', '.join(c + ' TEXT' for c in COLUMNS)})")
+        connection.executemany(f"INSERT INTO consent_events VALUES ({', '.join('?' * len(COLUMNS))})", rows)
+    return f"sqlite:///{path}"
+
+
+def participant(pid: str, user: str | None, account: str | None, name: str | None) -> dict[str, Any]:
+    return {
+        "participant_id": pid,
+        "user_id": user,
+        "account_id": account,
+        "display_name": name,
+        "joined_at": ts(at(0)),
+        "left_at": ts(at(60)),
+    }
+
+
+def meeting_record(meeting_id: str, account: str, participants: list[dict[str, Any]], **overrides: Any) -> dict:
+    record = {
+        "meeting_id": meeting_id,
+        "account_id": account,
+        "host_user_id": participants[0]["user_id"] if participants else None,
+        "topic": "weekly sync",
+        "started_at": ts(at(0)),
+        "ended_at": ts(at(60)),
+        "participants": participants,
+    }
+    record.update(overrides)
+    return record
+
+
+def vtt(*cues: tuple[float, str]) -> str:
+    """WebVTT with cues (start second, text); each cue lasts one second."""
+    blocks = ["WEBVTT", ""]
+    for start, text in cues:
+        blocks += [f"{_clock(start)} --> {_clock(start + 1)}", text, ""]
+    return "\n".join(blocks)
+
+
+def _clock(seconds: float) -> str:
+    millis = round(seconds * 1000)
+    h, rest = divmod(millis, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    s, ms = divmod(rest, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
+
+
+def write_meeting(
+    raw: Path,
+    record: dict[str, Any] | str | None,
+    *,
+    meeting_id: str | None = None,
+    day: str = DAY,
+    transcript: str | None = None,
+    chat: Sequence[dict[str, Any] | str] | None = None,
+    summary: dict[str, Any] | str | None = None,
+    recordings: list[dict[str, Any]] | str | None = None,
+) -> Path:
+    """One meeting folder; strings are written verbatim (for malformed files)."""
+    mid = meeting_id or (record["meeting_id"] if isinstance(record, dict) else "m_broken")
+    folder = raw / "meetings" / f"dt={day}" / mid
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def dump(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value)
+
+    if record is not None:
+        (folder / "meeting.json").write_text(dump(record))
+    if transcript is not None:
+        (folder / "transcript.vtt").write_text(transcript)
+    if chat is not None:
+        (folder / "chat.jsonl").write_text("\n".join(dump(line) for line in chat) + "\n")
+    if summary is not None:
+        (folder / "summary.json").write_text(dump(summary))
+    if recordings is not None:
+        (folder / "recordings.json").write_text(dump(recordings))
+    return folder
+
+
+def chat_line(message_id: str, sender: str, minutes: float = 5, recipient: str = "everyone", text: str = "hi") -> dict:
+    return {"message_id": message_id, "sender_participant_id": sender, "sent_at": ts(at(minutes)),
+            "recipient": recipient, "text": text}  # fmt: skip

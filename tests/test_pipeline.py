@@ -1,0 +1,160 @@
+"""The whole day on the sample: published rows, evidence, checks, reruns and failures."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import date
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from consent_gate.config import Policy
+from consent_gate.gate import CONTENT_SCHEMA, REASONS
+from consent_gate.pipeline import GateCheckFailed, RunSettings, run_day
+from consent_gate.records import parse_timestamp
+
+pytestmark = pytest.mark.integration
+
+DAY = date(2026, 11, 2)
+AS_OF = parse_timestamp("2026-11-20T00:00:00Z", "as_of")
+
+
+def settings_for(sample: Path, out: Path, **policy) -> RunSettings:
+    return RunSettings(
+        raw=str(sample / "raw"), out=str(out), consent_db=f"sqlite:///{sample / 'consent.db'}",
+        policy=Policy(**policy), secret=(sample / "hmac.key").read_bytes(),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def published(sample_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    outcome = run_day(settings_for(sample_dir, out), DAY, AS_OF, run_id="test")
+    return out, outcome
+
+
+def read_content(out: Path, day: date = DAY):
+    return ds.dataset(out / f"content/dt={day}", format="parquet").to_table()
+
+
+def test_content_has_exactly_the_spec_columns(published):
+    out, _ = published
+    table = read_content(out)
+    assert table.schema == CONTENT_SCHEMA
+    assert table.num_rows > 0
+
+
+def test_every_unit_is_published_excluded_or_quarantined_once(published):
+    out, outcome = published
+    audit = out / f"_audit/dt={DAY}"
+    content = read_content(out).column("artifact_id").to_pylist()
+    excluded = pq.read_table(audit / "excluded.parquet")
+    quarantine = pq.read_table(audit / "quarantine.parquet")
+    counts = outcome.manifest["counts"]["content"]
+    assert len(content) == len(set(content)) == counts["published"]
+    assert set(content).isdisjoint(excluded.column("artifact_id").to_pylist())
+    quarantined_content = [u for u in quarantine.column("unit").to_pylist() if u.startswith("meetings/")]
+    assert len(content) + excluded.num_rows + len(quarantined_content) == counts["units_in"]
+    assert set(excluded.column("reason").to_pylist()) <= set(REASONS)
+    assert {r: n for r, n in counts["excluded"].items() if n} == {
+        r: excluded.column("reason").to_pylist().count(r) for r in set(excluded.column("reason").to_pylist())
+    }
+
+
+def test_the_sample_exercises_every_reason(published):
+    _, outcome = published
+    assert all(outcome.manifest["counts"]["content"]["excluded"][r] > 0 for r in REASONS)
+
+
+def test_manifest_holds_the_evidence(published):
+    out, outcome = published
+    manifest = json.loads((out / f"_audit/dt={DAY}/manifest.json").read_text())
+    assert manifest == json.loads(json.dumps(outcome.manifest, default=str))
+    assert manifest["partition"] == "2026-11-02" and manifest["status"] == "published"
+    assert parse_timestamp(manifest["as_of"], "as_of") == AS_OF
+    assert len(manifest["consent"]["checksum"]) == 64 and manifest["consent"]["unreadable_rows"]
+    assert manifest["policy"]["checksum"] == Policy().checksum
+    assert {c["name"] for c in manifest["checks"]} >= {"content_reconciles", "telemetry_reconciles", "quarantine_ratio"}
+    assert all(c["passed"] for c in manifest["checks"])
+    for output in manifest["outputs"]:
+        assert (out / output["path"]).exists(), output["path"]
+    inputs = pq.read_table(out / f"_audit/dt={DAY}/inputs.parquet").to_pylist()
+    assert len(inputs) == manifest["inputs"]["files"] > 0
+    assert all(len(i["sha256"]) == 64 and i["size"] > 0 for i in inputs)
+
+
+def test_no_raw_id_name_or_email_leaves_the_gate(published, sample_dir):
+    out, _ = published
+    secrets: set[str] = set()
+    for meeting in (sample_dir / "raw/meetings").glob("dt=*/*/meeting.json"):
+        try:
+            record = json.loads(meeting.read_text())
+        except json.JSONDecodeError:
+            continue
+        secrets.add(record["account_id"])
+        for p in record.get("participants", []):
+            secrets.update(v for k, v in p.items() if k in ("user_id", "account_id", "display_name", "email") and v)
+    for part in (sample_dir / "raw/telemetry").glob("dt=*/*.gz"):
+        for line in gzip.open(part, "rt"):
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            secrets.update(str(event[k]) for k in ("user_id", "account_id", "email", "ip") if event.get(k))
+    assert len(secrets) > 100
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".parquet" for p in files)
+    for path in files:
+        blob = path.read_bytes()
+        if path.suffix == ".parquet":
+            blob = json.dumps(pq.read_table(path).to_pylist(), default=str).encode() + blob
+        leaked = [s for s in secrets if s.encode() in blob]
+        assert leaked == [], f"{path.relative_to(out)} contains raw identifiers"
+
+
+def test_same_inputs_and_as_of_give_the_same_rows(published, sample_dir, tmp_path):
+    out, _ = published
+    run_day(settings_for(sample_dir, tmp_path), DAY, AS_OF, run_id="again")
+    first, second = read_content(out), read_content(tmp_path)
+    assert first.sort_by("artifact_id").equals(second.sort_by("artifact_id"))
+
+
+def test_a_rerun_replaces_the_day_without_duplicates(sample_dir, tmp_path):
+    settings = settings_for(sample_dir, tmp_path)
+    first = run_day(settings, DAY, AS_OF, run_id="one")
+    second = run_day(settings, DAY, AS_OF, run_id="two")
+    table = read_content(tmp_path)
+    assert table.num_rows == first.manifest["counts"]["content"]["published"]
+    assert len(set(table.column("artifact_id").to_pylist())) == table.num_rows
+    assert second.manifest["attempt"] != first.manifest["attempt"]
+    assert not (tmp_path / "_staging" / f"dt={DAY}").exists() or not any(
+        (tmp_path / "_staging" / f"dt={DAY}").iterdir()
+    )
+    attempts = sorted((tmp_path / f"_audit/dt={DAY}/attempts").glob("*.json"))
+    assert len(attempts) == 2
+
+
+def test_a_failed_check_publishes_nothing_and_keeps_the_evidence(sample_dir, tmp_path):
+    good = run_day(settings_for(sample_dir, tmp_path), DAY, AS_OF, run_id="good")
+    before = read_content(tmp_path)
+    strict = settings_for(sample_dir, tmp_path, max_quarantine_ratio=0.0)
+    with pytest.raises(GateCheckFailed, match="quarantine_ratio"):
+        run_day(strict, DAY, AS_OF, run_id="strict")
+    assert read_content(tmp_path).equals(before)
+    manifest = json.loads((tmp_path / f"_audit/dt={DAY}/manifest.json").read_text())
+    assert manifest["attempt"] == good.manifest["attempt"]
+    failed = [json.loads(p.read_text()) for p in (tmp_path / f"_audit/dt={DAY}/attempts").glob("*.json")]
+    (failure,) = [m for m in failed if m["status"] == "failed"]
+    assert "quarantine_ratio" in failure["failure"]
+    assert not [c for c in failure["checks"] if c["name"] == "quarantine_ratio" and c["passed"]]
+
+
+def test_a_pinned_as_of_before_a_revocation_sees_the_older_consent(sample_dir, tmp_path):
+    early = parse_timestamp("2026-11-02T00:00:00Z", "as_of")
+    outcome = run_day(settings_for(sample_dir, tmp_path), DAY, early, run_id="early")
+    assert outcome.manifest["as_of"] == early.isoformat()
+    assert set(read_content(tmp_path).column("consent_as_of").to_pylist()) <= {early}
+    late = run_day(settings_for(sample_dir, tmp_path / "late"), DAY, AS_OF, run_id="late")
+    assert outcome.manifest["consent"]["visible_events"] < late.manifest["consent"]["visible_events"]
