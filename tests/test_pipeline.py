@@ -158,3 +158,24 @@ def test_a_pinned_as_of_before_a_revocation_sees_the_older_consent(sample_dir, t
     assert set(read_content(tmp_path).column("consent_as_of").to_pylist()) <= {early}
     late = run_day(settings_for(sample_dir, tmp_path / "late"), DAY, AS_OF, run_id="late")
     assert outcome.manifest["consent"]["visible_events"] < late.manifest["consent"]["visible_events"]
+
+
+def test_the_gate_streams_in_bounded_batches_with_identical_results(published, sample_dir, tmp_path, monkeypatch):
+    import dataclasses
+
+    from consent_gate import pipeline
+
+    out, _ = published
+    seen: list[int] = []
+    real_decide = pipeline.decide
+
+    def recording_decide(artifacts, snapshot):
+        seen.append(len(artifacts))
+        return real_decide(artifacts, snapshot)
+
+    monkeypatch.setattr(pipeline, "decide", recording_decide)
+    small = dataclasses.replace(settings_for(sample_dir, tmp_path), batch_size=25)
+    run_day(small, DAY, AS_OF, run_id="small-batches")
+    biggest_meeting = 200  # a batch closes at the first meeting that takes it past batch_size
+    assert len(seen) > 10 and max(seen) < 25 + biggest_meeting
+    assert read_content(tmp_path).sort_by("artifact_id").equals(read_content(out).sort_by("artifact_id"))

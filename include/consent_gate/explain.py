@@ -89,7 +89,7 @@ def explain(
             result.reason = "; ".join(f"{u['unit']}: {u['error']}" for u in hits)
         else:
             result.facts["evidence"] = "not read on this day (no such artifact in the landing zone's partition)"
-    if zone is not None and snapshot is not None and keyer is not None and result.outcome != "quarantined":
+    if zone is not None and snapshot is not None and keyer is not None and result.outcome in ("published", "excluded"):
         result.subjects = _subject_detail(zone, day, artifact_id, snapshot, keyer)
     return result
 

@@ -1,0 +1,79 @@
+"""The command line as a user runs it: sample → run → explain, and clear failures."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from consent_gate.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cli_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["sample", "--out", str(root), "--days", "1", "--meetings", "40"]) == 0
+    args = ["--raw", str(root / "raw"), "--out", str(root / "out"), "--consent-db", f"sqlite:///{root / 'consent.db'}",
+            "--key-file", str(root / "hmac.key")]  # fmt: skip
+    assert main(["run", "--date", "2026-11-02", "--as-of", "2026-11-20T00:00:00Z", *args]) == 0
+    return root, args
+
+
+def test_run_prints_where_the_outputs_are(cli_world, capsys):
+    root, args = cli_world
+    assert main(["run", "--date", "2026-11-02", "--as-of", "2026-11-20T00:00:00Z", *args]) == 0
+    printed = capsys.readouterr().out
+    assert "published 2026-11-02" in printed and "manifest:" in printed
+    assert "check content_reconciles: passed" in printed
+
+
+def test_explain_a_published_and_an_excluded_artifact(cli_world, capsys):
+    root, args = cli_world
+    audit = root / "out/_audit/dt=2026-11-02"
+    excluded = pq.read_table(audit / "excluded.parquet").to_pylist()
+    refused = next(r for r in excluded if r["reason"] == "user_not_consented")
+    assert main(["explain", "--date", "2026-11-02", "--artifact", refused["artifact_id"], *args]) == 0
+    text = capsys.readouterr().out
+    assert "EXCLUDED" in text and "user_not_consented" in text
+    assert "at capture" in text and ("none" in text or "revoke" in text)
+    published = pq.read_table(root / "out/content/dt=2026-11-02").column("artifact_id")[0].as_py()
+    assert main(["explain", "--date", "2026-11-02", "--artifact", published, *args]) == 0
+    text = capsys.readouterr().out
+    assert "PUBLISHED" in text and "at as_of grant" in text
+
+
+def test_explain_a_quarantined_and_an_unknown_artifact(cli_world, capsys):
+    root, args = cli_world
+    units = pq.read_table(root / "out/_audit/dt=2026-11-02/quarantine.parquet").column("unit").to_pylist()
+    meeting = next(u for u in units if u.startswith("meetings/")).split("/")[2]
+    assert main(["explain", "--date", "2026-11-02", "--artifact", f"{meeting}/chat/x", *args]) == 0
+    assert "QUARANTINED" in capsys.readouterr().out
+    assert main(["explain", "--date", "2026-11-02", "--artifact", "m_nope/chat/1", *args]) == 2
+
+
+def test_a_failed_check_exits_non_zero_and_says_why(cli_world, tmp_path, capsys):
+    root, args = cli_world
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("version: strict\nmax_quarantine_ratio: 0\n")
+    out = tmp_path / "out"
+    args = [a if a != str(root / "out") else str(out) for a in args]
+    assert main(["run", "--date", "2026-11-02", "--policy", str(strict), *args]) == 1
+    assert "quarantine_ratio" in capsys.readouterr().err
+    assert not (out / "content").exists()
+    (attempt,) = (out / "_audit/dt=2026-11-02/attempts").glob("*.json")
+    assert json.loads(attempt.read_text())["policy"]["version"] == "strict"
+
+
+def test_a_missing_secret_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CONSENT_GATE_HMAC_KEY", raising=False)
+    assert main(["run", "--date", "2026-11-02", "--key-file", str(tmp_path / "absent.key"), "--raw", str(tmp_path)]) == 2
+    assert "no HMAC secret" in capsys.readouterr().err
+
+
+def test_a_bad_date_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--date", "02/11/2026"])
+    assert "not a date" in capsys.readouterr().err
