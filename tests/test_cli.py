@@ -77,3 +77,24 @@ def test_a_bad_date_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--date", "02/11/2026"])
     assert "not a date" in capsys.readouterr().err
+
+
+def test_a_consent_row_without_a_readable_subject_fails_the_run(cli_world, tmp_path, capsys):
+    import shutil
+    import sqlite3
+
+    root, args = cli_world
+    broken = tmp_path / "consent.db"
+    shutil.copy(root / "consent.db", broken)
+    with sqlite3.connect(broken) as db:
+        db.execute(
+            "INSERT INTO consent_events VALUES ('zz_bad', 'team', NULL, 'ai_training', '*', 'grant', "
+            "'2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z', '2026-01')"
+        )
+    out = tmp_path / "out"
+    args = [a if a != str(root / "out") else str(out) for a in args]
+    args = [a if not a.startswith("sqlite:///") else f"sqlite:///{broken}" for a in args]
+    assert main(["run", "--date", "2026-11-02", *args]) == 1
+    err = capsys.readouterr().err
+    assert "zz_bad" in err and "subject cannot be read" in err
+    assert not (out / "content").exists()

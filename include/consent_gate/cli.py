@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from consent_gate.config import load_policy
+from consent_gate.consent import ConsentStoreError
 from consent_gate.keys import Keyer, MissingSecretError, create_secret_file, load_secret
 from consent_gate.pipeline import GateCheckFailed, RunSettings, project_var, run_day
 from consent_gate.records import MalformedRecord, parse_timestamp
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--date", type=_day, required=True)
     explain.add_argument("--artifact", required=True, help="artifact_id, e.g. m_1a2b/chat/42")
     _common(explain)
+
+    sweep = commands.add_parser("sweep", help="purge published rows whose consent was withdrawn (SPEC §7)")
+    sweep.add_argument("--as-of", type=_instant, default=None, help="current consent instant (default: now)")
+    sweep.add_argument("--full", action="store_true", help="re-evaluate every published day, not only affected ones")
+    _common(sweep)
     return parser
 
 
@@ -120,6 +126,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _say(f"gating {args.date} with consent as of {as_of.isoformat()}")
     try:
         outcome = run_day(settings, args.date, as_of, run_id="cli", progress=_say)
+    except ConsentStoreError as error:
+        _say(f"FAILED, nothing published: {error}")
+        return 1
     except GateCheckFailed as error:
         _say(f"FAILED, nothing published: {error}")
         print(f"failed attempt's evidence: {args.out}/_audit/dt={args.date}/attempts/", file=sys.stderr)
@@ -159,7 +168,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0 if result.outcome != "unknown" else 2
 
 
-COMMANDS = {"sample": cmd_sample, "run": cmd_run, "explain": cmd_explain}
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from consent_gate.sweep import sweep
+
+    settings = settings_from(args)
+    as_of = args.as_of or datetime.now(UTC)
+    _say(f"sweeping {args.out} against consent as of {as_of.isoformat()}")
+    outcome = sweep(settings.store(), settings.consent_db, settings.secret, as_of, full=args.full)
+    print(f"sweep {outcome.sweep_id} ({outcome.mode}): {outcome.days_scanned} published days scanned")
+    for purge in outcome.purges:
+        reasons = ", ".join(f"{k} {v}" for k, v in purge["removed_by_reason"].items())
+        print(f"  purged {purge['partition']}: {purge['rows_removed']} rows ({reasons})")
+    print(f"purge record: {args.out}/{outcome.log_path}")
+    return 0
+
+
+COMMANDS = {"sample": cmd_sample, "run": cmd_run, "explain": cmd_explain, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:
