@@ -11,6 +11,8 @@ input unit is accounted for, and only then publishes atomically with a manifest 
   the last complete UTC day, or the day named by the `day` param.
 - **Settings:** connection `consent_db`; variables `consent_gate_raw_uri`, `consent_gate_out_uri`,
   `consent_gate_hmac_key`, `consent_gate_policy_file` (see `airflow_settings.yaml`).
+- **Scale-out:** the `shards` param (default 1) splits the day's meetings by a stable hash of the
+  meeting_id; `gate_content` is mapped over the shards, then the day is validated and published once.
 - All logic lives in `include/consent_gate`; this file only wires the steps.
 """
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
+
+from consent_gate.runs import publish_pool
 
 CONTENT = Asset("consent_gate_content", uri="file:///consent-gate/content")
 AGGREGATES = Asset("consent_gate_aggregates", uri="file:///consent-gate/aggregates")
@@ -34,6 +38,7 @@ AGGREGATES = Asset("consent_gate_aggregates", uri="file:///consent-gate/aggregat
     params={
         "day": Param(None, type=["null", "string"], description="UTC day YYYY-MM-DD; default: the run's interval"),
         "as_of": Param(None, type=["null", "string"], description="consent snapshot instant; default: now"),
+        "shards": Param(1, type="integer", minimum=1, maximum=256, description="meeting shards gated in parallel"),
     },
     tags=["consent-gate", "privacy", "training-data"],
     doc_md=__doc__,
@@ -47,11 +52,16 @@ def consent_gate_daily():
         return snapshot_task(params, data_interval_start, data_interval_end, run_id)
 
     @task
-    def gate_content(stage: dict) -> dict:
-        """Gate the day's meeting artifacts into staged content, exclusions and quarantine."""
+    def shard_numbers(stage: dict) -> list[int]:
+        """The shards the day's meetings are split into (a stable hash of each meeting_id)."""
+        return list(range(stage["shards"]))
+
+    @task
+    def gate_content(stage: dict, shard: int) -> dict:
+        """Gate one shard of the day's meeting artifacts into staged content, exclusions and quarantine."""
         from consent_gate.airflow_tasks import gate_task
 
-        return gate_task(stage)
+        return gate_task(stage, shard)
 
     @task
     def aggregate_telemetry(stage: dict) -> dict:
@@ -67,7 +77,7 @@ def consent_gate_daily():
 
         return validate_task(stage)
 
-    @task(outlets=[CONTENT, AGGREGATES])
+    @task(outlets=[CONTENT, AGGREGATES], pool=publish_pool())
     def publish(stage: dict) -> str:
         """Publish the validated stage atomically; returns the manifest's path."""
         from consent_gate.airflow_tasks import publish_task
@@ -75,7 +85,8 @@ def consent_gate_daily():
         return publish_task(stage)
 
     stage = snapshot_consent()
-    publish(validate(stage, gate_content(stage), aggregate_telemetry(stage)))
+    content = gate_content.partial(stage=stage).expand(shard=shard_numbers(stage))
+    publish(validate(stage, content, aggregate_telemetry(stage)))
 
 
 consent_gate_daily()

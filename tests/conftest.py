@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,57 @@ def sample_dir(tmp_path_factory) -> Path:
     write_sample(folder)
     create_secret_file(folder / "hmac.key")
     return folder
+
+
+# --- local services (PostgreSQL, Redis): skip with an install hint, but never under CI=true -------
+
+POSTGRES_HINT = (
+    "install PostgreSQL (`apt-get install postgresql`) and run scripts/services, which starts it on "
+    "127.0.0.1:5432 with trust auth for local connections"
+)
+
+
+def service_unavailable(what: str, install_hint: str) -> None:
+    """Skip a test whose service is absent, saying how to get it; under CI=true that fails instead."""
+    message = f"{what} is not reachable: {install_hint}"
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of the local PostgreSQL server (trust auth as `postgres` or `root`)."""
+    import sqlalchemy as sa
+
+    for user in ("postgres", "root"):
+        engine = sa.create_engine(
+            f"postgresql+psycopg2://{user}@127.0.0.1:5432/postgres", connect_args={"connect_timeout": 5}
+        )
+        try:
+            with engine.connect() as connection:
+                connection.execute(sa.text("SELECT 1"))
+            return engine.url.render_as_string(hide_password=False)
+        except sa.exc.OperationalError:
+            continue
+        finally:
+            engine.dispose()
+    service_unavailable("PostgreSQL on 127.0.0.1:5432", POSTGRES_HINT)
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str) -> Iterator[str]:
+    """A throwaway PostgreSQL database for one test, dropped afterwards: its SQLAlchemy URL."""
+    import sqlalchemy as sa
+
+    name = f"consent_gate_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        yield sa.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()

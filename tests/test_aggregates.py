@@ -383,6 +383,7 @@ def test_only_allow_listed_keys_are_ever_read(tmp_path, monkeypatch):
     result = run(tmp_path, part)
     assert result.counts.telemetry_in == 1 and result.counts.quarantined == 4
     assert _KeySpy.looked_at and _KeySpy.looked_at <= ALLOW_LIST
+    assert set(aggregates.ALLOWED_FIELDS) == ALLOW_LIST
 
 
 def test_an_extra_key_holding_an_email_never_appears_in_output_or_errors(tmp_path):

@@ -179,3 +179,17 @@ def test_the_gate_streams_in_bounded_batches_with_identical_results(published, s
     biggest_meeting = 200  # a batch closes at the first meeting that takes it past batch_size
     assert len(seen) > 10 and max(seen) < 25 + biggest_meeting
     assert read_content(tmp_path).sort_by("artifact_id").equals(read_content(out).sort_by("artifact_id"))
+
+
+def test_a_telemetry_file_broken_mid_way_blocks_publication(sample_dir, tmp_path):
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(sample_dir / "raw", raw)
+    part = sorted((raw / f"telemetry/dt={DAY}").glob("*.gz"))[0]
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # truncated upload
+    settings = settings_for(sample_dir, tmp_path / "out")
+    settings = RunSettings(**{**settings.__dict__, "raw": str(raw)})
+    with pytest.raises(GateCheckFailed, match="telemetry_files_complete"):
+        run_day(settings, DAY, AS_OF, run_id="broken")
+    assert not (tmp_path / "out/content").exists()

@@ -16,22 +16,36 @@ from consent_gate.runs import as_of_for_run, partition_for_run, settings_from_ai
 log = logging.getLogger(__name__)
 
 
-def _stage(payload: dict[str, str]) -> pipeline.Stage:
+def _stage(payload: dict[str, Any]) -> pipeline.Stage:
     return pipeline.Stage(date.fromisoformat(payload["day"]), payload["attempt"])
 
 
-def snapshot_task(params: Any, interval_start: Any, interval_end: Any, run_id: str | None) -> dict[str, str]:
+def shard_count(requested: Any) -> int:
+    """The number of meeting shards of a run: the `shards` param (default 1), a positive integer."""
+    if requested is None:
+        return 1
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise ValueError("param 'shards' must be a positive integer")
+    return requested
+
+
+def snapshot_task(params: Any, interval_start: Any, interval_end: Any, run_id: str | None) -> dict[str, Any]:
     params = params or {}
     day = partition_for_run(interval_start, interval_end, params.get("day"))
+    shards = shard_count(params.get("shards"))
     as_of = as_of_for_run(params.get("as_of"), datetime.now(UTC))
     settings = settings_from_airflow()
     stage = pipeline.snapshot_consent(settings, day, as_of, run_id=run_id or "manual", dag_run_id=run_id)
     log.info("partition %s, consent as of %s, stage %s", day, as_of.isoformat(), stage.root)
-    return {"day": day.isoformat(), "attempt": stage.attempt}
+    return {"day": day.isoformat(), "attempt": stage.attempt, "shards": shards}
 
 
-def gate_task(payload: dict[str, str]) -> dict[str, Any]:
-    report = pipeline.gate_content(settings_from_airflow(), _stage(payload), progress=log.info)
+def gate_task(payload: dict[str, Any], shard: int = 0) -> dict[str, Any]:
+    """Gate one shard of the stage's meetings; the shard count travels in the stage payload."""
+    shards = shard_count(payload.get("shards"))
+    report = pipeline.gate_content(
+        settings_from_airflow(), _stage(payload), shard=shard, shards=shards, progress=log.info
+    )
     return asdict(report)
 
 
@@ -55,7 +69,15 @@ def validate_task(payload: dict[str, str]) -> dict[str, str]:
 
 
 def publish_task(payload: dict[str, str]) -> str:
+    """Failed checks or an interrupted earlier try fail the task for good: a rerun needs a new snapshot."""
+    from airflow.exceptions import AirflowFailException
+
+    from consent_gate.publish import InterruptedPublication
+
     settings, stage = settings_from_airflow(), _stage(payload)
-    manifest = pipeline.publish_stage(settings, stage)
+    try:
+        manifest = pipeline.publish_stage(settings, stage)
+    except (pipeline.GateCheckFailed, InterruptedPublication) as error:
+        raise AirflowFailException(f"{error}; evidence under _audit/dt={stage.day.isoformat()}/attempts/") from None
     log.info("published %s: %s content rows", manifest["partition"], manifest["counts"]["content"]["published"])
     return f"{settings.out}/_audit/dt={stage.day.isoformat()}/manifest.json"

@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--as-of", type=_instant, default=None, help="current consent instant (default: now)")
     sweep.add_argument("--full", action="store_true", help="re-evaluate every published day, not only affected ones")
     _common(sweep)
+
+    verify = commands.add_parser("verify", help="read-only re-check of a published day against current consent")
+    verify.add_argument("--date", type=_day, required=True)
+    _common(verify)
+
+    report = commands.add_parser("report", help="(re)write the offline HTML audit index under <out>/_audit/")
+    _common(report, consent=False)
     return parser
 
 
@@ -169,12 +176,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from consent_gate.sweep import sweep
+    from consent_gate.consent import ConsentStoreError
+    from consent_gate.sweep import SweepError, sweep
 
     settings = settings_from(args)
     as_of = args.as_of or datetime.now(UTC)
     _say(f"sweeping {args.out} against consent as of {as_of.isoformat()}")
-    outcome = sweep(settings.store(), settings.consent_db, settings.secret, as_of, full=args.full)
+    try:
+        outcome = sweep(settings.store(), settings.consent_db, settings.secret, as_of, full=args.full)
+    except (ConsentStoreError, SweepError) as error:
+        _say(f"FAILED, the watermark did not move: {error}")
+        return 1
     print(f"sweep {outcome.sweep_id} ({outcome.mode}): {outcome.days_scanned} published days scanned")
     for purge in outcome.purges:
         reasons = ", ".join(f"{k} {v}" for k, v in purge["removed_by_reason"].items())
@@ -183,7 +195,38 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"sample": cmd_sample, "run": cmd_run, "explain": cmd_explain, "sweep": cmd_sweep}
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every published row of the day is still eligible now, 1 when not, 2 when nothing is there."""
+    from consent_gate.verify import VerificationError, verify_published_day
+
+    settings = settings_from(args)
+    store = settings.store()
+    if not store.files(f"content/dt={args.date}", ".parquet") and not store.exists(f"_audit/dt={args.date}"):
+        print(f"consent-gate: {args.date} is not published under {args.out}", file=sys.stderr)
+        return 2
+    now = datetime.now(UTC)
+    try:
+        result = verify_published_day(store, args.date, settings.consent_db, settings.secret, now)
+    except VerificationError as error:
+        _say(f"FAILED: {error}")
+        return 1
+    print(f"verify {args.date} against consent as of {now.isoformat()}: {'OK' if result.passed else 'NOT ELIGIBLE'}")
+    print(f"  {result.detail()}")
+    return 0 if result.passed else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from consent_gate.audit import write_index
+    from consent_gate.publish import OutputStore
+
+    print(f"{args.out}/{write_index(OutputStore(args.out))}")
+    return 0
+
+
+COMMANDS = {
+    "sample": cmd_sample, "run": cmd_run, "explain": cmd_explain, "sweep": cmd_sweep,
+    "verify": cmd_verify, "report": cmd_report,
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

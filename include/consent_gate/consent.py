@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -296,4 +297,6 @@ def read_consent_rows(url: str, batch_size: int = 50_000) -> Iterator[tuple[Any,
 
 def take_snapshot(url: str, as_of: datetime) -> ConsentSnapshot:
     """The consent visible at `as_of` in the store at `url`."""
-    return snapshot_from_rows(read_consent_rows(url), as_of)
+    # Closed even when a row fails the run, so the store's connection is released at once.
+    with closing(read_consent_rows(url)) as rows:
+        return snapshot_from_rows(rows, as_of)

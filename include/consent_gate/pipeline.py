@@ -22,13 +22,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import consent_gate
+from consent_gate import audit
 from consent_gate.config import PROJECT_ROOT, Policy
 from consent_gate.consent import ConsentSnapshot, take_snapshot
 from consent_gate.gate import CONTENT_SCHEMA, EXCLUDED_SCHEMA, REASONS, decide, excluded_rows, published_rows
 from consent_gate.keys import Keyer
-from consent_gate.publish import OutputStore
+from consent_gate.publish import (
+    InterruptedPublication,
+    OutputStore,
+    begin_publication,
+    publish_folders,
+    recover_day,
+)
 from consent_gate.records import Quarantined, parse_timestamp
 from consent_gate.sources import Artifact, InputFile, LandingZone, read_meeting
+from consent_gate.sweep import withhold_withdrawn
 
 QUARANTINE_SCHEMA = pa.schema([("unit", pa.string()), ("error", pa.string())])
 INPUTS_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("sha256", pa.string())])
@@ -226,7 +234,7 @@ def gate_content(
         with store.open(excluded.relative) as handle:
             reasons = pq.read_table(handle, columns=["reason"]).column("reason").to_pylist()
         report.excluded = dict(sorted(Counter(reasons).items()))
-    store.write_json(stage / f"reports/content-{shard:04d}.json", asdict(report))
+    store.write_json(stage / f"reports/content-{shard:04d}.json", {**asdict(report), "shard": shard, "shards": shards})
     return report
 
 
@@ -315,6 +323,20 @@ def staged_counts(settings: RunSettings, stage: Stage) -> dict[str, Any]:
     }
 
 
+def shards_check(settings: RunSettings, stage: Stage) -> CheckResult:
+    """Every shard of the day reported exactly once, all with the same shard count: none was lost."""
+    store = settings.store()
+    reports = [store.read_json(p) for p in store.files(stage / "reports", ".json") if "/content-" in p]
+    counts = {r.get("shards", 1) for r in reports}
+    seen = sorted(r.get("shard", 0) for r in reports)
+    expected = list(range(next(iter(counts)))) if len(counts) == 1 else None
+    return CheckResult(
+        "content_shards_complete",
+        expected is not None and seen == expected,
+        f"{len(reports)} shard report(s) for shard count(s) {sorted(counts)}: shards {seen}",
+    )
+
+
 def _rows(store: OutputStore, files: list[str]) -> int:
     total = 0
     for path in files:
@@ -338,7 +360,8 @@ def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResu
             accounted == content["units_in"] and published == content["published"],
             f"units in {content['units_in']} = published {published} + excluded {excluded} "
             f"+ quarantined {quarantined} ({accounted})",
-        )
+        ),
+        shards_check(settings, stage),
     ]
     aggregated = 0
     for path in store.files(stage / "aggregates", ".parquet"):
@@ -365,12 +388,29 @@ def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResu
             f"{counts['quarantined']} of {counts['units_in']} units quarantined ({ratio:.4%}; limit {limit:.2%})",
         )
     )
+    # A telemetry file that breaks mid-way loses an unknown number of lines: no ratio can bound
+    # that loss, so the day is not published until the file is repaired or removed upstream.
+    broken = _rows_where(store, stage / "audit/quarantine/telemetry.parquet", lambda unit: ":" not in unit)
+    checks.append(
+        CheckResult("telemetry_files_complete", broken == 0, f"{broken} telemetry file(s) could not be read to the end")
+    )
     return checks
+
+
+def _rows_where(store: OutputStore, relative: str, keep: Callable[[str], bool]) -> int:
+    if not store.exists(relative):
+        return 0
+    with store.open(relative) as handle:
+        units = pq.read_table(handle, columns=["unit"]).column("unit").to_pylist()
+    return sum(1 for unit in units if keep(unit.rsplit("/", 1)[-1]))
 
 
 def validate_stage(settings: RunSettings, stage: Stage) -> list[CheckResult]:
     """Every check the stage must pass before publication; the results go to the stage."""
+    from consent_gate.validation import evidence_checks
+
     checks = reconciliation_checks(settings, stage)
+    checks += evidence_checks(settings, stage)  # GX suites + independent re-verification, reports in audit/
     settings.store().write_json(stage / "reports/checks.json", [asdict(c) for c in checks])
     return checks
 
@@ -439,33 +479,92 @@ def record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> s
     store = settings.store()
     manifest = build_manifest(settings, stage, status="failed")
     manifest["failure"] = reason
-    target = f"_audit/dt={stage.day.isoformat()}/attempts/{stage.attempt}.json"
     with store.day_lock(stage.day.isoformat()):
-        store.write_json(target, manifest)
+        return _keep_failed_attempt(store, stage, manifest)
+
+
+def _keep_failed_attempt(store: OutputStore, stage: Stage, manifest: dict[str, Any]) -> str:
+    """Write a failed attempt's manifest and reports under `_audit/dt=D/attempts/` (day lock held)."""
+    target = f"_audit/dt={stage.day.isoformat()}/attempts/{stage.attempt}.json"
+    store.write_json(target, manifest)
+    audit.keep_failed_attempt(store, stage / "audit", target.removesuffix(".json"), manifest)
     return target
 
 
 def publish_stage(settings: RunSettings, stage: Stage) -> dict[str, Any]:
     """Publish a validated stage: content, aggregates, then the audit evidence, each atomically."""
     store = settings.store()
+    day = stage.day.isoformat()
+    if not store.exists(stage / "reports/checks.json"):
+        published = f"_audit/dt={day}/manifest.json"
+        if store.exists(published) and store.read_json(published).get("attempt") == stage.attempt:
+            return store.read_json(published)  # a retry after this attempt was published in full
+        raise InterruptedPublication(f"stage {stage.attempt} of {day} is gone or was never validated; rerun the day")
     checks = store.read_json(stage / "reports/checks.json")
     failed = [c["name"] for c in checks if not c["passed"]]
     if failed:
         raise GateCheckFailed(f"refusing to publish: checks failed: {', '.join(failed)}")
-    day = stage.day.isoformat()
+    with store.day_lock(day):  # held from the no-resurrection check on, so no sweep runs in between
+        # A publication killed mid-way (this attempt's earlier try, or another's) is undone first.
+        interrupted = recover_day(store, day)
+        if interrupted.get(stage.root) == "published":  # killed after its commit: it is published
+            manifest = read_manifest(store, stage.day)
+        elif stage.root in interrupted:
+            raise InterruptedPublication(
+                f"an earlier try to publish attempt {stage.attempt} of {day} was interrupted and rolled back; "
+                "the previous version stands; rerun the day for a new snapshot"
+            )
+        else:
+            begin_publication(store, stage.root)
+            try:
+                manifest = _publish_locked(settings, stage)
+            except BaseException as error:
+                _abandon_publication(settings, stage, error)
+                raise
+    audit.write_index(store)
+    return manifest
+
+
+def _abandon_publication(settings: RunSettings, stage: Stage, error: BaseException) -> None:
+    """A publication that raised (day lock held): keep its evidence, then undo what it exchanged."""
+    store = settings.store()
+    try:
+        manifest = build_manifest(settings, stage, status="failed")
+        manifest["failure"] = f"publication failed: {type(error).__name__}: {error}"
+        _keep_failed_attempt(store, stage, manifest)
+    except Exception:  # the evidence is best effort; the original error is what the caller sees
+        pass
+    finally:
+        recover_day(store, stage.day.isoformat())
+
+
+def _publish_locked(settings: RunSettings, stage: Stage) -> dict[str, Any]:
+    """The publication itself, day lock held and journal begun: stage evidence, exchange, commit."""
+    store, day = settings.store(), stage.day.isoformat()
+    # SPEC §7: whatever as_of was pinned, revocations visible now are applied before publishing.
+    withheld = withhold_withdrawn(store, stage.root, settings.consent_db, settings.secret, datetime.now(UTC))
+    if withheld["rows"]:
+        failed = [c.name for c in validate_stage(settings, stage) if not c.passed]
+        if failed:
+            raise GateCheckFailed(f"refusing to publish: checks failed: {', '.join(failed)}")
     _finish_audit(settings, stage)
     manifest = build_manifest(settings, stage, status="published")
     manifest["outputs"] = _output_files(settings, stage)
-    with store.day_lock(day):
-        for folder in ("content", "aggregates"):
-            store.makedirs(stage / folder)
-            store.replace_directory(stage / folder, f"{folder}/dt={day}")
-        store.write_json(stage / "audit/manifest.json", manifest)
-        attempts = f"_audit/dt={day}/attempts"
-        if store.exists(attempts):
-            store.fs.mv(store.path(attempts), store.path(stage / "audit/attempts"), recursive=True)
-        store.write_json(stage / f"audit/attempts/{stage.attempt}.json", manifest)
-        store.replace_directory(stage / "audit", f"_audit/dt={day}")
+    manifest["withdrawn_since_as_of"] = withheld
+    for folder in ("content", "aggregates"):
+        store.makedirs(stage / folder)
+    store.write_json(stage / "audit/manifest.json", manifest)
+    audit.write_day_report(store, stage / "audit", manifest)
+    attempts = f"_audit/dt={day}/attempts"
+    if store.exists(attempts):  # copied, not moved: the published history stays whole until the commit
+        store.copy_tree(attempts, stage / "audit/attempts")
+    store.write_json(stage / f"audit/attempts/{stage.attempt}.json", manifest)
+    publish_folders(
+        store,
+        stage.root,
+        [(stage / "content", f"content/dt={day}"), (stage / "aggregates", f"aggregates/dt={day}"),
+         (stage / "audit", f"_audit/dt={day}")],  # the audit folder last: its exchange is the commit
+    )  # fmt: skip
     store.remove(stage.root)
     return manifest
 
@@ -501,7 +600,8 @@ def run_day(
             raise GateCheckFailed(f"checks failed: {failed}")
         manifest = publish_stage(settings, stage)
     except Exception as error:
-        record_failed_attempt(settings, stage, f"{type(error).__name__}: {error}")
+        if settings.store().exists(stage / "run.json"):  # else publish_stage kept the evidence and rolled back
+            record_failed_attempt(settings, stage, f"{type(error).__name__}: {error}")
         settings.store().remove(stage.root)
         raise
     return RunOutcome(True, f"_audit/dt={day.isoformat()}/manifest.json", manifest, checks)

@@ -28,8 +28,15 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 
 
+JOURNAL = "publishing.json"
+
+
 class PublishError(RuntimeError):
     pass
+
+
+class InterruptedPublication(PublishError):
+    """The attempt's publication was interrupted and rolled back; its stage is gone: rerun the day."""
 
 
 class OutputStore:
@@ -131,16 +138,52 @@ class OutputStore:
         else:
             self._replace_remote(staged, target)
 
+    def exchange_directory(self, staged: str, target: str) -> None:
+        """Swap `staged` and `target` without deleting anything: `staged` then holds the previous version."""
+        if self.is_local:
+            _swap_local(self.path(staged), self.path(target))
+        else:  # no exchange on object stores: copy over, delete what is superseded
+            self._replace_remote(staged, target)
+
+    def copy_tree(self, source: str, target: str) -> None:
+        """Copy a folder; locally as hard links (instant; the source stays whole if interrupted)."""
+        if self.is_local:
+            shutil.copytree(self.path(source), self.path(target), copy_function=os.link)
+        else:
+            for name in self.tree(source):
+                self.fs.copy(self.path(f"{source}/{name}"), self.path(f"{target}/{name}"))
+
+    def tree(self, relative: str) -> list[str]:
+        """Every file below `relative` (nested folders included), relative to it, sorted; fresh listing."""
+        base = self.path(relative)
+        self.fs.invalidate_cache(base)
+        if not self.fs.exists(base):
+            return []
+        return sorted(p[len(base) + 1 :] for p in self.fs.find(base) if p.startswith(base + "/"))
+
+    def move_tree(self, source: str, target: str) -> None:
+        """Move a folder and everything below it (object stores: copy each object, then delete)."""
+        if self.is_local:
+            os.makedirs(os.path.dirname(self.path(target)), exist_ok=True)
+            os.rename(self.path(source), self.path(target))
+            return
+        names = self.tree(source)
+        for name in names:
+            self.fs.copy(self.path(f"{source}/{name}"), self.path(f"{target}/{name}"))
+        self.remove(source)
+        self.fs.invalidate_cache(self.path(target))
+
     def _replace_remote(self, staged: str, target: str) -> None:
-        old = set(self.files(target))
-        for source in self.files(staged):
-            name = source.rsplit("/", 1)[-1]
-            self.fs.copy(self.path(source), self.path(f"{target}/{name}"))
-        new_names = {s.rsplit("/", 1)[-1] for s in self.files(staged)}
-        for path in sorted(old):
-            if path.rsplit("/", 1)[-1] not in new_names:
-                self.fs.rm(self.path(path))
+        """Copy every staged file (nested ones too) over the target, then delete what is superseded."""
+        old = set(self.tree(target))
+        new = self.tree(staged)
+        for name in new:
+            self.fs.copy(self.path(f"{staged}/{name}"), self.path(f"{target}/{name}"))
+        superseded = sorted(old - set(new))
+        if superseded:
+            self.fs.rm([self.path(f"{target}/{name}") for name in superseded])
         self.remove(staged)
+        self.fs.invalidate_cache(self.path(target))
 
 
 def _swap_local(staged: str, target: str) -> None:
@@ -161,3 +204,95 @@ def _swap_local(staged: str, target: str) -> None:
     os.rename(target, aside)
     os.rename(staged, target)
     os.rename(aside, staged)
+
+
+# --- crash safety: a journal per publishing stage, rolled back by the next holder of the day lock ----
+
+
+def begin_publication(store: OutputStore, stage_root: str) -> None:
+    """Mark a stage as publishing: if its process dies from here on, `recover_day` undoes its work."""
+    store.write_json(f"{stage_root}/{JOURNAL}", {"swaps": []})
+
+
+def publish_folders(store: OutputStore, stage_root: str, swaps: list[tuple[str, str]]) -> None:
+    """Exchange each staged folder with its published target; the last exchange is the commit point.
+
+    Call under the day lock, after `begin_publication`. Before the first exchange the journal records
+    the inode of each staged (new) folder, so `recover_day` can tell which exchanges happened after a
+    SIGKILL. Superseded versions are deleted only after the commit.
+    """
+    if store.is_local:
+        journal = {
+            "swaps": [
+                {
+                    "staged": staged,
+                    "target": target,
+                    "new_inode": os.stat(store.path(staged)).st_ino,
+                    "target_existed": os.path.exists(store.path(target)),
+                }
+                for staged, target in swaps
+            ]
+        }
+        store.write_json(f"{stage_root}/{JOURNAL}", journal)
+        for staged, target in swaps:
+            _swap_local(store.path(staged), store.path(target))
+        for staged, _ in swaps:
+            store.remove(staged)  # the superseded versions
+    else:  # object stores: no exchange and no inode; each folder is replaced file by file
+        for staged, target in swaps:
+            store.replace_directory(staged, target)
+    store.remove(f"{stage_root}/{JOURNAL}")
+
+
+def recover_day(store: OutputStore, day: str) -> dict[str, str]:
+    """Finish or undo every publication of `day` whose process died; call under the day lock.
+
+    Returns {stage_root: "published" | "rolled_back"}. A publication whose last exchange happened is
+    complete (only its superseded versions are deleted); otherwise each exchange that happened is
+    reversed, so the previous version is whole again. Either way the stage is deleted: an attempt
+    that was interrupted while publishing is over, and a rerun takes a new consent snapshot.
+    """
+    outcomes: dict[str, str] = {}
+    for found in sorted(store.fs.glob(store.path(f"_staging/dt={day}/*/{JOURNAL}"))):
+        stage_root = found[len(store.root_path) + 1 :].rsplit("/", 1)[0]
+        try:
+            swaps = store.read_json(f"{stage_root}/{JOURNAL}")["swaps"]
+        except (ValueError, KeyError):  # cannot happen with atomic writes; fail closed if it does
+            raise PublishError(f"unreadable publication journal in {stage_root}") from None
+        for swap in swaps:
+            _repair_two_renames(store.path(swap["staged"]), store.path(swap["target"]))
+        if swaps and _holds_new_version(store, swaps[-1]):
+            outcomes[stage_root] = "published"
+        else:
+            for swap in reversed(swaps):
+                if _holds_new_version(store, swap):
+                    _undo_swap(store, swap)
+            outcomes[stage_root] = "rolled_back"
+        store.remove(stage_root)
+    return outcomes
+
+
+def _holds_new_version(store: OutputStore, swap: dict[str, Any]) -> bool:
+    try:
+        return os.stat(store.path(swap["target"])).st_ino == swap["new_inode"]
+    except FileNotFoundError:
+        return False
+
+
+def _undo_swap(store: OutputStore, swap: dict[str, Any]) -> None:
+    staged, target = store.path(swap["staged"]), store.path(swap["target"])
+    if swap["target_existed"]:
+        _swap_local(staged, target)  # `staged` holds the previous version: exchange back
+    else:  # there was no previous version: take the new one out again (onto the empty placeholder)
+        os.rename(target, staged)
+
+
+def _repair_two_renames(staged: str, target: str) -> None:
+    """Where renameat2 is missing, `_swap_local` renames thrice; put back a folder left aside."""
+    aside = f"{staged}.previous"
+    if not os.path.exists(aside):
+        return
+    if not os.path.exists(target):
+        os.rename(aside, target)
+    elif not os.path.exists(staged):
+        os.rename(aside, staged)

@@ -8,17 +8,34 @@ from __future__ import annotations
 
 import os
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consent_gate.config import load_policy
 from consent_gate.keys import MissingSecretError, load_secret
-from consent_gate.pipeline import RunSettings, project_var
 from consent_gate.records import parse_timestamp
+
+if TYPE_CHECKING:  # the pipeline imports pyarrow: not at DAG parse time (the DAG imports `publish_pool`)
+    from consent_gate.pipeline import RunSettings
 
 CONSENT_CONN_ID = "consent_db"
 VAR_RAW, VAR_OUT, VAR_POLICY, VAR_SECRET = (
     "consent_gate_raw_uri", "consent_gate_out_uri", "consent_gate_policy_file", "consent_gate_hmac_key",
 )  # fmt: skip
+
+
+PUBLISH_POOL = "consent_gate_publish"
+PUBLISH_POOL_ENV = "CONSENT_GATE_PUBLISH_POOL"
+
+
+def publish_pool() -> str:
+    """The pool of the publish task: `consent_gate_publish` (1 slot) where the deployment created it.
+
+    The scheduler never runs a task whose pool does not exist, and only logs a warning: so the DAG
+    names the dedicated pool only when the deployment says it exists (`scripts/airflow-local` creates
+    it from airflow_settings.yaml and sets CONSENT_GATE_PUBLISH_POOL). Without it, publications of
+    the same day are still serialised by the day lock on local storage.
+    """
+    return os.environ.get(PUBLISH_POOL_ENV) or "default_pool"
 
 
 class AmbiguousPartition(ValueError):
@@ -81,6 +98,8 @@ def consent_url_from_connection(conn: Any) -> str:
 def settings_from_airflow() -> RunSettings:
     """Run settings from the `consent_db` connection and `consent_gate_*` variables, at task run time."""
     from airflow.sdk import BaseHook, Variable
+
+    from consent_gate.pipeline import RunSettings, project_var
 
     var = project_var()
     secret_text = Variable.get(VAR_SECRET, default=None)

@@ -1,0 +1,226 @@
+"""Benchmark: the gate against the floor of merely reading and parsing the same day.
+
+For each day size (meetings) it generates a sample day once (cached under --work), then runs every
+case in its own process and prints one table:
+
+- floor: read and parse the raw landing zone only (sources.read_meeting over every meeting folder,
+  every telemetry line gunzipped and json-parsed): what no gate can beat;
+- gate: the whole day end to end (pipeline.run_day: snapshot, gate, aggregate, checks incl. GX, publish);
+- ratio gate / floor, and each case's peak RSS (ru_maxrss of its process);
+- 1 vs 2 shards: gate_content of the whole day in one process, then the two shards of the same stage
+  in two processes running in parallel (wall time of the slower).
+
+    .venv/bin/python benchmarks/bench.py --sizes 2000,5000,10000
+
+Numbers are printed, never asserted. See benchmarks/README.md for the latest figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import resource
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT / "include"))
+
+DAY = date(2026, 11, 2)
+AS_OF = "2026-11-20T00:00:00Z"
+
+
+# --- cases, each run in a child process ------------------------------------------------------------
+
+
+def _settings(data: Path, out: Path, batch_size: int | None = None) -> Any:
+    from consent_gate.config import Policy
+    from consent_gate.pipeline import RunSettings
+
+    extra = {"batch_size": batch_size} if batch_size else {}
+    return RunSettings(
+        raw=str(data / "raw"), out=str(out), consent_db=f"sqlite:///{data / 'consent.db'}", policy=Policy(),
+        secret=(data / "hmac.key").read_bytes(), **extra,
+    )  # fmt: skip
+
+
+def case_floor(data: Path) -> dict[str, Any]:
+    from consent_gate.sources import LandingZone, read_meeting
+
+    zone = LandingZone(str(data / "raw"))
+    units = lines = 0
+    for folder in zone.meeting_folders(DAY):
+        units += read_meeting(zone, folder, DAY).units_in
+    for relative in zone.telemetry_files(DAY):
+        with gzip.open(zone.url(relative), "rb") as handle:
+            for line in handle:
+                try:
+                    json.loads(line)
+                except ValueError:
+                    pass
+                lines += 1
+    return {"units": units, "telemetry_lines": lines}
+
+
+def case_gate(data: Path, out: Path) -> dict[str, Any]:
+    from consent_gate.pipeline import run_day
+    from consent_gate.records import parse_timestamp
+
+    outcome = run_day(_settings(data, out), DAY, parse_timestamp(AS_OF, "as_of"), run_id="bench")
+    return {"published": outcome.manifest["counts"]["content"]["published"]}
+
+
+def case_snapshot(data: Path, out: Path) -> dict[str, Any]:
+    from consent_gate.pipeline import snapshot_consent
+    from consent_gate.records import parse_timestamp
+
+    stage = snapshot_consent(_settings(data, out), DAY, parse_timestamp(AS_OF, "as_of"), run_id="bench")
+    return {"attempt": stage.attempt}
+
+
+def case_shard(data: Path, out: Path, attempt: str, shard: int, shards: int) -> dict[str, Any]:
+    from consent_gate.pipeline import Stage, gate_content
+
+    report = gate_content(_settings(data, out), Stage(DAY, attempt), shard=shard, shards=shards)
+    return {"meetings": report.meetings, "published": report.published}
+
+
+def child(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    if args.case == "floor":
+        result = case_floor(args.data)
+    elif args.case == "gate":
+        result = case_gate(args.data, args.out)
+    elif args.case == "snapshot":
+        result = case_snapshot(args.data, args.out)
+    else:
+        result = case_shard(args.data, args.out, args.attempt, args.shard, args.shards)
+    result["seconds"] = time.perf_counter() - started
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+# --- the driver ------------------------------------------------------------------------------------
+
+
+def spawn(case: str, data: Path, out: Path | None = None, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, __file__, "--case", case, "--data", str(data)]
+    if out is not None:
+        command += ["--out", str(out)]
+    return subprocess.Popen([*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def result_of(process: subprocess.Popen) -> dict[str, Any]:
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"bench case failed ({' '.join(process.args)}):\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run(case: str, data: Path, out: Path | None = None, *extra: str) -> dict[str, Any]:
+    return result_of(spawn(case, data, out, *extra))
+
+
+def prepare(work: Path, meetings: int) -> tuple[Path, dict[str, Any]]:
+    """The sample day of `meetings` meetings, generated once and reused."""
+    from consent_gate.keys import create_secret_file
+    from consent_gate.sample import write_sample
+
+    data = work / f"day-{meetings}"
+    marker = data / "summary.json"
+    if not marker.exists():
+        started = time.perf_counter()
+        summary = write_sample(data, days=1, meetings_per_day=meetings)
+        if not (data / "hmac.key").exists():
+            create_secret_file(data / "hmac.key")
+        facts = {"meetings": summary.meetings, "telemetry_events": summary.telemetry_events,
+                 "consent_events": summary.consent_events, "generated_s": time.perf_counter() - started}  # fmt: skip
+        marker.write_text(json.dumps(facts))
+    facts = json.loads(marker.read_text())
+    facts["raw_mb"] = sum(p.stat().st_size for p in (data / "raw").rglob("*") if p.is_file()) / 1e6
+    return data, facts
+
+
+def bench_size(work: Path, meetings: int, repeat: int) -> dict[str, Any]:
+    data, facts = prepare(work, meetings)
+    outs = work / f"out-{meetings}"
+    row: dict[str, Any] = {"meetings": meetings, **facts}
+
+    def best(case: str, *extra: str, fresh_out: bool = False) -> dict[str, Any]:
+        results = []
+        for n in range(repeat):
+            out = outs / f"{case}-{n}-{time.time_ns()}" if fresh_out else None
+            results.append(run(case, data, out, *extra))
+        return min(results, key=lambda r: r["seconds"])
+
+    row["floor"] = best("floor")
+    row["gate"] = best("gate", fresh_out=True)
+    one, two = [], []
+    for n in range(repeat):
+        out = outs / f"shards-{n}-{time.time_ns()}"
+        attempt = run("snapshot", data, out)["attempt"]
+        one.append(run("shard", data, out, "--attempt", attempt, "--shard", "0", "--shards", "1"))
+        attempt = run("snapshot", data, out)["attempt"]
+        started = time.perf_counter()
+        pair = [spawn("shard", data, out, "--attempt", attempt, "--shard", str(s), "--shards", "2") for s in (0, 1)]
+        parts = [result_of(p) for p in pair]
+        two.append({"seconds": time.perf_counter() - started, "peak_rss_mb": max(p["peak_rss_mb"] for p in parts),
+                    "meetings": [p["meetings"] for p in parts]})  # fmt: skip
+    row["shard1"] = min(one, key=lambda r: r["seconds"])
+    row["shard2"] = min(two, key=lambda r: r["seconds"])
+    return row
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'meetings':>9} {'units':>9} {'telemetry':>10} {'raw MB':>7} | {'floor s':>8} {'gate s':>8} {'ratio':>6} | "
+        f"{'floor RSS':>9} {'gate RSS':>9} | {'1 shard s':>9} {'2 shards s':>10} {'speed-up':>8} {'shard RSS':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['meetings']:>9} {r['floor']['units']:>9} {r['telemetry_events']:>10} {r['raw_mb']:>7.1f} | "
+            f"{r['floor']['seconds']:>8.2f} {r['gate']['seconds']:>8.2f} "
+            f"{r['gate']['seconds'] / r['floor']['seconds']:>6.2f} | "
+            f"{r['floor']['peak_rss_mb']:>7.0f}MB {r['gate']['peak_rss_mb']:>7.0f}MB | "
+            f"{r['shard1']['seconds']:>9.2f} {r['shard2']['seconds']:>10.2f} "
+            f"{r['shard1']['seconds'] / r['shard2']['seconds']:>7.2f}x {r['shard2']['peak_rss_mb']:>7.0f}MB"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="2000,5000,10000", help="meetings per day, comma-separated")
+    parser.add_argument("--work", type=Path, default=PROJECT / "var" / "bench", help="where days are generated")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the fastest is reported")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--case", choices=["floor", "gate", "snapshot", "shard"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--attempt", help=argparse.SUPPRESS)
+    parser.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--shards", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        child(args)
+        return
+    import os
+
+    print(f"consent-gate benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs", flush=True)
+    rows = []
+    for meetings in (int(s) for s in args.sizes.split(",")):
+        rows.append(bench_size(args.work, meetings, args.repeat))
+        print(f"  measured {meetings} meetings", file=sys.stderr, flush=True)
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""
+### consent_revocation_sweep
+
+Makes a **withdrawal of consent reach published data** (SPEC §7): content of a user or account who
+revoked leaves the training-eligible dataset in storage, not just in a listing.
+
+Each run reads the revocations that came into force since the last sweep's watermark, finds the
+published days holding rows of those subjects (by the keyed hashes the rows carry), re-evaluates
+every row of such a day against the consent of now, and rewrites each day that loses rows under
+the day lock with the same atomic swap as publication; superseded files are deleted. Each purge is
+recorded (day, rows removed by reason, `as_of`, revocation-to-purge latency) under
+`_audit/sweeps/` and in the day's manifest, with no content and no raw ids.
+
+- **When:** every hour on the hour (UTC), and whenever the consent store announces an update
+  (asset `consent_events`). With hourly runs a revocation is purged within an hour plus one sweep.
+- **Params:** `as_of` pins the consent instant (default: now); `full` re-evaluates every day.
+- **Settings:** as `consent_gate_daily` (connection `consent_db`, `consent_gate_*` variables).
+- All logic lives in `include/consent_gate/sweep.py`; this file only wires it.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
+CONSENT_UPDATES = Asset("consent_events", uri="file:///consent-gate/consent-events")
+CONTENT = Asset("consent_gate_content", uri="file:///consent-gate/content")
+
+
+@dag(
+    dag_id="consent_revocation_sweep",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 * * * *", timezone="UTC"), assets=[CONSENT_UPDATES]),
+    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "data-platform", "retries": 2, "retry_delay": pendulum.duration(minutes=1)},
+    params={
+        "as_of": Param(None, type=["null", "string"], description="consent instant; default: now"),
+        "full": Param(False, type="boolean", description="re-evaluate every published day"),
+    },
+    tags=["consent-gate", "privacy", "training-data", "withdrawal"],
+    doc_md=__doc__,
+)
+def consent_revocation_sweep():
+    @task(outlets=[CONTENT])
+    def sweep(params=None) -> dict:
+        """Purge published rows whose consent was withdrawn; returns the sweep's summary."""
+        from consent_gate.sweep import sweep_task
+
+        return sweep_task(params)
+
+    sweep()
+
+
+consent_revocation_sweep()

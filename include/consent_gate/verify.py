@@ -1,0 +1,301 @@
+"""Independent re-verification: every published row re-derived against consent in SQL (DuckDB).
+
+This is the second opinion SPEC §5 asks for. It shares no eligibility code with `gate.py` or
+`consent.py`: it reads `consent_events` straight from the consent store with its own query, applies the
+visibility and fail-closed rules of SPEC §3 in SQL, turns the events into validity intervals
+([effective_at, next effective_at) per subject and content type, ordered by effective_at, recorded_at,
+revoke after grant, event_id) and joins every (published row, required subject) pair on equality with a
+range check, at the row's capture time and at `as_of`. The only shared piece is `keys.Keyer`, which maps
+a consent subject to the keyed hash the published rows carry.
+
+A row violates consent when one of its subjects (every `user_keys` and `account_keys` entry) has no
+grant in force at capture or at `as_of`, or was named by an unreadable consent row; a row without its
+meeting's account, a cue or message without its author, or an unknown type violates it too.
+Results name artifact ids and counts only, never keys, raw ids or content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from consent_gate.keys import Keyer
+from consent_gate.publish import OutputStore
+
+CONSENT_COLUMNS = (
+    "event_id", "subject_type", "subject_id", "purpose", "content_type",
+    "decision", "effective_at", "recorded_at", "terms_version",
+)  # fmt: skip
+CONTENT_TYPE_OF_ARTIFACT = {
+    "transcript_segment": "transcript",
+    "chat_message": "chat",
+    "summary": "summary",
+    "recording": "recording",
+}
+MAX_LISTED = 20
+
+
+class VerificationError(RuntimeError):
+    """The consent store cannot be read well enough to verify anything."""
+
+
+@dataclass
+class Verification:
+    """What the second path found: rows checked, violating rows by reason, a few of their ids."""
+
+    rows_checked: int = 0
+    violations: dict[str, int] = field(default_factory=dict)
+    violating_artifacts: list[str] = field(default_factory=list)
+    visible_consent_events: int = 0
+    failed_closed_subjects: int = 0
+
+    @property
+    def violating_rows(self) -> int:
+        return sum(self.violations.values())
+
+    @property
+    def passed(self) -> bool:
+        return self.violating_rows == 0
+
+    def detail(self) -> str:
+        if self.passed:
+            return (
+                f"{self.rows_checked} published rows re-derived in SQL against {self.visible_consent_events} "
+                f"visible consent events: every required subject granted at capture and at as_of"
+            )
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.violations.items()))
+        listed = ", ".join(self.violating_artifacts)
+        return f"{self.violating_rows} of {self.rows_checked} rows not eligible ({reasons}); e.g. {listed}"
+
+
+# --- consent rows, read on their own ------------------------------------------------------------
+
+
+def _cell_text(value: Any) -> str | None:
+    """A cell as text; a timezone-naive datetime becomes text without an offset (so: unreadable)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value) if isinstance(value, str) else repr(type(value))
+
+
+def _consent_rows(url: str, keyer: Keyer, batch_size: int = 50_000) -> Iterator[list[dict[str, Any]]]:
+    """The consent_events table in batches, each subject replaced by its keyed hash."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    query = sa.text(f"SELECT {', '.join(CONSENT_COLUMNS)} FROM consent_events")
+    try:
+        with engine.connect() as connection:
+            result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(query)
+            while chunk := result.fetchmany(batch_size):
+                yield [_keyed(dict(zip(CONSENT_COLUMNS, row, strict=True)), keyer) for row in chunk]
+    except sa.exc.SQLAlchemyError as error:
+        raise VerificationError(f"cannot read consent_events: {type(error).__name__}") from None
+    finally:
+        engine.dispose()
+
+
+def _keyed(row: dict[str, Any], keyer: Keyer) -> dict[str, Any]:
+    kind, subject = row["subject_type"], row["subject_id"]
+    readable = kind in ("account", "user") and isinstance(subject, str) and subject != ""
+    return {
+        "event_id": row["event_id"] if isinstance(row["event_id"], str) else None,
+        "subject_key": keyer.key(kind, subject) if readable else None,
+        "purpose": _cell_text(row["purpose"]),
+        "content_type": _cell_text(row["content_type"]),
+        "decision": _cell_text(row["decision"]),
+        "effective_at": _cell_text(row["effective_at"]),
+        "recorded_at": _cell_text(row["recorded_at"]),
+        "terms_ok": row["terms_version"] is None or isinstance(row["terms_version"], str),
+    }
+
+
+_CONSENT_SCHEMA = (
+    ("event_id", "string"), ("subject_key", "string"), ("purpose", "string"), ("content_type", "string"),
+    ("decision", "string"), ("effective_at", "string"), ("recorded_at", "string"), ("terms_ok", "bool_"),
+)  # fmt: skip
+
+
+def _load_consent(connection: Any, url: str, keyer: Keyer) -> None:
+    import pyarrow as pa
+
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in _CONSENT_SCHEMA])
+    columns = ", ".join(f"{name} {'BOOLEAN' if kind == 'bool_' else 'VARCHAR'}" for name, kind in _CONSENT_SCHEMA)
+    connection.execute(f"CREATE TABLE consent_raw ({columns})")
+    for rows in _consent_rows(url, keyer):
+        batch = pa.Table.from_pylist(rows, schema=schema)  # noqa: F841  (read by name in the SQL below)
+        connection.execute("INSERT INTO consent_raw SELECT * FROM batch")
+
+
+# SPEC §3 in SQL. A timestamp is readable only in the exact ISO-8601-with-offset shape.
+_TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+_INTERVALS_SQL = f"""
+CREATE TABLE parsed AS
+SELECT *,
+  CASE WHEN regexp_full_match(recorded_at, '{_TIMESTAMP_RE}')
+       THEN try_cast(regexp_replace(recorded_at, '(\\.\\d{{6}})\\d+', '\\1') AS TIMESTAMPTZ) END AS rec,
+  CASE WHEN regexp_full_match(effective_at, '{_TIMESTAMP_RE}')
+       THEN try_cast(regexp_replace(effective_at, '(\\.\\d{{6}})\\d+', '\\1') AS TIMESTAMPTZ) END AS eff
+FROM consent_raw
+WHERE purpose IS NULL OR purpose = 'ai_training';
+
+CREATE TABLE visible AS
+SELECT *,
+  (purpose IS NULL OR event_id IS NULL OR event_id = '' OR subject_key IS NULL
+   OR content_type IS NULL OR content_type NOT IN ('transcript', 'chat', 'summary', 'recording', '*')
+   OR decision IS NULL OR decision NOT IN ('grant', 'revoke')
+   OR eff IS NULL OR rec IS NULL OR NOT terms_ok
+   OR count(*) OVER (PARTITION BY event_id) > 1) AS unreadable
+FROM parsed
+WHERE rec IS NULL OR rec <= $as_of;
+
+CREATE TABLE failed_closed AS SELECT DISTINCT subject_key FROM visible WHERE unreadable AND subject_key IS NOT NULL;
+
+CREATE TABLE intervals AS
+WITH events AS (
+  SELECT subject_key, unnest(CASE WHEN content_type = '*' THEN ['transcript', 'chat', 'summary', 'recording']
+                                  ELSE [content_type] END) AS ct,
+         decision, eff, rec, event_id
+  FROM visible WHERE NOT unreadable
+)
+SELECT subject_key, ct, decision, eff AS valid_from,
+       lead(eff) OVER (PARTITION BY subject_key, ct
+                       ORDER BY eff, rec, decision = 'revoke', event_id) AS valid_to
+FROM events;
+"""
+
+_VIOLATIONS_SQL = """
+CREATE TABLE published AS
+SELECT artifact_id, artifact_type, captured_at, consent_as_of,
+       coalesce(user_keys, []) AS user_keys, coalesce(account_keys, []) AS account_keys,
+       CASE artifact_type WHEN 'transcript_segment' THEN 'transcript' WHEN 'chat_message' THEN 'chat'
+                          WHEN 'summary' THEN 'summary' WHEN 'recording' THEN 'recording' END AS ct
+FROM read_parquet($files);
+
+CREATE TABLE pairs AS
+SELECT artifact_id, ct, captured_at, unnest(list_concat(user_keys, account_keys)) AS subject_key FROM published;
+
+CREATE TABLE at_as_of AS
+SELECT subject_key, ct, decision FROM intervals
+WHERE valid_from <= $as_of AND (valid_to IS NULL OR valid_to > $as_of);
+
+CREATE TABLE violations AS
+SELECT artifact_id, 'unknown_artifact_type' AS reason FROM published WHERE ct IS NULL
+UNION ALL SELECT artifact_id, 'no_capture_time' FROM published WHERE captured_at IS NULL
+UNION ALL SELECT artifact_id, 'no_account_subject' FROM published WHERE len(account_keys) = 0
+UNION ALL SELECT artifact_id, 'no_author_subject' FROM published
+          WHERE ct IN ('transcript', 'chat') AND len(user_keys) = 0
+UNION ALL SELECT artifact_id, 'consent_as_of_differs' FROM published
+          WHERE $check_as_of AND consent_as_of IS DISTINCT FROM $as_of
+UNION ALL
+SELECT p.artifact_id,
+       CASE WHEN f.subject_key IS NOT NULL THEN 'subject_failed_closed'
+            WHEN cap.decision IS DISTINCT FROM 'grant' THEN 'not_granted_at_capture'
+            ELSE 'not_granted_at_as_of' END
+FROM pairs p
+LEFT JOIN intervals cap
+  ON cap.subject_key = p.subject_key AND cap.ct = p.ct
+ AND p.captured_at >= cap.valid_from AND (cap.valid_to IS NULL OR p.captured_at < cap.valid_to)
+LEFT JOIN at_as_of cur ON cur.subject_key = p.subject_key AND cur.ct = p.ct
+LEFT JOIN failed_closed f ON f.subject_key = p.subject_key
+WHERE f.subject_key IS NOT NULL OR cap.decision IS DISTINCT FROM 'grant' OR cur.decision IS DISTINCT FROM 'grant';
+"""
+
+
+def verify_files(
+    store: OutputStore,
+    content_files: Sequence[str],
+    consent_db: str,
+    as_of: datetime,
+    keyer: Keyer,
+    *,
+    check_as_of: bool = True,
+) -> Verification:
+    """Re-derive consent for every row of `content_files` (paths relative to `store`) at `as_of`.
+
+    `check_as_of`: also require each row's `consent_as_of` to equal `as_of` (a stage; not a re-check
+    of a published day against today's consent).
+    """
+    import duckdb
+
+    as_of = as_of.astimezone(UTC)
+    connection = duckdb.connect()
+    try:
+        connection.execute("SET TimeZone = 'UTC'")
+        _load_consent(connection, consent_db, keyer)
+        for statement in _split(_INTERVALS_SQL):
+            connection.execute(statement, {"as_of": as_of} if "$as_of" in statement else None)
+        lost = connection.execute("SELECT count(*) FROM visible WHERE unreadable AND subject_key IS NULL").fetchone()
+        if lost and lost[0]:
+            raise VerificationError(
+                f"{lost[0]} visible consent row(s) unreadable down to their subject; refusing to verify"
+            )
+        result = Verification(
+            visible_consent_events=_scalar(connection, "SELECT count(*) FROM visible"),
+            failed_closed_subjects=_scalar(connection, "SELECT count(*) FROM failed_closed"),
+        )
+        if not store.is_local:
+            connection.register_filesystem(store.fs)
+        paths = [_readable_path(store, f) for f in content_files]
+        if not paths:
+            return result
+        for statement in _split(_VIOLATIONS_SQL):
+            parameters: dict[str, Any] = {}
+            if "$files" in statement:
+                parameters["files"] = paths
+            if "$as_of" in statement:
+                parameters["as_of"] = as_of
+            if "$check_as_of" in statement:
+                parameters["check_as_of"] = check_as_of
+            connection.execute(statement, parameters or None)
+        result.rows_checked = _scalar(connection, "SELECT count(*) FROM published")
+        per_reason = connection.execute(
+            "SELECT reason, count(DISTINCT artifact_id) FROM violations GROUP BY reason ORDER BY reason"
+        ).fetchall()
+        result.violations = {reason: int(n) for reason, n in per_reason}
+        listed = connection.execute(
+            f"SELECT DISTINCT artifact_id FROM violations ORDER BY artifact_id LIMIT {MAX_LISTED}"
+        ).fetchall()
+        result.violating_artifacts = [row[0] for row in listed]
+        return result
+    finally:
+        connection.close()
+
+
+def _split(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _scalar(connection: Any, sql: str) -> int:
+    row = connection.execute(sql).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _readable_path(store: OutputStore, relative: str) -> str:
+    """A path DuckDB can read: the local file, or the object-store URL through the registered fsspec."""
+    if store.is_local:
+        return store.path(relative)
+    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
+    return f"{protocol}://{store.path(relative)}"
+
+
+# --- entry points ---------------------------------------------------------------------------------
+
+
+def verify_stage(store: OutputStore, stage_root: str, consent_db: str, secret: bytes) -> Verification:
+    """The staged content of one attempt, at the stage's pinned `as_of`."""
+    from consent_gate.records import parse_timestamp
+
+    as_of = parse_timestamp(store.read_json(f"{stage_root}/run.json")["consent"]["as_of"], "as_of")
+    files = store.files(f"{stage_root}/content", ".parquet")
+    return verify_files(store, files, consent_db, as_of, Keyer(secret))
+
+
+def verify_published_day(store: OutputStore, day: date, consent_db: str, secret: bytes, now: datetime) -> Verification:
+    """A published day against the consent visible `now` (read-only: nothing is written)."""
+    files = store.files(f"content/dt={day.isoformat()}", ".parquet")
+    return verify_files(store, files, consent_db, now, Keyer(secret), check_as_of=False)

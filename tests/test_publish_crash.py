@@ -1,0 +1,238 @@
+"""Publication survives SIGKILL at any point: the previous version stays whole, the next run succeeds.
+
+A subprocess publishes a validated stage with the output store's operations wrapped by this harness
+(never by production code): it counts each call and SIGKILLs itself right after the Nth one. For
+every interesting N the test checks that each published folder holds exactly one complete version,
+that the retry of the killed attempt (as Airflow would run it) rolls back or completes the
+publication so the day's manifest matches its files again, and finally that a fresh run publishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as ds
+import pytest
+
+from consent_gate.config import Policy
+from consent_gate.pipeline import (
+    RunSettings,
+    Stage,
+    aggregate_day,
+    gate_content,
+    publish_stage,
+    read_manifest,
+    run_day,
+    snapshot_consent,
+    validate_stage,
+)
+from consent_gate.publish import JOURNAL, InterruptedPublication
+from consent_gate.records import parse_timestamp
+from tests.conftest import PROJECT
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+DAY = date(2026, 11, 3)
+AS_OF_OLD = "2026-11-05T00:00:00Z"
+AS_OF_NEW = "2026-11-20T00:00:00Z"
+WRAPPED = ("write_json", "write_bytes", "remove", "makedirs", "copy_tree")
+
+
+# --- the harness, run in a child process ----------------------------------------------------------
+
+
+def harness_main(spec: dict[str, Any]) -> None:
+    """Publish one stage; with kill_after=N, SIGKILL this process right after the Nth wrapped call."""
+    import consent_gate.publish as publish
+
+    calls: list[str] = []
+    kill_after = spec["kill_after"]
+
+    def counted(name: str, function: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = function(*args, **kwargs)
+            calls.append(name)
+            if len(calls) == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        return wrapper
+
+    for name in WRAPPED:
+        setattr(publish.OutputStore, name, counted(name, getattr(publish.OutputStore, name)))
+    publish._swap_local = counted("swap", publish._swap_local)
+    os.link = counted("link", os.link)  # each hard link of the copied attempts history
+    publish_stage(_settings(spec), Stage(date.fromisoformat(spec["day"]), spec["attempt"]))
+    print(json.dumps(calls))
+
+
+def _settings(spec: dict[str, Any]) -> RunSettings:
+    return RunSettings(
+        raw=spec["raw"], out=spec["out"], consent_db=spec["consent_db"], policy=Policy(),
+        secret=Path(spec["secret"]).read_bytes(),
+    )  # fmt: skip
+
+
+def publish_in_child(spec: dict[str, Any]) -> subprocess.CompletedProcess:
+    code = "import json, sys; from tests.test_publish_crash import harness_main; harness_main(json.loads(sys.argv[1]))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT), str(PROJECT / "include")])}
+    return subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+# --- checks on the published day ------------------------------------------------------------------
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def folder_version(folder: Path) -> dict[str, str]:
+    """{file name: sha256} of the Parquet files in a published folder."""
+    return {p.name: sha256(p) for p in sorted(folder.glob("*.parquet"))}
+
+
+def published_listing(out: Path, manifest: dict[str, Any], prefix: str) -> dict[str, str]:
+    return {
+        o["path"].rsplit("/", 1)[-1]: o["sha256"] for o in manifest["outputs"] if o["path"].startswith(prefix + "/")
+    }
+
+
+def assert_day_consistent(out: Path) -> dict[str, Any]:
+    """The day's manifest describes exactly the files there are: every sha256 matches, no extra file."""
+    manifest = json.loads((out / f"_audit/dt={DAY}/manifest.json").read_text())
+    for output in manifest["outputs"]:
+        assert sha256(out / output["path"]) == output["sha256"], output["path"]
+    for prefix in (f"content/dt={DAY}", f"aggregates/dt={DAY}"):
+        assert folder_version(out / prefix) == published_listing(out, manifest, prefix), prefix
+    content = ds.dataset(out / f"content/dt={DAY}", format="parquet").to_table()
+    ids = content.column("artifact_id").to_pylist()
+    assert len(ids) == len(set(ids)) == manifest["counts"]["content"]["published"]
+    assert (out / f"_audit/dt={DAY}/attempts/{manifest['attempt']}.json").exists()
+    return manifest
+
+
+def leftovers(out: Path) -> list[str]:
+    staging = out / f"_staging/dt={DAY}"
+    found = [str(p.relative_to(out)) for p in staging.glob(f"*/{JOURNAL}")] if staging.exists() else []
+    return found + [str(p.relative_to(out)) for p in out.rglob("*.previous")]
+
+
+@pytest.fixture
+def world(sample_dir, tmp_path) -> dict[str, Any]:
+    """A published day (as of AS_OF_OLD) and a validated stage template of a newer version (AS_OF_NEW)."""
+    out = tmp_path / "out"
+    spec = {
+        "raw": str(sample_dir / "raw"), "out": str(out), "consent_db": f"sqlite:///{sample_dir / 'consent.db'}",
+        "secret": str(sample_dir / "hmac.key"), "day": DAY.isoformat(),
+    }  # fmt: skip
+    settings = _settings(spec)
+    run_day(settings, DAY, parse_timestamp(AS_OF_OLD, "as_of"), run_id="baseline")
+    template = snapshot_consent(settings, DAY, parse_timestamp(AS_OF_NEW, "as_of"), run_id="template")
+    gate_content(settings, template)
+    aggregate_day(settings, template)
+    assert all(check.passed for check in validate_stage(settings, template))
+    return {"spec": spec, "settings": settings, "out": out, "template": out / template.root}
+
+
+def stage_copy(world: dict[str, Any], attempt: str) -> Stage:
+    root = world["out"] / f"_staging/dt={DAY}/{attempt}"
+    shutil.copytree(world["template"], root)
+    run = json.loads((root / "run.json").read_text())
+    (root / "run.json").write_text(json.dumps({**run, "attempt": attempt, "run_id": attempt}))
+    return Stage(DAY, attempt)
+
+
+def test_a_publication_killed_anywhere_leaves_a_whole_version_and_the_next_run_succeeds(world, tmp_path):
+    out = world["out"]
+    # A dry run on a copy of the output root: the calls one publication makes, in order.
+    counting = {**world, "out": tmp_path / "counting"}
+    shutil.copytree(out, counting["out"])
+    stage_copy(counting, "counting")
+    done = publish_in_child({**world["spec"], "out": str(counting["out"]), "attempt": "counting", "kill_after": 0})
+    assert done.returncode == 0, done.stderr[-3000:]
+    calls = json.loads(done.stdout.strip().splitlines()[-1])
+    assert calls.count("swap") == 3 and "copy_tree" in calls and "link" in calls
+    new = read_manifest(_settings({**world["spec"], "out": str(counting["out"])}).store(), DAY)
+    new_versions = {
+        p: published_listing(counting["out"], new, p) for p in (f"content/dt={DAY}", f"aggregates/dt={DAY}")
+    }
+
+    # Kill points: the journal, the history copy, each exchange, the deletion of superseded versions, the end.
+    swaps = [i + 1 for i, name in enumerate(calls) if name == "swap"]
+    points = {1, calls.index("copy_tree"), calls.index("link") + 1, len(calls)} | set(swaps) | {n + 1 for n in swaps}
+    points = sorted(p for p in points if 1 <= p <= len(calls))
+    assert len(points) >= 6
+    outcomes = []
+    for point in points:
+        previous = assert_day_consistent(out)
+        old_versions = {p: published_listing(out, previous, p) for p in new_versions}
+        attempt = f"crash-{point}"
+        stage = stage_copy(world, attempt)
+        killed = publish_in_child({**world["spec"], "attempt": attempt, "kill_after": point})
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
+
+        # Right after the kill: each published folder is one whole version, old or new, never a mix.
+        for prefix in new_versions:
+            assert folder_version(out / prefix) in (old_versions[prefix], new_versions[prefix]), (point, prefix)
+
+        # The retry of the killed attempt recovers under the day lock: rolled back, or (after the commit) done.
+        try:
+            publish_stage(world["settings"], stage)
+            outcome = "published"
+        except InterruptedPublication:
+            outcome = "rolled_back"
+        manifest = assert_day_consistent(out)
+        assert manifest["attempt"] == (attempt if outcome == "published" else previous["attempt"]), point
+        assert leftovers(out) == [] and not (out / stage.root).exists(), point
+        outcomes.append(outcome)
+    # Kills before the audit exchange roll back; kills after it keep the new version.
+    assert outcomes == ["published" if p >= swaps[-1] else "rolled_back" for p in points]
+
+    # The next run succeeds and replaces the day, keeping every attempt's manifest in the history.
+    settings = world["settings"]
+    outcome = run_day(settings, DAY, parse_timestamp(AS_OF_NEW, "as_of"), run_id="after-crashes")
+    manifest = assert_day_consistent(out)
+    assert outcome.published and manifest["run_id"] == "after-crashes"
+    history = {p.stem for p in (out / f"_audit/dt={DAY}/attempts").glob("*.json")}
+    assert {a for a, o in zip([f"crash-{p}" for p in points], outcomes, strict=True) if o == "published"} <= history
+    assert leftovers(out) == []
+
+
+def test_a_publication_that_raises_rolls_back_and_keeps_its_evidence(world, monkeypatch):
+    """An exception between two exchanges (not a kill) is undone at once by the failing process."""
+    import consent_gate.publish as publish
+
+    out = world["out"]
+    previous = assert_day_consistent(out)
+    real_swap, swaps = publish._swap_local, []
+
+    def failing_second_swap(staged: str, target: str) -> None:
+        swaps.append(target)
+        if len(swaps) == 2:
+            raise OSError("disk went away")
+        real_swap(staged, target)
+
+    monkeypatch.setattr(publish, "_swap_local", failing_second_swap)
+    stage = stage_copy(world, "raises")
+    with pytest.raises(OSError, match="disk went away"):
+        publish_stage(world["settings"], stage)
+    assert assert_day_consistent(out)["attempt"] == previous["attempt"]
+    failed = json.loads((out / f"_audit/dt={DAY}/attempts/raises.json").read_text())
+    assert failed["status"] == "failed" and "disk went away" in failed["failure"]
+    assert leftovers(out) == [] and not (out / stage.root).exists()

@@ -1,0 +1,97 @@
+"""A day split into N meeting shards publishes exactly what one shard publishes; a lost shard fails."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from consent_gate import pipeline
+from consent_gate.config import Policy
+from consent_gate.pipeline import GateCheckFailed, RunSettings, shard_of
+from consent_gate.records import parse_timestamp
+from consent_gate.sources import LandingZone
+
+DAY = date(2026, 11, 2)
+AS_OF = parse_timestamp("2026-11-20T00:00:00Z", "as_of")
+
+
+def settings_for(sample: Path, out: str, **overrides) -> RunSettings:
+    return RunSettings(
+        raw=str(sample / "raw"), out=out, consent_db=f"sqlite:///{sample / 'consent.db'}", policy=Policy(),
+        secret=(sample / "hmac.key").read_bytes(), **overrides,
+    )  # fmt: skip
+
+
+def run_sharded(settings: RunSettings, day: date, as_of: datetime, shards: int, *, skip: int | None = None) -> dict:
+    """The DAG's steps in this process: one snapshot, `shards` gate_content calls, checks, publish."""
+    stage = pipeline.snapshot_consent(settings, day, as_of, run_id=f"shards-{shards}")
+    for shard in range(shards):
+        if shard != skip:
+            pipeline.gate_content(settings, stage, shard=shard, shards=shards)
+    pipeline.aggregate_day(settings, stage)
+    checks = pipeline.validate_stage(settings, stage)
+    failed = [c.name for c in checks if not c.passed]
+    if failed:
+        pipeline.record_failed_attempt(settings, stage, f"checks failed: {', '.join(failed)}")
+        raise GateCheckFailed(f"checks failed: {', '.join(failed)}")
+    return pipeline.publish_stage(settings, stage)
+
+
+def published_tables(out: Path, day: date = DAY) -> dict[str, object]:
+    audit = out / f"_audit/dt={day}"
+    return {
+        "content": ds.dataset(out / f"content/dt={day}", format="parquet").to_table().sort_by("artifact_id"),
+        "aggregates": ds.dataset(out / f"aggregates/dt={day}", format="parquet").to_table(),
+        "excluded": pq.read_table(audit / "excluded.parquet").sort_by("artifact_id"),
+        "quarantine": pq.read_table(audit / "quarantine.parquet").sort_by("unit"),
+    }
+
+
+@pytest.mark.unit
+def test_shard_of_is_stable_and_covers_every_shard():
+    names = [f"meetings/dt=2026-11-02/m_{n:05d}" for n in range(400)]
+    assert [shard_of(n, 4) for n in names] == [shard_of(n.rsplit("/", 1)[-1], 4) for n in names]
+    assert shard_of("meetings/dt=2026-11-02/m_00001", 7) == shard_of("meetings/dt=2026-11-03/m_00001", 7)
+    assert {shard_of(n, 4) for n in names} == {0, 1, 2, 3}
+    assert {shard_of(n, 1) for n in names} == {0}
+
+
+@pytest.mark.integration
+def test_three_shards_publish_exactly_what_one_shard_publishes(sample_dir, tmp_path):
+    folders = LandingZone(str(sample_dir / "raw")).meeting_folders(DAY)
+    assert len({shard_of(f, 3) for f in folders}) == 3  # every shard has meetings to gate
+    one = run_sharded(settings_for(sample_dir, str(tmp_path / "one")), DAY, AS_OF, 1)
+    three = run_sharded(settings_for(sample_dir, str(tmp_path / "three")), DAY, AS_OF, 3)
+    single, sharded = published_tables(tmp_path / "one"), published_tables(tmp_path / "three")
+    assert single["content"].num_rows > 0
+    for name in single:
+        assert sharded[name].equals(single[name]), name
+    assert three["counts"] == one["counts"]
+    assert sorted(p.name for p in (tmp_path / "three/content/dt=2026-11-02").iterdir()) == [
+        "part-0000.parquet", "part-0001.parquet", "part-0002.parquet",
+    ]  # fmt: skip
+
+
+@pytest.mark.integration
+def test_a_shard_that_never_reported_fails_the_run_and_publishes_nothing(sample_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(GateCheckFailed, match="content_shards_complete"):
+        run_sharded(settings_for(sample_dir, str(out)), DAY, AS_OF, 3, skip=1)
+    assert not (out / "content").exists()
+    (attempt,) = (out / f"_audit/dt={DAY}/attempts").glob("*.json")
+    check = [c for c in json.loads(attempt.read_text())["checks"] if c["name"] == "content_shards_complete"]
+    assert check and not check[0]["passed"] and "shards [0, 2]" in check[0]["detail"]
+
+
+@pytest.mark.integration
+def test_a_small_batch_size_changes_nothing_published(sample_dir, tmp_path):
+    """gate_content streams meetings in batches; where the batches break does not matter."""
+    run_sharded(settings_for(sample_dir, str(tmp_path / "big")), DAY, AS_OF, 1)
+    run_sharded(settings_for(sample_dir, str(tmp_path / "small"), batch_size=7), DAY, AS_OF, 2)
+    big, small = published_tables(tmp_path / "big"), published_tables(tmp_path / "small")
+    assert all(small[name].equals(big[name]) for name in big)

@@ -1,0 +1,184 @@
+"""Great Expectations suites on the staged day: each check fails on purpose and nothing is published."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from consent_gate.config import Policy
+from consent_gate.pipeline import (
+    GateCheckFailed,
+    RunSettings,
+    Stage,
+    aggregate_day,
+    gate_content,
+    publish_stage,
+    record_failed_attempt,
+    snapshot_consent,
+    validate_stage,
+)
+from consent_gate.publish import OutputStore
+from consent_gate.records import parse_timestamp
+from consent_gate.validation import offline_html
+
+DAY = date(2026, 11, 2)
+AS_OF = parse_timestamp("2026-11-20T00:00:00Z", "as_of")
+GX_CHECKS = {"gx_content", "gx_content_keys", "gx_content_ids", "gx_aggregates", "gx_reconciliation"}
+
+Tamper = Callable[[OutputStore, Stage], None]
+
+
+def settings_for(sample: Path, out: Path) -> RunSettings:
+    return RunSettings(
+        raw=str(sample / "raw"), out=str(out), consent_db=f"sqlite:///{sample / 'consent.db'}",
+        policy=Policy(), secret=(sample / "hmac.key").read_bytes(),
+    )  # fmt: skip
+
+
+def attempt(settings: RunSettings, tamper: Tamper | None = None) -> tuple[Stage, dict[str, bool]]:
+    """The steps of run_day, with a tamper between staging and validation; failures keep their evidence."""
+    stage = snapshot_consent(settings, DAY, AS_OF, run_id="test")
+    gate_content(settings, stage)
+    aggregate_day(settings, stage)
+    if tamper:
+        tamper(settings.store(), stage)
+    checks = validate_stage(settings, stage)
+    results = {c.name: c.passed for c in checks}
+    if all(results.values()):
+        publish_stage(settings, stage)
+        return stage, results
+    with pytest.raises(GateCheckFailed, match="checks failed"):
+        publish_stage(settings, stage)
+    record_failed_attempt(settings, stage, "checks failed")
+    return stage, results
+
+
+def content_part(store: OutputStore, stage: Stage) -> tuple[str, pa.Table]:
+    [path] = store.files(stage / "content", ".parquet")
+    with store.open(path) as handle:
+        return path, pq.read_table(handle)
+
+
+def rewrite(store: OutputStore, path: str, table: pa.Table) -> None:
+    with store.open(path, "wb") as handle:
+        pq.write_table(table, handle)
+
+
+def unknown_artifact_type(store: OutputStore, stage: Stage) -> None:
+    path, table = content_part(store, stage)
+    types = table.column("artifact_type").to_pylist()
+    types[0] = "screen_share"
+    index = table.schema.get_field_index("artifact_type")
+    rewrite(store, path, table.set_column(index, "artifact_type", pa.array(types, pa.string())))
+
+
+def missing_column(store: OutputStore, stage: Stage) -> None:
+    path, table = content_part(store, stage)
+    rewrite(store, path, table.drop_columns(["media_sha256"]))
+
+
+def unreconciled_count(store: OutputStore, stage: Stage) -> None:
+    [path] = store.files(stage / "audit/excluded", ".parquet")
+    with store.open(path) as handle:
+        table = pq.read_table(handle)
+    rewrite(store, path, table.slice(1))  # one excluded artifact silently lost
+
+
+@pytest.fixture(scope="module")
+def passing(sample_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("validated")
+    stage, results = attempt(settings_for(sample_dir, out))
+    return out, stage, results
+
+
+@pytest.mark.integration
+def test_a_clean_day_passes_every_suite_and_publishes_the_reports(passing):
+    out, _, results = passing
+    assert GX_CHECKS | {"independent_verification"} <= set(results)
+    assert all(results.values()), results
+    audit = out / f"_audit/dt={DAY}"
+    summary = json.loads((audit / "validation/summary.json").read_text())
+    assert {s["suite"] for s in summary} == {name.removeprefix("gx_") for name in GX_CHECKS}
+    assert all(s["passed"] and s["batches"] >= 1 and s["expectations"] > 0 for s in summary)
+    manifest = json.loads((audit / "manifest.json").read_text())
+    assert {c["name"] for c in manifest["checks"]} >= GX_CHECKS
+    assert (audit / "data_docs/index.html").exists()
+
+
+@pytest.mark.integration
+def test_reports_keep_counts_and_never_values(passing):
+    out, _, _ = passing
+    for path in (out / f"_audit/dt={DAY}/validation").glob("*.json"):
+        if path.name in ("summary.json", "independent_verification.json"):
+            continue
+        for result in json.loads(path.read_text()):
+            assert set(result["result"]) <= {
+                "element_count", "unexpected_count", "unexpected_percent", "missing_count", "missing_percent",
+                "unexpected_percent_total", "unexpected_percent_nonmissing", "observed_value",
+            }  # fmt: skip
+            assert "partial_unexpected_list" not in json.dumps(result)
+
+
+@pytest.mark.integration
+def test_data_docs_render_without_any_network_asset(passing):
+    out, _, _ = passing
+    pages = list((out / f"_audit/dt={DAY}/data_docs").rglob("*.html"))
+    assert len(pages) >= 3  # index, suites, validation results
+    for page in pages:
+        text = page.read_text()
+        assert not _remote_assets(text), f"{page.name} loads {_remote_assets(text)[:3]}"
+        assert "<style>" in text
+
+
+def _remote_assets(html: str) -> list[str]:
+    import re
+
+    tags = re.findall(r"<(?:link|script|img|iframe|source|embed)\b[^>]*>", html, re.IGNORECASE)
+    urls = [t for t in tags if re.search(r"(?:src|href)=[\"']?(?:https?:)?//", t, re.IGNORECASE)]
+    return urls + re.findall(r"url\([\"']?(?:https?:)?//[^)]*\)", html, re.IGNORECASE)
+
+
+@pytest.mark.unit
+def test_offline_html_strips_cdn_stylesheets_scripts_and_images():
+    page = (
+        '<html><head><link rel="stylesheet" href="https://cdn.example/bootstrap.css">'
+        '<script src="https://code.example/jquery.js"></script><style>@import url("https://f.example/x.css");</style>'
+        '</head><body><img src="https://s3.example/logo.png"><a href="https://docs.example">docs</a></body></html>'
+    )
+    offline = offline_html(page)
+    assert _remote_assets(offline) == []
+    assert '<a href="https://docs.example">docs</a>' in offline  # a link to click is not a fetched asset
+    assert "<style>" in offline
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("tamper", "must_fail"),
+    [
+        pytest.param(unknown_artifact_type, {"gx_content"}, id="tampered-staged-file"),
+        pytest.param(missing_column, {"gx_content"}, id="missing-column"),
+        pytest.param(unreconciled_count, {"gx_reconciliation"}, id="unreconciled-count"),
+    ],
+)
+def test_a_failed_expectation_fails_the_run_and_publishes_nothing(sample_dir, tmp_path, tamper, must_fail):
+    out = tmp_path / "out"
+    stage, results = attempt(settings_for(sample_dir, out), tamper)
+    failed = {name for name, passed in results.items() if not passed}
+    assert must_fail <= failed, results
+    assert not (out / f"content/dt={DAY}").exists()
+    assert not (out / f"aggregates/dt={DAY}").exists()
+    assert not (out / f"_audit/dt={DAY}/manifest.json").exists()
+    kept = out / f"_audit/dt={DAY}/attempts/{stage.attempt}"
+    evidence = json.loads(kept.with_suffix(".json").read_text())
+    assert evidence["status"] == "failed"
+    assert must_fail <= {c["name"] for c in evidence["checks"] if not c["passed"]}
+    summary = json.loads((kept / "validation/summary.json").read_text())
+    assert {f"gx_{s['suite']}" for s in summary if not s["passed"]} & must_fail
+    assert "FAILED" in (kept / "report.html").read_text()
+    assert (kept / "data_docs/index.html").exists()
