@@ -13,6 +13,9 @@ from typing import Any
 import fsspec
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from consent_gate import aggregates
 from consent_gate.aggregates import (
     AGGREGATE_SCHEMA,
@@ -21,8 +24,6 @@ from consent_gate.aggregates import (
     TelemetryCounts,
     aggregate_telemetry,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 pytestmark = pytest.mark.unit
 

@@ -69,7 +69,8 @@ def test_a_failed_check_exits_non_zero_and_says_why(cli_world, tmp_path, capsys)
 
 def test_a_missing_secret_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("CONSENT_GATE_HMAC_KEY", raising=False)
-    assert main(["run", "--date", "2026-11-02", "--key-file", str(tmp_path / "absent.key"), "--raw", str(tmp_path)]) == 2
+    missing = str(tmp_path / "absent.key")
+    assert main(["run", "--date", "2026-11-02", "--key-file", missing, "--raw", str(tmp_path)]) == 2
     assert "no HMAC secret" in capsys.readouterr().err
 
 

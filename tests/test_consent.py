@@ -4,10 +4,10 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from consent_gate.consent import GRANT, NONE, REVOKE, ConsentStoreError, subject_key, take_snapshot, to_ns
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consent_gate.consent import GRANT, NONE, REVOKE, ConsentStoreError, subject_key, take_snapshot, to_ns
 from tests import reference
 from tests.builders import at, consent_row, snapshot, write_consent_db
 

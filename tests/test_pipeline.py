@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+
 from consent_gate.config import Policy
 from consent_gate.gate import CONTENT_SCHEMA, REASONS
 from consent_gate.pipeline import GateCheckFailed, RunSettings, run_day

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import webvtt
+
 from consent_gate.sample import (
     CONSENT_EVENTS_COLUMNS,
     DEFAULT_SAMPLE_START,

@@ -3,8 +3,8 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pytest
-from consent_gate.sources import LandingZone, read_meeting
 
+from consent_gate.sources import LandingZone, read_meeting
 from tests.builders import DAY, T0, at, chat_line, meeting_record, participant, ts, vtt, write_meeting
 
 pytestmark = pytest.mark.unit

@@ -5,6 +5,11 @@ Readers of `content/dt=D` must see the previous complete version or the new one,
 `renameat2(RENAME_EXCHANGE)` call, so the partition path never disappears and never holds both
 versions. Object stores have no atomic rename: there new files get run-unique names, are written
 before any old file is deleted, and the manifest lists the exact file set of the version.
+
+A day's folders are exchanged one by one, the audit folder (the manifest) last, under the day lock,
+with a journal in the stage (`publishing.json`): whoever takes the day lock next calls `recover_day`,
+which reverses the exchanges of a publication killed before its commit (or finishes one killed
+after it), so a SIGKILL at any point leaves the previous version whole (tests/test_publish_crash.py).
 """
 
 from __future__ import annotations
