@@ -9,6 +9,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -86,18 +87,25 @@ def postgres_server() -> str:
     raise AssertionError("unreachable")
 
 
-@pytest.fixture
-def postgres_database(postgres_server: str) -> Iterator[str]:
-    """A throwaway PostgreSQL database for one test, dropped afterwards: its SQLAlchemy URL."""
+@contextmanager
+def throwaway_database(admin_url: str, prefix: str = "consent_gate_test") -> Iterator[str]:
+    """A new PostgreSQL database, dropped afterwards even when the body fails: its SQLAlchemy URL."""
     import sqlalchemy as sa
 
-    name = f"consent_gate_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
             connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield sa.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str) -> Iterator[str]:
+    """A throwaway PostgreSQL database for one test: its SQLAlchemy URL."""
+    with throwaway_database(postgres_server) as url:
+        yield url

@@ -21,7 +21,6 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from consent_gate.consent import COLUMNS
 from consent_gate.pipeline import RunSettings, run_day
 from consent_gate.records import parse_timestamp
 from consent_gate.sample import write_consent_events
-from tests.conftest import PROJECT, service_unavailable
+from tests.conftest import PROJECT, service_unavailable, throwaway_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -75,20 +74,6 @@ def redis_broker() -> Iterator[str]:
                 client.flushdb()
             return
     pytest.fail("no empty Redis database (1-15) to use as a broker")
-
-
-@contextmanager
-def throwaway_database(admin_url: str) -> Iterator[str]:
-    name = f"consent_gate_airflow_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 class Deployment:
@@ -219,7 +204,7 @@ def test_celery_executor_runs_the_day_in_four_shards_like_a_local_run(
     home, out = tmp_path / "airflow", tmp_path / "out"
     home.mkdir()
     copy_consent_to(sample_dir, postgres_database)
-    with throwaway_database(postgres_server) as metadata_url:
+    with throwaway_database(postgres_server, "consent_gate_airflow") as metadata_url:
         env = deployment_env(home, metadata_url, redis_broker, postgres_database, sample_dir, out)
         deployment = Deployment(home, env)
         deployment.airflow("db", "migrate", timeout=600)
