@@ -113,3 +113,20 @@ def test_the_local_deployment_applies_airflow_settings_yaml_with_paths_against_t
     assert env["AIRFLOW_VAR_CONSENT_GATE_RAW_URI"] == str(PROJECT_ROOT / "var/raw")
     assert env["AIRFLOW_VAR_CONSENT_GATE_OUT_URI"] == "/elsewhere/out"  # the environment wins
     assert env["CONSENT_GATE_PUBLISH_POOL"] == "consent_gate_publish"
+
+
+def test_every_airflow_process_of_the_local_deployment_waits_for_a_locked_sqlite_instead_of_failing(tmp_path):
+    """The scheduler, the dag-processor and a `backfill create` share one file; sqlite3's 5 s was too short."""
+    import subprocess
+    import sys
+
+    from consent_gate.airflow_local import environment
+
+    env = environment({"PATH": "/usr/bin", "AIRFLOW_HOME": str(tmp_path)})
+    probe = "from airflow import settings; print(settings.engine.connect().exec_driver_sql('PRAGMA busy_timeout').scalar())"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "60000"
+
+    postgres = environment({"PATH": "/usr/bin", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://h/db"})
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS" not in postgres  # psycopg2 knows no `timeout`

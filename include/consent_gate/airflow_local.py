@@ -21,6 +21,11 @@ from consent_gate.config import PROJECT_ROOT
 from consent_gate.runs import PUBLISH_POOL, PUBLISH_POOL_ENV
 
 DAG_IDS = ("consent_gate_daily", "consent_revocation_sweep")
+# scheduler, dag-processor, api-server and the CLI all write one SQLite file: a writer that finds it
+# locked waits this long (sqlite3's default, 5 s, is shorter than a busy scheduler's transactions)
+# (two dicts: Airflow adds its own keys to the one it is given)
+SQLITE_CONNECT_ARGS = {"timeout": 60}
+SQLITE_CONNECT_ARGS_ASYNC = {"timeout": 60}
 USAGE = """usage: scripts/airflow-local COMMAND
   init         migrate the metadata DB, create the pools, parse and unpause the DAGs
   standalone   init, then `airflow standalone` on 127.0.0.1 (port $CONSENT_GATE_AIRFLOW_PORT, default 8080)
@@ -87,6 +92,11 @@ def environment(base: dict[str, str], root: Path = PROJECT_ROOT) -> dict[str, st
         defaults[PUBLISH_POOL_ENV] = PUBLISH_POOL  # the pool exists once `init` ran: the DAG may use it
     for key, value in defaults.items():
         env.setdefault(key, value)
+    if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite"):
+        env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", "consent_gate.airflow_local.SQLITE_CONNECT_ARGS")
+        env.setdefault(
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC", "consent_gate.airflow_local.SQLITE_CONNECT_ARGS_ASYNC"
+        )
     # `airflow standalone` starts its components as `airflow ...`: this venv's airflow must come first
     env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), base.get("PATH")) if p)
     return env
