@@ -123,10 +123,8 @@ def test_every_airflow_process_of_the_local_deployment_waits_for_a_locked_sqlite
     from consent_gate.airflow_local import environment
 
     env = environment({"PATH": "/usr/bin", "AIRFLOW_HOME": str(tmp_path)})
-    probe = (
-        "from airflow import settings; "
-        "print(settings.engine.connect().exec_driver_sql('PRAGMA busy_timeout').scalar())"
-    )
+    busy = "settings.engine.connect().exec_driver_sql('PRAGMA busy_timeout').scalar()"
+    probe = f"from airflow import settings; print({busy})"
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "60000"
