@@ -13,13 +13,16 @@ input unit is accounted for, and only then publishes atomically with a manifest 
   `consent_gate_hmac_key`, `consent_gate_policy_file` (see `airflow_settings.yaml`).
 - **Scale-out:** the `shards` param (default 1) splits the day's meetings by a stable hash of the
   meeting_id; `gate_content` is mapped over the shards, then the day is validated and published once.
+- **Cleanup:** `snapshot_consent` is the run's setup and `end_attempt` its teardown: whatever fails,
+  an attempt that was not published keeps its evidence under `_audit/dt=D/attempts/` and its staged
+  content is deleted. Clearing one task re-runs the setup (a new snapshot): clear the whole run.
 - All logic lives in `include/consent_gate`; this file only wires the steps.
 """
 
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, Param, dag, setup, task, teardown
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from consent_gate.runs import publish_pool
@@ -44,7 +47,7 @@ AGGREGATES = Asset("consent_gate_aggregates", uri="file:///consent-gate/aggregat
     doc_md=__doc__,
 )
 def consent_gate_daily():
-    @task
+    @setup
     def snapshot_consent(params=None, data_interval_start=None, data_interval_end=None, run_id=None) -> dict:
         """Pin the day and `as_of`; record the visible consent's checksum in a new stage."""
         from consent_gate.airflow_tasks import snapshot_task
@@ -84,9 +87,16 @@ def consent_gate_daily():
 
         return publish_task(stage)
 
+    @teardown
+    def end_attempt(stage: dict) -> str | None:
+        """Whatever happened: an unpublished attempt keeps its evidence and loses its staged content."""
+        from consent_gate.airflow_tasks import end_attempt_task
+
+        return end_attempt_task(stage)
+
     stage = snapshot_consent()
     content = gate_content.partial(stage=stage).expand(shard=shard_numbers(stage))
-    publish(validate(stage, content, aggregate_telemetry(stage)))
+    publish(validate(stage, content, aggregate_telemetry(stage))) >> end_attempt(stage)
 
 
 consent_gate_daily()

@@ -81,3 +81,12 @@ def publish_task(payload: dict[str, str]) -> str:
         raise AirflowFailException(f"{error}; evidence under _audit/dt={stage.day.isoformat()}/attempts/") from None
     log.info("published %s: %s content rows", manifest["partition"], manifest["counts"]["content"]["published"])
     return f"{settings.out}/_audit/dt={stage.day.isoformat()}/manifest.json"
+
+
+def end_attempt_task(payload: dict[str, str]) -> str | None:
+    """The run's teardown, whatever its tasks did: a stage that was not published is recorded as a
+    failed attempt and deleted, so no staged content outlives the run. A published stage is gone already."""
+    settings, stage = settings_from_airflow(), _stage(payload)
+    evidence = pipeline.record_failed_attempt(settings, stage, "the run ended without publishing this attempt")
+    log.info("attempt %s of %s ended; evidence: %s", stage.attempt, stage.day.isoformat(), evidence)
+    return evidence

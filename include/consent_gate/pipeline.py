@@ -474,13 +474,28 @@ def _output_files(settings: RunSettings, stage: Stage) -> list[dict[str, Any]]:
     return outputs
 
 
-def record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> str:
-    """Keep a failed attempt's evidence under `_audit/dt=D/attempts/`; publish nothing."""
+def record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> str | None:
+    """End an attempt that will not publish: keep its evidence under `_audit/dt=D/attempts/` (once),
+    then delete its stage, so no staged content outlives its run (a revocation could not reach it).
+
+    Under the day lock an interrupted publication of the day is first finished or undone, so a stage
+    is never deleted half-exchanged. Returns the evidence path; None when the stage was already gone
+    (published, or ended before) and there is nothing to record.
+    """
     store = settings.store()
-    manifest = build_manifest(settings, stage, status="failed")
-    manifest["failure"] = reason
-    with store.day_lock(stage.day.isoformat()):
-        return _keep_failed_attempt(store, stage, manifest)
+    day = stage.day.isoformat()
+    evidence = f"_audit/dt={day}/attempts/{stage.attempt}.json"
+    with store.day_lock(day):
+        recover_day(store, day)
+        if not store.exists(stage / "run.json"):
+            store.remove(stage.root)
+            return evidence if store.exists(evidence) else None
+        if not store.exists(evidence):
+            manifest = build_manifest(settings, stage, status="failed")
+            manifest["failure"] = reason
+            _keep_failed_attempt(store, stage, manifest)
+        store.remove(stage.root)
+    return evidence
 
 
 def _keep_failed_attempt(store: OutputStore, stage: Stage, manifest: dict[str, Any]) -> str:
@@ -599,10 +614,8 @@ def run_day(
             failed = ", ".join(c.name for c in checks if not c.passed)
             raise GateCheckFailed(f"checks failed: {failed}")
         manifest = publish_stage(settings, stage)
-    except Exception as error:
-        if settings.store().exists(stage / "run.json"):  # else publish_stage kept the evidence and rolled back
-            record_failed_attempt(settings, stage, f"{type(error).__name__}: {error}")
-        settings.store().remove(stage.root)
+    except BaseException as error:  # Ctrl-C too: no staged content outlives the run
+        record_failed_attempt(settings, stage, f"{type(error).__name__}: {error}")
         raise
     return RunOutcome(True, f"_audit/dt={day.isoformat()}/manifest.json", manifest, checks)
 

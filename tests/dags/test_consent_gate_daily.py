@@ -57,3 +57,48 @@ def test_dag_test_publishes_the_same_rows_as_the_cli(airflow_db, airflow_env, sa
     run_day(settings, date(2026, 11, 2), parse_timestamp(AS_OF, "as_of"))
     expected = ds.dataset(cli_out / "content/dt=2026-11-02", format="parquet").to_table()
     assert published.sort_by("artifact_id").equals(expected.sort_by("artifact_id"))
+
+
+def staged_files(out) -> list[str]:
+    staging = out / "_staging"
+    return sorted(str(p.relative_to(out)) for p in staging.rglob("*") if p.is_file()) if staging.exists() else []
+
+
+def attempt_manifests(out, day: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / f"_audit/dt={day}/attempts").glob("*.json"))]
+
+
+def test_a_run_whose_gate_fails_publishes_nothing_keeps_its_evidence_and_leaves_no_staged_content(
+    airflow_db, airflow_env, monkeypatch
+):
+    """The landing zone is unreachable: the gate and aggregate tasks fail, the teardown ends the attempt."""
+    monkeypatch.setenv("AIRFLOW_VAR_CONSENT_GATE_RAW_URI", "unreachable-protocol://landing/raw")
+    dag = load_dag("consent_gate_daily")
+    for task in dag.tasks:
+        task.retries = 0  # the failure is permanent; no need to wait out the retry delay
+    run = dag.test(run_conf={"day": "2026-11-02", "as_of": AS_OF})
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "failed"
+    assert states["snapshot_consent"] == "success" and states["aggregate_telemetry"] == "failed"
+    assert states["publish"] != "success" and states["end_attempt"] == "success"
+    out = airflow_env
+    assert not (out / "content/dt=2026-11-02").exists() and not (out / "_audit/dt=2026-11-02/manifest.json").exists()
+    assert staged_files(out) == []  # the snapshot's stage is gone
+    [attempt] = attempt_manifests(out, "2026-11-02")
+    assert attempt["status"] == "failed" and attempt["dag_run_id"] == run.run_id
+
+
+def test_a_run_whose_checks_fail_publishes_nothing_and_leaves_no_staged_content(
+    airflow_db, airflow_env, monkeypatch, tmp_path
+):
+    strict = tmp_path / "strict-policy.yaml"
+    strict.write_text("version: strict\nmax_quarantine_ratio: 0\nk_min_distinct_users: 10\n")
+    monkeypatch.setenv("AIRFLOW_VAR_CONSENT_GATE_POLICY_FILE", str(strict))
+    run = load_dag("consent_gate_daily").test(run_conf={"day": "2026-11-02", "as_of": AS_OF})
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "failed" and states["validate"] == "failed" and states["end_attempt"] == "success"
+    out = airflow_env
+    assert not (out / "content/dt=2026-11-02").exists()
+    assert staged_files(out) == []
+    [attempt] = attempt_manifests(out, "2026-11-02")
+    assert attempt["status"] == "failed" and "quarantine_ratio" in attempt["failure"]
