@@ -1,10 +1,10 @@
-"""Publication survives SIGKILL at any point: the previous version stays whole, the next run succeeds.
+"""Publication and the revocation sweep survive SIGKILL at any point: the previous version stays whole.
 
-A subprocess publishes a validated stage with the output store's operations wrapped by this harness
-(never by production code): it counts each call and SIGKILLs itself right after the Nth one. For
-every interesting N the test checks that each published folder holds exactly one complete version,
-that the retry of the killed attempt (as Airflow would run it) rolls back or completes the
-publication so the day's manifest matches its files again, and finally that a fresh run publishes.
+A subprocess publishes a validated stage (or sweeps) with the output store's operations wrapped by
+this harness (never by production code): it counts each call and SIGKILLs itself right after the Nth
+one. For every interesting N the test checks that each published folder holds exactly one complete
+version, that the retry (as Airflow would run it) rolls back or completes the interrupted work so the
+day's manifest matches its files again, and finally that a fresh run publishes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from consent_gate.pipeline import (
 )
 from consent_gate.publish import JOURNAL, InterruptedPublication
 from consent_gate.records import parse_timestamp
+from consent_gate.sweep import sweep
 from tests.conftest import PROJECT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -71,7 +72,12 @@ def harness_main(spec: dict[str, Any]) -> None:
         setattr(publish.OutputStore, name, counted(name, getattr(publish.OutputStore, name)))
     publish._swap_local = counted("swap", publish._swap_local)
     os.link = counted("link", os.link)  # each hard link of the copied attempts history
-    publish_stage(_settings(spec), Stage(date.fromisoformat(spec["day"]), spec["attempt"]))
+    settings = _settings(spec)
+    if spec.get("sweep_as_of"):
+        as_of = parse_timestamp(spec["sweep_as_of"], "as_of")
+        sweep(settings.store(), settings.consent_db, settings.secret, as_of, sweep_id=spec["attempt"])
+    else:
+        publish_stage(settings, Stage(date.fromisoformat(spec["day"]), spec["attempt"]))
     print(json.dumps(calls))
 
 
@@ -133,6 +139,15 @@ def leftovers(out: Path) -> list[str]:
     return found + [str(p.relative_to(out)) for p in out.rglob("*.previous")]
 
 
+def kill_points(calls: list[str]) -> list[int]:
+    """The first call, each exchange and the call after it, the middle of the copying, the last call."""
+    swaps = [i + 1 for i, name in enumerate(calls) if name == "swap"]
+    points = {1, len(calls) // 2, len(calls)} | set(swaps) | {n + 1 for n in swaps}
+    if "copy_tree" in calls:
+        points |= {calls.index("copy_tree"), calls.index("link") + 1}
+    return sorted(p for p in points if 1 <= p <= len(calls))
+
+
 @pytest.fixture
 def world(sample_dir, tmp_path) -> dict[str, Any]:
     """A published day (as of AS_OF_OLD) and a validated stage template of a newer version (AS_OF_NEW)."""
@@ -175,8 +190,7 @@ def test_a_publication_killed_anywhere_leaves_a_whole_version_and_the_next_run_s
 
     # Kill points: the journal, the history copy, each exchange, the deletion of superseded versions, the end.
     swaps = [i + 1 for i, name in enumerate(calls) if name == "swap"]
-    points = {1, calls.index("copy_tree"), calls.index("link") + 1, len(calls)} | set(swaps) | {n + 1 for n in swaps}
-    points = sorted(p for p in points if 1 <= p <= len(calls))
+    points = kill_points(calls)
     assert len(points) >= 6
     outcomes = []
     for point in points:
@@ -236,3 +250,74 @@ def test_a_publication_that_raises_rolls_back_and_keeps_its_evidence(world, monk
     failed = json.loads((out / f"_audit/dt={DAY}/attempts/raises.json").read_text())
     assert failed["status"] == "failed" and "disk went away" in failed["failure"]
     assert leftovers(out) == [] and not (out / stage.root).exists()
+
+
+# --- the sweep ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def revoked_world(world, tmp_path) -> dict[str, Any]:
+    """The published day, and a revocation (recorded after its as_of) of a user who has rows in it."""
+    from consent_gate.keys import Keyer
+    from tests.test_sweep import _raw_subjects, append_consent, revocation
+
+    consent_db = tmp_path / "consent.db"
+    shutil.copyfile(world["spec"]["consent_db"].removeprefix("sqlite:///"), consent_db)
+    spec = {**world["spec"], "consent_db": f"sqlite:///{consent_db}"}
+    keyer = Keyer(world["settings"].secret)
+    content = ds.dataset(world["out"] / f"content/dt={DAY}", format="parquet").to_table()
+    published_users = {k for keys in content.column("user_keys").to_pylist() for k in keys}
+    users, _, _ = _raw_subjects(Path(spec["raw"]).parent)
+    user_id = min(u for u in users if keyer.user(u) in published_users)
+    append_consent(consent_db, [revocation("zz_crash_sweep", "user", user_id, parse_timestamp(REVOKED, "at"))])
+    shutil.rmtree(world["template"])  # only the published day stays
+    return {**world, "spec": spec, "settings": _settings(spec), "user_key": keyer.user(user_id)}
+
+
+REVOKED = "2026-11-21T09:00:00Z"
+SWEEP_AS_OF = "2026-11-21T10:00:00Z"
+
+
+def rows_of(out: Path, user_key: str) -> int:
+    content = ds.dataset(out / f"content/dt={DAY}", format="parquet").to_table()
+    return sum(user_key in keys for keys in content.column("user_keys").to_pylist())
+
+
+def test_a_sweep_killed_anywhere_leaves_a_whole_version_and_the_next_sweep_purges(revoked_world, tmp_path):
+    baseline, user_key = revoked_world["out"], revoked_world["user_key"]
+    assert rows_of(baseline, user_key) > 0
+    old_version = folder_version(baseline / f"content/dt={DAY}")
+
+    def sweep_copy(name: str, kill_after: int) -> tuple[Path, subprocess.CompletedProcess]:
+        out = tmp_path / name
+        shutil.copytree(baseline, out)
+        spec = {**revoked_world["spec"], "out": str(out), "attempt": f"sweep-{name}", "kill_after": kill_after}
+        return out, publish_in_child({**spec, "sweep_as_of": SWEEP_AS_OF})
+
+    clean, done = sweep_copy("clean", 0)
+    assert done.returncode == 0, done.stderr[-3000:]
+    calls = json.loads(done.stdout.strip().splitlines()[-1])
+    assert calls.count("swap") == 2  # content, then the evidence (the commit)
+    new_version = folder_version(clean / f"content/dt={DAY}")
+    assert new_version != old_version and rows_of(clean, user_key) == 0
+    assert_day_consistent(clean)
+
+    points = kill_points(calls)
+    assert len(points) >= 5
+    for point in points:
+        out, killed = sweep_copy(f"kill-{point}", point)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
+        assert folder_version(out / f"content/dt={DAY}") in (old_version, new_version), point
+
+        # The next sweep (an hour later, as the schedule would run it) recovers the day and purges.
+        settings = _settings({**revoked_world["spec"], "out": str(out)})
+        later = parse_timestamp(SWEEP_AS_OF, "as_of") + timedelta(hours=1)
+        sweep(settings.store(), settings.consent_db, settings.secret, later)
+        assert folder_version(out / f"content/dt={DAY}") == new_version, point
+        assert rows_of(out, user_key) == 0, point
+        manifest = assert_day_consistent(out)
+        assert (
+            manifest["counts"]["content"]["published"]
+            == json.loads((clean / f"_audit/dt={DAY}/manifest.json").read_text())["counts"]["content"]["published"]
+        ), point
+        assert leftovers(out) == [] and not list((out / "_staging").glob("dt=*/*")), point

@@ -435,3 +435,33 @@ def test_latency_is_counted_from_recorded_at_to_the_purge():
 
 def test_now_is_after_the_revocations_used_here():
     assert datetime.now(UTC) > PURGED_AT  # the no-resurrection check reads consent as of the wall clock
+
+
+def test_the_sweep_deletes_stages_of_runs_that_never_ended_and_keeps_their_evidence(sample_dir, tmp_path):
+    from consent_gate.pipeline import gate_content, snapshot_consent
+
+    settings = settings_for(sample_dir, sample_dir / "consent.db", tmp_path / "out")
+    store = settings.store()
+    abandoned = snapshot_consent(settings, DAYS[0], AS_OF, run_id="died")
+    gate_content(settings, abandoned)  # staged content, then the process "died": nobody ended the attempt
+    died = store.read_json(abandoned / "run.json")
+    running = snapshot_consent(settings, DAYS[1], AS_OF, run_id="still-running")
+    now = datetime.now(UTC)
+    run = store.read_json(running / "run.json")
+    store.write_json(running / "run.json", {**run, "started_at": (now + timedelta(hours=30)).isoformat()})
+    (tmp_path / "out" / f"_staging/dt={DAYS[2]}/empty-attempt").mkdir(parents=True)  # killed before run.json
+    assert any(p.name.endswith(".parquet") for p in (tmp_path / "out" / abandoned.root).rglob("*"))
+
+    outcome = sweep(store, settings.consent_db, settings.secret, now, clock=fixed_clock(now + timedelta(hours=25)))
+    assert outcome.abandoned_stages_deleted == 2
+    staged = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out" / "_staging").rglob("*.json"))
+    assert staged == [f"{running.root}/run.json"]  # the young stage is untouched
+    evidence = json.loads((tmp_path / "out" / f"_audit/dt={DAYS[0]}/attempts/{abandoned.attempt}.json").read_text())
+    assert evidence["status"] == "failed" and "abandoned" in evidence["failure"]
+    assert evidence["attempt"] == abandoned.attempt and evidence["consent"] == died["consent"]
+    log = json.loads((tmp_path / "out" / outcome.log_path).read_text())
+    assert log["abandoned_stages_deleted"] == 2
+
+    # Within the policy's age, nothing is deleted.
+    again = sweep(store, settings.consent_db, settings.secret, now, clock=fixed_clock(now))
+    assert again.abandoned_stages_deleted == 0 and (tmp_path / "out" / running.root / "run.json").exists()

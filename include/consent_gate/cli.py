@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from consent_gate.config import load_policy
@@ -183,7 +183,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     as_of = args.as_of or datetime.now(UTC)
     _say(f"sweeping {args.out} against consent as of {as_of.isoformat()}")
     try:
-        outcome = sweep(settings.store(), settings.consent_db, settings.secret, as_of, full=args.full)
+        outcome = sweep(
+            settings.store(), settings.consent_db, settings.secret, as_of, full=args.full,
+            max_stage_age=timedelta(hours=settings.policy.max_stage_age_hours),
+        )  # fmt: skip
     except (ConsentStoreError, SweepError) as error:
         _say(f"FAILED, the watermark did not move: {error}")
         return 1
@@ -191,6 +194,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for purge in outcome.purges:
         reasons = ", ".join(f"{k} {v}" for k, v in purge["removed_by_reason"].items())
         print(f"  purged {purge['partition']}: {purge['rows_removed']} rows ({reasons})")
+    if outcome.abandoned_stages_deleted:
+        print(f"  deleted {outcome.abandoned_stages_deleted} abandoned stage(s) of runs that never ended")
     print(f"purge record: {args.out}/{outcome.log_path}")
     return 0
 

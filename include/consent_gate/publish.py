@@ -97,6 +97,15 @@ class OutputStore:
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False)]
         return sorted(f"{relative}/{n}" for n in names if n.endswith(suffix) and self.fs.isfile(f"{base}/{n}"))
 
+    def folders(self, relative: str) -> list[str]:
+        """Names of the folders directly under `relative`, sorted; fresh listing."""
+        base = self.path(relative)
+        self.fs.invalidate_cache(base)
+        if not self.fs.exists(base):
+            return []
+        entries = self.fs.ls(base, detail=True)
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
+
     def remove(self, relative: str) -> None:
         target = self.path(relative)
         if self.is_local:

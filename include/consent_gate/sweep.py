@@ -6,10 +6,14 @@ replaced by its key (`keyed_consent`): the same `ConsentSnapshot` then answers S
 
 - `sweep` reads the revocations that came into force since its watermark (`_audit/sweeps/`),
   finds the published days holding rows of those subjects, re-evaluates every row of such a day
-  against the consent of now, and rewrites each day that loses rows under the day lock, with the
-  same atomic directory swap as publication (superseded files are deleted from storage). The day's
-  evidence gets a new manifest version (counts, excluded.parquet and output sha256s updated, a
-  `sweeps` entry appended; every version stays under `attempts/`), and the sweep writes a purge log.
+  against the consent of now, and rewrites each day that loses rows under the day lock, through the
+  same journaled exchange as publication (`publish.publish_folders`: content first, the evidence
+  last as the commit; a sweep killed mid-way is finished or undone by `recover_day`; superseded
+  files are deleted from storage). The day's evidence gets a new manifest version (counts,
+  excluded.parquet and output sha256s updated, a `sweeps` entry appended; every version stays under
+  `attempts/`), and the sweep writes a purge log.
+- Stages of runs that died without cleaning up hold unpublished content: the sweep deletes those older
+  than the policy's `max_stage_age_hours`, keeping their evidence as failed attempts.
 - `withhold_withdrawn` re-applies the consent of now to a stage just before it is published, so a
   rerun or backfill pinned to an older `as_of` never re-admits withdrawn content.
 
@@ -24,7 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -44,7 +48,7 @@ from consent_gate.consent import (
 )
 from consent_gate.gate import EXCLUDED_SCHEMA
 from consent_gate.keys import Keyer
-from consent_gate.publish import OutputStore
+from consent_gate.publish import OutputStore, begin_publication, publish_folders, recover_day
 from consent_gate.records import MalformedRecord, parse_timestamp
 from consent_gate.sources import CONTENT_TYPE_OF
 
@@ -250,6 +254,7 @@ class SweepOutcome:
     days_scanned: int
     purges: list[dict[str, Any]]
     log_path: str
+    abandoned_stages_deleted: int = 0
 
     @property
     def rows_removed(self) -> int:
@@ -258,11 +263,46 @@ class SweepOutcome:
 
 def published_days(store: OutputStore) -> list[str]:
     """The days that have a published content folder, from storage itself."""
-    base = store.path("content")
-    if not store.fs.exists(base):
-        return []
-    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(base, detail=False)]
-    return sorted(n.removeprefix("dt=") for n in names if n.startswith("dt=") and store.fs.isdir(f"{base}/{n}"))
+    return [name.removeprefix("dt=") for name in store.folders("content") if name.startswith("dt=")]
+
+
+def abandoned_attempt_record(run: dict[str, Any], started_before: datetime) -> dict[str, Any]:
+    """The failed-attempt evidence of a stage deleted as abandoned: its run.json, no counts (it never ended)."""
+    keep = ("run_id", "dag_run_id", "attempt", "partition", "code_version", "policy", "consent", "started_at")
+    return {
+        **{k: run.get(k) for k in keep},
+        "as_of": run["consent"]["as_of"],
+        "status": "failed",
+        "failure": f"abandoned: the run never ended this attempt; its stage (started before "
+        f"{started_before.isoformat()}) was deleted by the revocation sweep",
+        "counts": None,
+    }
+
+
+def discard_abandoned_stages(store: OutputStore, started_before: datetime) -> int:
+    """Delete the stages of runs that died without ending their attempt and started before
+    `started_before`; each keeps a failed-attempt record. Returns how many were deleted.
+
+    Under each day's lock: a stage that died publishing (journaled) is finished or undone by
+    `recover_day` first; a stage without `run.json` never got past its first write and holds nothing.
+    """
+    deleted = 0
+    for day in [name.removeprefix("dt=") for name in store.folders("_staging") if name.startswith("dt=")]:
+        with store.day_lock(day):
+            recover_day(store, day)
+            for attempt in store.folders(f"_staging/dt={day}"):
+                root = f"_staging/dt={day}/{attempt}"
+                run = store.read_json(f"{root}/run.json") if store.exists(f"{root}/run.json") else None
+                if run is not None and parse_timestamp(run["started_at"], "started_at") >= started_before:
+                    continue  # a run that may still be going: its own teardown or publication ends it
+                evidence = f"_audit/dt={day}/attempts/{attempt}.json"
+                if run is not None and not store.exists(evidence):
+                    store.write_json(evidence, abandoned_attempt_record(run, started_before))
+                store.remove(root)
+                deleted += 1
+            if not store.folders(f"_staging/dt={day}"):
+                store.remove(f"_staging/dt={day}")
+    return deleted
 
 
 def read_watermark(store: OutputStore) -> dict[str, Any] | None:
@@ -282,8 +322,10 @@ def sweep(
     full: bool = False,
     clock: Clock = utc_now,
     sweep_id: str | None = None,
+    max_stage_age: timedelta = timedelta(hours=24),
 ) -> SweepOutcome:
-    """Purge from every published day the rows that current consent (at `as_of`) no longer allows."""
+    """Purge from every published day the rows that current consent (at `as_of`) no longer allows,
+    and delete the stages of runs abandoned longer than `max_stage_age` ago."""
     as_of = as_of.astimezone(UTC)
     keyer = Keyer(secret)
     sweep_id = sweep_id or new_sweep_id(as_of)
@@ -307,9 +349,11 @@ def sweep(
         if affected is not None and not affected:
             break  # nothing came into force: no published row can have lost its consent
         with store.day_lock(day):
+            recover_day(store, day)  # a publication or sweep of the day killed mid-way: finished or undone
             purge = _sweep_day(store, day, consent, affected, sweep_id=sweep_id, clock=clock)
         if purge is not None:
             purges.append(purge)
+    abandoned = discard_abandoned_stages(store, clock() - max_stage_age)
     record = {
         "sweep_id": sweep_id,
         "as_of": as_of.isoformat(),
@@ -323,6 +367,7 @@ def sweep(
         "days_rewritten": len(purges),
         "rows_removed": sum(p["rows_removed"] for p in purges),
         "purges": purges,
+        "abandoned_stages_deleted": abandoned,
         "started_at": started_at.isoformat(),
         "ended_at": clock().isoformat(),
     }
@@ -331,7 +376,7 @@ def sweep(
     if purges:
         audit_pages.write_index(store)
     _advance_watermark(store, as_of, consent.snapshot.checksum, sweep_id)
-    return SweepOutcome(sweep_id, as_of, record["mode"], len(days), purges, log_path)
+    return SweepOutcome(sweep_id, as_of, record["mode"], len(days), purges, log_path, abandoned)
 
 
 def _advance_watermark(store: OutputStore, as_of: datetime, checksum: str, sweep_id: str) -> None:
@@ -391,12 +436,12 @@ def _sweep_day(
         reasons.extend(r for r in row_reasons if r is not None)
     if not reasons:
         return None
-    stage = f"_staging/sweeps/{sweep_id}/dt={day}"
+    stage = f"_staging/dt={day}/{sweep_id}"  # where recover_day finds it, like a run's stage
+    begin_publication(store, stage)  # killed from here on: the next holder of the day lock undoes it
     store.makedirs(f"{stage}/content")
     for name, table in kept.items():
         if table.num_rows:
             _write_table(store, f"{stage}/content/{name}", table)
-    store.replace_directory(f"{stage}/content", folder)  # superseded files are deleted here
     purged_at = clock()
     removed = pa.concat_tables(removed_parts)
     by_reason = dict(sorted(Counter(reasons).items()))
@@ -420,15 +465,19 @@ def _sweep_day(
         },
         schema=EXCLUDED_SCHEMA,
     )
-    purge["manifest"] = _rewrite_evidence(store, day, f"{stage}/audit", excluded, purge)
+    swaps = [(f"{stage}/content", folder)]
+    purge["manifest"] = _stage_evidence(store, day, stage, excluded, purge)
+    if purge["manifest"] != "missing":
+        swaps.append((f"{stage}/audit", f"_audit/dt={day}"))  # last: its exchange is the commit
+    publish_folders(store, stage, swaps)  # superseded files are deleted once committed
     store.remove(stage)
     return purge
 
 
-def _rewrite_evidence(store: OutputStore, day: str, staged: str, excluded: pa.Table, purge: dict[str, Any]) -> str:
-    """A new version of the day's evidence: the purged rows become excluded rows, counts and output
-    checksums follow the rewritten files, and the purge is appended under `sweeps`."""
-    audit = f"_audit/dt={day}"
+def _stage_evidence(store: OutputStore, day: str, stage: str, excluded: pa.Table, purge: dict[str, Any]) -> str:
+    """A new version of the day's evidence in `stage`/audit: the purged rows become excluded rows,
+    counts and output checksums follow the staged content, and the purge is appended under `sweeps`."""
+    audit, staged = f"_audit/dt={day}", f"{stage}/audit"
     if not store.exists(f"{audit}/manifest.json"):
         return "missing"  # content was purged all the same; the sweep log holds the record
     base = store.path(audit)
@@ -451,9 +500,10 @@ def _rewrite_evidence(store: OutputStore, day: str, staged: str, excluded: pa.Ta
         o for o in manifest.get("outputs", [])
         if not o["path"].startswith(f"content/dt={day}/") and o["path"] != f"{audit}/excluded.parquet"
     ]  # fmt: skip
-    for relative, published_as in [(p, p) for p in store.files(f"content/dt={day}", ".parquet")] + [
-        (f"{staged}/excluded.parquet", f"{audit}/excluded.parquet")
-    ]:
+    staged_content = [
+        (path, f"content/dt={day}/{path.rsplit('/', 1)[-1]}") for path in store.files(f"{stage}/content", ".parquet")
+    ]
+    for relative, published_as in [*staged_content, (f"{staged}/excluded.parquet", f"{audit}/excluded.parquet")]:
         size, sha256 = store.sha256(relative)
         with store.open(relative) as handle:
             rows = pq.ParquetFile(handle).metadata.num_rows
@@ -464,7 +514,6 @@ def _rewrite_evidence(store: OutputStore, day: str, staged: str, excluded: pa.Ta
     store.write_json(f"{staged}/manifest.json", manifest)
     store.write_json(f"{staged}/attempts/{purge['sweep_id']}.json", manifest)
     audit_pages.write_day_report(store, staged, manifest)  # the day's report.html follows the new version
-    store.replace_directory(staged, audit)
     return f"{audit}/manifest.json"
 
 
@@ -537,11 +586,15 @@ def sweep_task(params: Any) -> dict[str, Any]:
     params = params or {}
     settings = settings_from_airflow()
     as_of = as_of_for_run(params.get("as_of"), utc_now())
-    outcome = sweep(settings.store(), settings.consent_db, settings.secret, as_of, full=bool(params.get("full")))
+    outcome = sweep(
+        settings.store(), settings.consent_db, settings.secret, as_of, full=bool(params.get("full")),
+        max_stage_age=timedelta(hours=settings.policy.max_stage_age_hours),
+    )  # fmt: skip
     return {
         "sweep_id": outcome.sweep_id,
         "mode": outcome.mode,
         "days_rewritten": len(outcome.purges),
         "rows_removed": outcome.rows_removed,
+        "abandoned_stages_deleted": outcome.abandoned_stages_deleted,
         "log": f"{settings.out}/{outcome.log_path}",
     }
