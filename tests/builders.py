@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 import sqlite3
+import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -132,3 +135,76 @@ def write_meeting(
 def chat_line(message_id: str, sender: str, minutes: float = 5, recipient: str = "everyone", text: str = "hi") -> dict:
     return {"message_id": message_id, "sender_participant_id": sender, "sent_at": ts(at(minutes)),
             "recipient": recipient, "text": text}  # fmt: skip
+
+
+# --- the sample's raw identities and content, for the "nothing leaks" scans -----------------------
+
+IDENTITY_FIELDS = ("user_id", "account_id", "display_name", "email")
+TELEMETRY_IDENTITY_FIELDS = ("user_id", "account_id", "email", "ip")
+
+
+def _meeting_records(sample: Path) -> list[dict[str, Any]]:
+    records = []
+    for meeting in sorted((sample / "raw/meetings").glob("dt=*/*/meeting.json")):
+        try:
+            record = json.loads(meeting.read_text())
+        except ValueError:
+            continue  # the sample's malformed units
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def sample_identities(sample: Path) -> tuple[dict[str, str], set[str]]:
+    """Every participant's user_id → account_id (those with both), and every meeting's account_id."""
+    users: dict[str, str] = {}
+    accounts: set[str] = set()
+    for record in _meeting_records(sample):
+        accounts.add(record["account_id"])
+        for p in record.get("participants") or []:
+            if p.get("user_id") and p.get("account_id"):
+                users[p["user_id"]] = p["account_id"]
+    return users, accounts
+
+
+def sample_secrets(sample: Path, *, texts: bool = False, min_length: int = 1) -> set[str]:
+    """Raw ids, display names, e-mails and IPs of the sample's landing zone (meetings and telemetry),
+    plus every chat, summary and cue text with `texts`; strings of at least `min_length` characters."""
+    secrets: set[str] = set()
+    for record in _meeting_records(sample):
+        secrets.add(record["account_id"])
+        for p in record.get("participants") or []:
+            secrets.update(v for k, v in p.items() if k in IDENTITY_FIELDS and isinstance(v, str) and v)
+    for part in (sample / "raw/telemetry").glob("dt=*/*.gz"):
+        try:
+            for line in gzip.open(part, "rt"):
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                secrets.update(str(event[k]) for k in TELEMETRY_IDENTITY_FIELDS if event.get(k))
+        except (OSError, EOFError, zlib.error):
+            continue  # the sample's truncated gzip
+    if texts:
+        secrets |= _sample_texts(sample)
+    return {s for s in secrets if isinstance(s, str) and len(s) >= min_length}
+
+
+def _sample_texts(sample: Path) -> set[str]:
+    found: set[str] = set()
+    for meeting in (sample / "raw/meetings").glob("dt=*/*"):
+        chat = meeting / "chat.jsonl"
+        for line in chat.read_text().splitlines() if chat.exists() else []:
+            try:
+                found.add(json.loads(line)["text"])
+            except (ValueError, KeyError, TypeError):
+                pass
+        try:
+            found.add(json.loads((meeting / "summary.json").read_text())["text"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        transcript = meeting / "transcript.vtt"
+        if transcript.exists():
+            for cue in re.findall(r"-->[^\n]*\n(.+?)(?:\n\n|\Z)", transcript.read_text(), re.S):
+                found.add(cue.partition(":")[2].strip())
+    return found

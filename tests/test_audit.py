@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
@@ -17,6 +16,7 @@ import pytest
 
 from consent_gate.audit import REASON_COLOURS, render_day, render_index
 from consent_gate.pipeline import run_day
+from tests.builders import sample_secrets
 from tests.conftest import service_unavailable
 from tests.test_validation import AS_OF, settings_for
 
@@ -77,45 +77,9 @@ def test_publication_writes_a_report_per_day_and_an_index(audited):
         assert f'data-day="{day}"' in index
 
 
-def _sample_secrets(sample_dir: Path) -> set[str]:
-    """Raw ids, names, e-mails and content texts of the sample's landing zone."""
-    secrets: set[str] = set()
-    for meeting in (sample_dir / "raw/meetings").glob("dt=*/*"):
-        try:
-            record = json.loads((meeting / "meeting.json").read_text())
-            secrets.add(record["account_id"])
-            for p in record.get("participants", []):
-                secrets.update(v for k, v in p.items() if k in ("user_id", "account_id", "display_name", "email") and v)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass
-        for line in (meeting / "chat.jsonl").read_text().splitlines() if (meeting / "chat.jsonl").exists() else []:
-            try:
-                secrets.add(json.loads(line)["text"])
-            except (ValueError, KeyError, TypeError):
-                pass
-        try:
-            secrets.add(json.loads((meeting / "summary.json").read_text())["text"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        if (meeting / "transcript.vtt").exists():
-            for cue in re.findall(r"-->[^\n]*\n(.+?)(?:\n\n|\Z)", (meeting / "transcript.vtt").read_text(), re.S):
-                secrets.add(cue.partition(":")[2].strip())
-    for part in (sample_dir / "raw/telemetry").glob("dt=*/*.gz"):
-        try:
-            for line in gzip.open(part, "rt"):
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                secrets.update(str(event[k]) for k in ("user_id", "account_id", "email", "ip") if event.get(k))
-        except (OSError, EOFError, zlib.error):
-            continue
-    return {s for s in secrets if isinstance(s, str) and len(s) >= 6}
-
-
 @pytest.mark.integration
 def test_no_report_file_holds_content_or_raw_ids(audited, sample_dir):
-    secrets = _sample_secrets(sample_dir)
+    secrets = sample_secrets(sample_dir, texts=True, min_length=6)
     assert len(secrets) > 300
     reports = [p for p in (audited / "_audit").rglob("*") if p.suffix in (".html", ".json")]
     assert any(p.name == "report.html" for p in reports) and any("data_docs" in p.parts for p in reports)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from datetime import date
 from pathlib import Path
@@ -15,6 +14,7 @@ from consent_gate.config import Policy
 from consent_gate.gate import CONTENT_SCHEMA, REASONS
 from consent_gate.pipeline import GateCheckFailed, RunSettings, run_day
 from consent_gate.records import parse_timestamp
+from tests.builders import sample_secrets
 
 pytestmark = pytest.mark.integration
 
@@ -88,22 +88,7 @@ def test_manifest_holds_the_evidence(published):
 
 def test_no_raw_id_name_or_email_leaves_the_gate(published, sample_dir):
     out, _ = published
-    secrets: set[str] = set()
-    for meeting in (sample_dir / "raw/meetings").glob("dt=*/*/meeting.json"):
-        try:
-            record = json.loads(meeting.read_text())
-        except json.JSONDecodeError:
-            continue
-        secrets.add(record["account_id"])
-        for p in record.get("participants", []):
-            secrets.update(v for k, v in p.items() if k in ("user_id", "account_id", "display_name", "email") and v)
-    for part in (sample_dir / "raw/telemetry").glob("dt=*/*.gz"):
-        for line in gzip.open(part, "rt"):
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            secrets.update(str(event[k]) for k in ("user_id", "account_id", "email", "ip") if event.get(k))
+    secrets = sample_secrets(sample_dir)
     assert len(secrets) > 100
     files = [p for p in out.rglob("*") if p.is_file()]
     assert any(p.suffix == ".parquet" for p in files)

@@ -259,7 +259,8 @@ def test_a_publication_that_raises_rolls_back_and_keeps_its_evidence(world, monk
 def revoked_world(world, tmp_path) -> dict[str, Any]:
     """The published day, and a revocation (recorded after its as_of) of a user who has rows in it."""
     from consent_gate.keys import Keyer
-    from tests.test_sweep import _raw_subjects, append_consent, revocation
+    from tests.builders import sample_identities
+    from tests.test_sweep import append_consent, revocation
 
     consent_db = tmp_path / "consent.db"
     shutil.copyfile(world["spec"]["consent_db"].removeprefix("sqlite:///"), consent_db)
@@ -267,7 +268,7 @@ def revoked_world(world, tmp_path) -> dict[str, Any]:
     keyer = Keyer(world["settings"].secret)
     content = ds.dataset(world["out"] / f"content/dt={DAY}", format="parquet").to_table()
     published_users = {k for keys in content.column("user_keys").to_pylist() for k in keys}
-    users, _, _ = _raw_subjects(Path(spec["raw"]).parent)
+    users, _ = sample_identities(Path(spec["raw"]).parent)
     user_id = min(u for u in users if keyer.user(u) in published_users)
     append_consent(consent_db, [revocation("zz_crash_sweep", "user", user_id, parse_timestamp(REVOKED, "at"))])
     shutil.rmtree(world["template"])  # only the published day stays

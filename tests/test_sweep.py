@@ -27,7 +27,7 @@ from consent_gate.pipeline import RunOutcome, RunSettings, run_day
 from consent_gate.publish import OutputStore
 from consent_gate.records import parse_timestamp
 from consent_gate.sweep import SweepOutcome, keyed_consent, sweep, withdrawal_reasons
-from tests.builders import at, consent_row
+from tests.builders import at, consent_row, sample_identities, sample_secrets
 
 pytestmark = pytest.mark.integration
 
@@ -113,24 +113,6 @@ class World:
     secrets: set[str] = field(default_factory=set)
 
 
-def _raw_subjects(sample: Path) -> tuple[dict[str, str], dict[str, str], set[str]]:
-    """user_id → account_id of every participant, meeting account_id → itself, and every raw secret."""
-    users: dict[str, str] = {}
-    accounts: set[str] = set()
-    secrets: set[str] = set()
-    for meeting in (sample / "raw/meetings").glob("dt=*/*/meeting.json"):
-        try:
-            record = json.loads(meeting.read_text())
-        except json.JSONDecodeError:
-            continue
-        accounts.add(record["account_id"])
-        for p in record.get("participants", []):
-            secrets.update(v for k, v in p.items() if k in ("user_id", "account_id", "display_name") and v)
-            if p.get("user_id") and p.get("account_id"):
-                users[p["user_id"]] = p["account_id"]
-    return users, {a: a for a in accounts}, secrets | accounts
-
-
 @pytest.fixture(scope="module")
 def world(sample_dir, tmp_path_factory) -> World:
     root = tmp_path_factory.mktemp("sweep")
@@ -144,7 +126,8 @@ def world(sample_dir, tmp_path_factory) -> World:
     assert sorted(before) == [f"dt={d}" for d in DAYS]
 
     keyer = Keyer(settings.secret)
-    users, accounts, secrets = _raw_subjects(sample_dir)
+    users, accounts = sample_identities(sample_dir)
+    secrets = sample_secrets(sample_dir)
     rows = [r for day_rows in before.values() for r in day_rows]
     user_days: Counter[str] = Counter()
     for day_rows in before.values():
@@ -308,7 +291,7 @@ def test_a_back_dated_revocation_below_the_watermark_triggers_a_full_sweep(world
     shutil.copyfile(world.consent_db, db)
     keyer = Keyer(world.settings.secret)
     published = [r for rows in content_rows(out).values() for r in rows]
-    users, _, _ = _raw_subjects(Path(world.settings.raw).parent)
+    users, _ = sample_identities(Path(world.settings.raw).parent)
     victim = next(u for u in sorted(users) if any(keyer.user(u) in r["user_keys"] for r in published))
     append_consent(db, [revocation("zz_back_dated", "user", victim, REVOKED_AT)])  # recorded below the watermark
     outcome = sweep(OutputStore(str(out)), f"sqlite:///{db}", world.settings.secret, SWEEP_AS_OF + timedelta(hours=2))
@@ -324,7 +307,7 @@ def test_a_sweep_waits_for_the_day_lock_of_a_running_publication(world, tmp_path
     day = next(d for d, rows in content_rows(out).items() if rows).removeprefix("dt=")
     keyer = Keyer(world.settings.secret)
     victim = content_rows(out)[f"dt={day}"][0]["account_keys"][0]
-    account_id = next(a for a in _raw_subjects(Path(world.settings.raw).parent)[1] if keyer.account(a) == victim)
+    account_id = next(a for a in sample_identities(Path(world.settings.raw).parent)[1] if keyer.account(a) == victim)
     append_consent(db, [revocation("zz_locked", "account", account_id, REVOKED_AT)])
     store = OutputStore(str(out))
     before = file_digests(out, f"content/dt={day}/")
