@@ -99,3 +99,19 @@ def test_a_consent_row_without_a_readable_subject_fails_the_run(cli_world, tmp_p
     err = capsys.readouterr().err
     assert "zz_bad" in err and "subject cannot be read" in err
     assert not (out / "content").exists()
+
+
+def test_files_lists_exactly_the_published_version_from_its_manifest(cli_world, capsys):
+    root, args = cli_world
+    out = ["--out", str(root / "out")]
+    assert main(["files", "--date", "2026-11-02", *out]) == 0
+    listed = capsys.readouterr().out.split()
+    on_disk = sorted(str(p) for p in (root / "out/content/dt=2026-11-02").glob("*.parquet"))
+    assert listed == on_disk and listed
+    manifest = json.loads((root / "out/_audit/dt=2026-11-02/manifest.json").read_text())
+    rows = sum(o["rows"] for o in manifest["outputs"] if o["path"].startswith("content/"))
+    assert pq.ParquetDataset(listed).read().num_rows == rows == manifest["counts"]["content"]["published"]
+    assert main(["files", "--date", "2026-11-02", "--dataset", "aggregates", *out]) == 0
+    assert all("/aggregates/dt=2026-11-02/" in line for line in capsys.readouterr().out.split())
+    assert main(["files", "--date", "2026-11-09", *out]) == 2
+    assert "not published" in capsys.readouterr().err

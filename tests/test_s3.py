@@ -7,13 +7,14 @@ the gate reaches it through s3fs exactly as it would reach AWS: only the endpoin
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from consent_gate import pipeline
 from consent_gate.config import Policy
 from consent_gate.pipeline import RunSettings, read_manifest, run_day
-from consent_gate.publish import OutputStore
+from consent_gate.publish import OutputStore, published_files
 from consent_gate.records import parse_timestamp
 from tests.test_shards import run_sharded
 
@@ -139,18 +141,142 @@ def test_a_rerun_on_s3_replaces_the_partition_and_deletes_superseded_files(sampl
     name, options = bucket
     settings = s3_settings(sample_dir, name, options)
     upload_landing_zone(sample_dir, settings)
-    run_sharded(settings, DAY, AS_OF, 3)
+    first = run_sharded(settings, DAY, AS_OF, 3)
     store = settings.store()
+    version = first["attempt"].rsplit("__", 1)[-1]
     assert [f.rsplit("/", 1)[-1] for f in store.files(f"content/dt={DAY}")] == [
-        "part-0000.parquet", "part-0001.parquet", "part-0002.parquet",
+        f"part-0000.v{version}.parquet", f"part-0001.v{version}.parquet", f"part-0002.v{version}.parquet",
     ]  # fmt: skip
+    assert published_files(store, DAY.isoformat()) == [store.uri(f) for f in store.files(f"content/dt={DAY}")]
     three = read_s3_table(store, f"content/dt={DAY}").sort_by("artifact_id")
 
     later = parse_timestamp("2026-11-25T00:00:00Z", "as_of")
     manifest = run_sharded(settings, DAY, later, 1)
-    assert [f.rsplit("/", 1)[-1] for f in store.files(f"content/dt={DAY}")] == ["part-0000.parquet"]
+    version = manifest["attempt"].rsplit("__", 1)[-1]
+    assert [f.rsplit("/", 1)[-1] for f in store.files(f"content/dt={DAY}")] == [f"part-0000.v{version}.parquet"]
     one = read_s3_table(store, f"content/dt={DAY}").sort_by("artifact_id")
     assert one.num_rows == manifest["counts"]["content"]["published"]
     assert set(one.column("consent_as_of").to_pylist()) != set(three.column("consent_as_of").to_pylist())
     assert len(store.files(f"_audit/dt={DAY}/attempts", ".json")) == 2  # both attempts' evidence is kept
     assert not store.tree(f"_staging/dt={DAY}")
+
+
+# --- readers during a publication: the manifest is the commit ---------------------------------------
+
+MUTATIONS = ("copy", "rm", "mv", "pipe_file")
+
+
+class Interrupted(Exception):
+    """The publication stops here, as if its process had died (the harness raises it, not the code)."""
+
+
+def read_published(store: OutputStore) -> tuple[list[str], list[tuple[str, str]]]:
+    """What a reader gets through the manifest: the day's content files and their (artifact_id, as_of) rows."""
+    files = published_files(store, DAY.isoformat())
+    table = ds.dataset([f.removeprefix("s3://") for f in files], format="parquet", filesystem=store.fs).to_table()
+    as_of = [str(v) for v in table.column("consent_as_of").to_pylist()]
+    rows = zip(table.column("artifact_id").to_pylist(), as_of, strict=True)
+    return [f.rsplit("/", 1)[-1] for f in files], list(rows)
+
+
+Stop = Callable[[str, tuple], bool]
+
+
+def instrument(monkeypatch, store: OutputStore, after_each, stop_before: Stop | None = None) -> list[str]:
+    """Wrap the S3 filesystem's mutating calls: after each, `after_each()`; raise Interrupted once, before
+    the first call `stop_before(name, args)` picks."""
+    calls: list[str] = []
+    for name in MUTATIONS:
+        real = getattr(store.fs, name)
+
+        def wrapper(*args, _real=real, _name=name, **kwargs):
+            if stop_before is not None and "stopped" not in calls and stop_before(_name, args):
+                calls.append("stopped")  # once: what runs after the stop (the recovery) goes through
+                raise Interrupted(f"stopped before {_name}")
+            result = _real(*args, **kwargs)
+            calls.append(_name)
+            after_each()
+            return result
+
+        monkeypatch.setattr(store.fs, name, wrapper)
+    return calls
+
+
+def _target(args: tuple) -> str:
+    """The object a mutating call writes or deletes: copy/mv (source, target); pipe_file (path, data); rm (path)."""
+    return str(args[1] if len(args) > 1 and isinstance(args[1], str) else args[0])
+
+
+# Where a publication is stopped, in its order, and whether the new version must stand afterwards.
+STOPS: list[tuple[str, Stop, bool]] = [
+    ("the journal", lambda n, a: n == "pipe_file" and _target(a).endswith("/publishing.json"), False),
+    ("the versioned names", lambda n, a: n == "mv", False),
+    ("the evidence backup", lambda n, a: n == "copy" and "/previous-evidence/" in _target(a), False),
+    ("the first new data file", lambda n, a: n == "copy" and f"/out/content/dt={DAY}/" in _target(a), False),
+    ("the commit", lambda n, a: n == "copy" and _target(a).endswith(f"/out/_audit/dt={DAY}/manifest.json"), False),
+    ("the superseded deletion", lambda n, a: n == "rm" and isinstance(a[0], list), True),
+    ("the journal removal", lambda n, a: n == "rm" and _target(a).endswith("/publishing.json"), True),
+    ("the stage removal", lambda n, a: n == "rm" and re.search(rf"/_staging/dt={DAY}/[^/]+/?$", _target(a)), True),
+    ("the index", lambda n, a: n == "pipe_file" and _target(a).endswith("/out/_audit/index.html"), True),
+]
+
+
+def test_a_reader_on_s3_sees_one_whole_version_at_every_step_of_a_publication(sample_dir, bucket, monkeypatch):
+    name, options = bucket
+    settings = s3_settings(sample_dir, name, options)
+    upload_landing_zone(sample_dir, settings)
+    run_sharded(settings, DAY, AS_OF, 3)
+    store = settings.store()
+    old = read_published(store)
+    later = parse_timestamp("2026-11-25T00:00:00Z", "as_of")
+
+    seen: list[tuple[list[str], list[tuple[str, str]]]] = []
+    with monkeypatch.context() as patch:
+        calls = instrument(patch, store, lambda: seen.append(read_published(store)))
+        run_sharded(settings, DAY, later, 2)
+    new = read_published(store)
+    assert old[0] != new[0] and len(calls) > 10
+    assert sorted(old[1]) != sorted(new[1])  # the as_of moved: the versions differ in rows, not only names
+    for files, rows in seen:
+        assert (files, sorted(rows)) in ((old[0], sorted(old[1])), (new[0], sorted(new[1])))
+        ids = [artifact_id for artifact_id, _ in rows]
+        assert len(ids) == len(set(ids))  # never a duplicate row
+
+
+def test_a_publication_on_s3_stopped_anywhere_recovers_to_one_whole_version(sample_dir, bucket, monkeypatch):
+    """Stopped before its commit it is undone (evidence included); after its commit it is finished."""
+    name, options = bucket
+    settings = s3_settings(sample_dir, name, options)
+    upload_landing_zone(sample_dir, settings)
+    run_sharded(settings, DAY, AS_OF, 3)
+    store = settings.store()
+    later = parse_timestamp("2026-11-25T00:00:00Z", "as_of")
+    for point, stop_before, new_version_stands in STOPS:
+        before = read_manifest(store, DAY)
+        stage = pipeline.snapshot_consent(settings, DAY, later, run_id="stopped")
+        for shard in range(2):
+            pipeline.gate_content(settings, stage, shard=shard, shards=2)
+        pipeline.aggregate_day(settings, stage)
+        assert all(c.passed for c in pipeline.validate_stage(settings, stage))
+        with monkeypatch.context() as patch:
+            calls = instrument(patch, store, lambda: None, stop_before=stop_before)
+            try:
+                pipeline.publish_stage(settings, stage)
+                outcome = "published"
+            except Interrupted:
+                outcome = "interrupted"
+        if outcome == "interrupted":
+            pipeline.record_failed_attempt(settings, stage, "stopped")  # the run's teardown
+        manifest = read_manifest(store, DAY)
+        assert manifest["attempt"] in (before["attempt"], stage.attempt), point
+        # The store holds exactly the manifest's version: every listed file with its sha256, nothing more.
+        for output in manifest["outputs"]:
+            assert store.sha256(output["path"])[1] == output["sha256"], (point, output["path"])
+        for folder in (f"content/dt={DAY}", f"aggregates/dt={DAY}"):
+            listed = {o["path"] for o in manifest["outputs"] if o["path"].startswith(folder + "/")}
+            assert set(store.files(folder, ".parquet")) == listed, (point, folder)
+        assert not store.tree(f"_staging/dt={DAY}"), point
+        assert outcome == "interrupted" and "stopped" in calls, point
+        assert manifest["attempt"] == (stage.attempt if new_version_stands else before["attempt"]), point
+        history = store.read_json(f"_audit/dt={DAY}/attempts/{stage.attempt}.json")
+        assert history["status"] == ("published" if new_version_stands else "failed"), point

@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--date", type=_day, required=True)
     _common(verify)
 
+    files = commands.add_parser(
+        "files", help="the files of a published day, from its manifest (how to read a day on object stores)"
+    )
+    files.add_argument("--date", type=_day, required=True)
+    files.add_argument("--dataset", choices=("content", "aggregates"), default="content")
+    _common(files, consent=False)
+
     report = commands.add_parser("report", help="(re)write the offline HTML audit index under <out>/_audit/")
     _common(report, consent=False)
     return parser
@@ -220,6 +227,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
+def cmd_files(args: argparse.Namespace) -> int:
+    """One URI a line: exactly the published version's files, even while a new version is being copied."""
+    from consent_gate.publish import OutputStore, published_files
+
+    uris = published_files(OutputStore(args.out), args.date.isoformat(), args.dataset)
+    if not uris:
+        print(f"consent-gate: {args.date} is not published under {args.out}", file=sys.stderr)
+        return 2
+    print("\n".join(uris))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from consent_gate.audit import write_index
     from consent_gate.publish import OutputStore
@@ -230,7 +249,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "sample": cmd_sample, "run": cmd_run, "explain": cmd_explain, "sweep": cmd_sweep,
-    "verify": cmd_verify, "report": cmd_report,
+    "verify": cmd_verify, "files": cmd_files, "report": cmd_report,
 }  # fmt: skip
 
 

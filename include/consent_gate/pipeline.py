@@ -28,11 +28,15 @@ from consent_gate.consent import ConsentSnapshot, take_snapshot
 from consent_gate.gate import CONTENT_SCHEMA, EXCLUDED_SCHEMA, REASONS, decide, excluded_rows, published_rows
 from consent_gate.keys import Keyer
 from consent_gate.publish import (
+    JOURNAL,
     InterruptedPublication,
     OutputStore,
     begin_publication,
+    publication_committed,
     publish_folders,
     recover_day,
+    settle_publication,
+    versioned_names,
 )
 from consent_gate.records import Quarantined, parse_timestamp
 from consent_gate.sources import Artifact, InputFile, LandingZone, read_meeting
@@ -541,16 +545,27 @@ def publish_stage(settings: RunSettings, stage: Stage) -> dict[str, Any]:
 
 
 def _abandon_publication(settings: RunSettings, stage: Stage, error: BaseException) -> None:
-    """A publication that raised (day lock held): keep its evidence, then undo what it exchanged."""
-    store = settings.store()
+    """A publication that raised (day lock held): undo what it exchanged, then keep its evidence.
+    Past its commit only the cleanup failed: the new version is published; it is finished instead."""
+    store, day = settings.store(), stage.day.isoformat()
+    complete = not store.exists(f"{stage.root}/{JOURNAL}")  # begun before; dropped only once complete
+    if complete or publication_committed(store, stage.root):
+        recover_day(store, day)
+        store.remove(stage.root)
+        return
     try:
-        manifest = build_manifest(settings, stage, status="failed")
+        manifest: dict[str, Any] | None = build_manifest(settings, stage, status="failed")
         manifest["failure"] = f"publication failed: {type(error).__name__}: {error}"
-        _keep_failed_attempt(store, stage, manifest)
     except Exception:  # the evidence is best effort; the original error is what the caller sees
+        manifest = None
+    settle_publication(store, stage.root)  # undone: the previous version is whole again
+    try:
+        if manifest is not None:
+            _keep_failed_attempt(store, stage, manifest)
+    except Exception:
         pass
     finally:
-        recover_day(store, stage.day.isoformat())
+        store.remove(stage.root)
 
 
 def _publish_locked(settings: RunSettings, stage: Stage) -> dict[str, Any]:
@@ -562,6 +577,8 @@ def _publish_locked(settings: RunSettings, stage: Stage) -> dict[str, Any]:
         failed = [c.name for c in validate_stage(settings, stage) if not c.passed]
         if failed:
             raise GateCheckFailed(f"refusing to publish: checks failed: {', '.join(failed)}")
+    for folder in ("content", "aggregates"):  # object stores: never overwrite a file of the current version
+        versioned_names(store, stage / folder, stage.attempt.rsplit("__", 1)[-1])
     _finish_audit(settings, stage)
     manifest = build_manifest(settings, stage, status="published")
     manifest["outputs"] = _output_files(settings, stage)

@@ -3,13 +3,18 @@
 Readers of `content/dt=D` must see the previous complete version or the new one, never a mix
 (SPEC §6). On a local filesystem the staged directory and the published one are exchanged in one
 `renameat2(RENAME_EXCHANGE)` call, so the partition path never disappears and never holds both
-versions. Object stores have no atomic rename: there new files get run-unique names, are written
-before any old file is deleted, and the manifest lists the exact file set of the version.
+versions. A day's folders are exchanged one by one, the audit folder (the manifest) last, under the
+day lock, with a journal in the stage (`publishing.json`): whoever takes the day lock next calls
+`recover_day`, which reverses the exchanges of a publication killed before its commit (or finishes
+one killed after it), so a SIGKILL at any point leaves the previous version whole
+(tests/test_publish_crash.py).
 
-A day's folders are exchanged one by one, the audit folder (the manifest) last, under the day lock,
-with a journal in the stage (`publishing.json`): whoever takes the day lock next calls `recover_day`,
-which reverses the exchanges of a publication killed before its commit (or finishes one killed
-after it), so a SIGKILL at any point leaves the previous version whole (tests/test_publish_crash.py).
+Object stores have no rename and no multi-object atomicity, so there the **manifest is the commit**
+and readers resolve a day's files through it (`published_files`, `consent-gate files`), as with any
+table format: data files get version-unique names (`versioned_names`), every new file is copied
+before the manifest, the previous evidence is backed up in the stage, the manifest is written last
+(one PUT: the commit), and only then are superseded files deleted. `recover_day` finishes a
+publication whose manifest landed, or deletes what it added and restores the evidence backup.
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ class OutputStore:
 
     def path(self, relative: str) -> str:
         return f"{self.root_path}/{relative}" if relative else self.root_path
+
+    def uri(self, relative: str) -> str:
+        """`relative` as a URI any fsspec/pyarrow/DuckDB reader understands."""
+        return self.path(relative) if self.is_local else self.fs.unstrip_protocol(self.path(relative))
 
     def makedirs(self, relative: str) -> None:
         self.fs.makedirs(self.path(relative), exist_ok=True)
@@ -141,24 +150,6 @@ class OutputStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def replace_directory(self, staged: str, target: str) -> None:
-        """Make `staged` the content of `target`, atomically where the filesystem allows.
-
-        Afterwards `staged` no longer exists and the previous version is deleted from storage.
-        """
-        if self.is_local:
-            _swap_local(self.path(staged), self.path(target))
-            self.remove(staged)  # after the exchange, `staged` holds the superseded version
-        else:
-            self._replace_remote(staged, target)
-
-    def exchange_directory(self, staged: str, target: str) -> None:
-        """Swap `staged` and `target` without deleting anything: `staged` then holds the previous version."""
-        if self.is_local:
-            _swap_local(self.path(staged), self.path(target))
-        else:  # no exchange on object stores: copy over, delete what is superseded
-            self._replace_remote(staged, target)
-
     def copy_tree(self, source: str, target: str) -> None:
         """Copy a folder; locally as hard links (instant; the source stays whole if interrupted)."""
         if self.is_local:
@@ -175,29 +166,12 @@ class OutputStore:
             return []
         return sorted(p[len(base) + 1 :] for p in self.fs.find(base) if p.startswith(base + "/"))
 
-    def move_tree(self, source: str, target: str) -> None:
-        """Move a folder and everything below it (object stores: copy each object, then delete)."""
-        if self.is_local:
-            os.makedirs(os.path.dirname(self.path(target)), exist_ok=True)
-            os.rename(self.path(source), self.path(target))
-            return
-        names = self.tree(source)
-        for name in names:
-            self.fs.copy(self.path(f"{source}/{name}"), self.path(f"{target}/{name}"))
-        self.remove(source)
-        self.fs.invalidate_cache(self.path(target))
+    def copy_file(self, source: str, target: str) -> None:
+        self.fs.copy(self.path(source), self.path(target))
 
-    def _replace_remote(self, staged: str, target: str) -> None:
-        """Copy every staged file (nested ones too) over the target, then delete what is superseded."""
-        old = set(self.tree(target))
-        new = self.tree(staged)
-        for name in new:
-            self.fs.copy(self.path(f"{staged}/{name}"), self.path(f"{target}/{name}"))
-        superseded = sorted(old - set(new))
-        if superseded:
-            self.fs.rm([self.path(f"{target}/{name}") for name in superseded])
-        self.remove(staged)
-        self.fs.invalidate_cache(self.path(target))
+    def delete_files(self, relatives: list[str]) -> None:
+        if relatives:
+            self.fs.rm([self.path(r) for r in relatives])
 
 
 def _swap_local(staged: str, target: str) -> None:
@@ -252,10 +226,94 @@ def publish_folders(store: OutputStore, stage_root: str, swaps: list[tuple[str, 
             _swap_local(store.path(staged), store.path(target))
         for staged, _ in swaps:
             store.remove(staged)  # the superseded versions
-    else:  # object stores: no exchange and no inode; each folder is replaced file by file
-        for staged, target in swaps:
-            store.replace_directory(staged, target)
+    else:
+        _publish_remote(store, stage_root, swaps)
     store.remove(f"{stage_root}/{JOURNAL}")
+
+
+# --- object stores: the manifest is the commit --------------------------------------------------
+
+MANIFEST = "manifest.json"
+BACKUP = "previous-evidence"
+
+
+def versioned_names(store: OutputStore, folder: str, version: str) -> None:
+    """On object stores, give each data file in a staged folder a version-unique name
+    (`part-0000.parquet` → `part-0000.v<version>.parquet`), so publishing it never overwrites a file
+    the current manifest lists. Locally folders are exchanged whole: nothing to do."""
+    if store.is_local:
+        return
+    for relative in store.files(folder, ".parquet"):
+        name = relative.rsplit("/", 1)[-1].removesuffix(".parquet").split(".v", 1)[0]
+        store.fs.mv(store.path(relative), store.path(f"{folder}/{name}.v{version}.parquet"))
+    store.fs.invalidate_cache(store.path(folder))
+
+
+def _publish_remote(store: OutputStore, stage_root: str, swaps: list[tuple[str, str]]) -> None:
+    """Copy the new files, back up the previous evidence, write the manifest (the commit), then delete
+    what is superseded; every step journaled so `recover_day` can finish or undo it."""
+    *data, (staged_audit, audit) = swaps
+    journal = {
+        "object_store": True,
+        "swaps": [
+            {"staged": staged, "target": target, "new": store.tree(staged), "old": store.tree(target)}
+            for staged, target in swaps
+        ],
+        "commit": None,
+    }
+    if store.exists(f"{staged_audit}/{MANIFEST}"):
+        journal["commit"] = {"manifest": f"{audit}/{MANIFEST}", "sha256": store.sha256(f"{staged_audit}/{MANIFEST}")[1]}
+    for swap in journal["swaps"][:-1]:
+        overwritten = set(swap["new"]) & set(swap["old"])
+        if overwritten:  # the caller forgot versioned_names: readers of the current version would see a mix
+            raise PublishError(f"{swap['target']}: new files would overwrite current ones: {sorted(overwritten)[:3]}")
+    store.write_json(f"{stage_root}/{JOURNAL}", journal)
+    for name in journal["swaps"][-1]["old"]:
+        store.copy_file(f"{audit}/{name}", f"{stage_root}/{BACKUP}/{name}")
+    for swap in journal["swaps"]:
+        for name in swap["new"]:
+            if swap["target"] != audit or name != MANIFEST:
+                store.copy_file(f"{swap['staged']}/{name}", f"{swap['target']}/{name}")
+    if journal["commit"] is not None:
+        store.copy_file(f"{staged_audit}/{MANIFEST}", journal["commit"]["manifest"])  # the commit
+    _delete_superseded(store, journal["swaps"])
+
+
+def _delete_superseded(store: OutputStore, swaps: list[dict[str, Any]]) -> None:
+    for swap in swaps:
+        superseded = sorted(set(swap["old"]) - set(swap["new"]))
+        store.delete_files([f"{swap['target']}/{name}" for name in superseded])
+        store.fs.invalidate_cache(store.path(swap["target"]))
+
+
+def _recover_remote(store: OutputStore, stage_root: str, journal: dict[str, Any], committed: bool) -> str:
+    swaps = journal["swaps"]
+    if not swaps:
+        return "rolled_back"  # killed before anything was copied
+    if committed:
+        _delete_superseded(store, swaps)
+        return "published"
+    for swap in swaps:  # take out what this publication added, then put the previous evidence back
+        added = sorted(set(swap["new"]) - set(swap["old"]))
+        store.delete_files([f"{swap['target']}/{n}" for n in added if store.exists(f"{swap['target']}/{n}")])
+    audit = swaps[-1]["target"]
+    for name in store.tree(f"{stage_root}/{BACKUP}"):
+        store.copy_file(f"{stage_root}/{BACKUP}/{name}", f"{audit}/{name}")
+    return "rolled_back"
+
+
+def published_files(store: OutputStore, day: str, dataset: str = "content") -> list[str]:
+    """The files of the published version of `dataset` (content | aggregates) for `day`, from its
+    manifest: the way to read a day on object stores, where a listing may see two versions mid-publication.
+    Full URIs (with the store's protocol), sorted; [] when the day was never published."""
+    if dataset not in ("content", "aggregates"):
+        raise ValueError("dataset must be 'content' or 'aggregates'")
+    manifest = f"_audit/dt={day}/{MANIFEST}"
+    if not store.exists(manifest):
+        return []
+    prefix = f"{dataset}/dt={day}/"
+    outputs = store.read_json(manifest).get("outputs") or []
+    return sorted(store.uri(o["path"]) for o in outputs if o["path"].startswith(prefix))
 
 
 def recover_day(store: OutputStore, day: str) -> dict[str, str]:
@@ -269,21 +327,61 @@ def recover_day(store: OutputStore, day: str) -> dict[str, str]:
     outcomes: dict[str, str] = {}
     for found in sorted(store.fs.glob(store.path(f"_staging/dt={day}/*/{JOURNAL}"))):
         stage_root = found[len(store.root_path) + 1 :].rsplit("/", 1)[0]
-        try:
-            swaps = store.read_json(f"{stage_root}/{JOURNAL}")["swaps"]
-        except (ValueError, KeyError):  # cannot happen with atomic writes; fail closed if it does
-            raise PublishError(f"unreadable publication journal in {stage_root}") from None
-        for swap in swaps:
-            _repair_two_renames(store.path(swap["staged"]), store.path(swap["target"]))
-        if swaps and _holds_new_version(store, swaps[-1]):
-            outcomes[stage_root] = "published"
-        else:
-            for swap in reversed(swaps):
-                if _holds_new_version(store, swap):
-                    _undo_swap(store, swap)
-            outcomes[stage_root] = "rolled_back"
+        outcomes[stage_root] = settle_publication(store, stage_root)
         store.remove(stage_root)
     return outcomes
+
+
+def settle_publication(store: OutputStore, stage_root: str) -> str:
+    """Finish (past its commit) or undo the publication journaled in `stage_root`; call under the day
+    lock. The stage stays (its evidence can still be kept), its journal goes.
+    Returns "published" or "rolled_back"."""
+    if not store.exists(f"{stage_root}/{JOURNAL}"):
+        return "rolled_back"  # it never began
+    journal = _read_journal(store, stage_root)
+    committed = _committed(store, journal)
+    if not store.is_local:
+        outcome = _recover_remote(store, stage_root, journal, committed)
+    elif committed:
+        outcome = "published"
+    else:
+        for swap in reversed(journal["swaps"]):
+            if _holds_new_version(store, swap):
+                _undo_swap(store, swap)
+        outcome = "rolled_back"
+    store.remove(f"{stage_root}/{JOURNAL}")
+    return outcome
+
+
+def publication_committed(store: OutputStore, stage_root: str) -> bool:
+    """Whether the publication journaled in `stage_root` reached its commit; call under the day lock."""
+    if not store.exists(f"{stage_root}/{JOURNAL}"):
+        return False
+    return _committed(store, _read_journal(store, stage_root))
+
+
+def _read_journal(store: OutputStore, stage_root: str) -> dict[str, Any]:
+    try:
+        journal = store.read_json(f"{stage_root}/{JOURNAL}")
+        journal["swaps"]
+    except (ValueError, KeyError, TypeError):  # cannot happen with atomic writes; fail closed if it does
+        raise PublishError(f"unreadable publication journal in {stage_root}") from None
+    return journal
+
+
+def _committed(store: OutputStore, journal: dict[str, Any]) -> bool:
+    """Local: the last exchange (the evidence) happened. Object stores: the new manifest landed."""
+    swaps = journal["swaps"]
+    if not swaps:
+        return False
+    if store.is_local:
+        for swap in swaps:
+            _repair_two_renames(store.path(swap["staged"]), store.path(swap["target"]))
+        return _holds_new_version(store, swaps[-1])
+    commit = journal.get("commit")
+    if commit is None or not store.exists(commit["manifest"]):
+        return False
+    return store.sha256(commit["manifest"])[1] == commit["sha256"]
 
 
 def _holds_new_version(store: OutputStore, swap: dict[str, Any]) -> bool:

@@ -48,7 +48,7 @@ from consent_gate.consent import (
 )
 from consent_gate.gate import EXCLUDED_SCHEMA
 from consent_gate.keys import Keyer
-from consent_gate.publish import OutputStore, begin_publication, publish_folders, recover_day
+from consent_gate.publish import OutputStore, begin_publication, publish_folders, recover_day, versioned_names
 from consent_gate.records import MalformedRecord, parse_timestamp
 from consent_gate.sources import CONTENT_TYPE_OF
 
@@ -442,6 +442,7 @@ def _sweep_day(
     for name, table in kept.items():
         if table.num_rows:
             _write_table(store, f"{stage}/content/{name}", table)
+    versioned_names(store, f"{stage}/content", sweep_id.rsplit("__", 1)[-1])
     purged_at = clock()
     removed = pa.concat_tables(removed_parts)
     by_reason = dict(sorted(Counter(reasons).items()))
