@@ -150,8 +150,7 @@ def test_a_rerun_on_s3_replaces_the_partition_and_deletes_superseded_files(sampl
     assert published_files(store, DAY.isoformat()) == [store.uri(f) for f in store.files(f"content/dt={DAY}")]
     three = read_s3_table(store, f"content/dt={DAY}").sort_by("artifact_id")
 
-    later = parse_timestamp("2026-11-25T00:00:00Z", "as_of")
-    manifest = run_sharded(settings, DAY, later, 1)
+    manifest = run_sharded(settings, DAY, LATER, 1)
     version = manifest["attempt"].rsplit("__", 1)[-1]
     assert [f.rsplit("/", 1)[-1] for f in store.files(f"content/dt={DAY}")] == [f"part-0000.v{version}.parquet"]
     one = read_s3_table(store, f"content/dt={DAY}").sort_by("artifact_id")
@@ -221,19 +220,27 @@ STOPS: list[tuple[str, Stop, bool]] = [
 ]
 
 
-def test_a_reader_on_s3_sees_one_whole_version_at_every_step_of_a_publication(sample_dir, bucket, monkeypatch):
+LATER = parse_timestamp("2026-11-25T00:00:00Z", "as_of")
+
+
+@pytest.fixture
+def published_on_s3(sample_dir, bucket) -> tuple[RunSettings, OutputStore]:
+    """A day published on S3 in 3 shards (as of AS_OF); the next version will be as of LATER."""
     name, options = bucket
     settings = s3_settings(sample_dir, name, options)
     upload_landing_zone(sample_dir, settings)
     run_sharded(settings, DAY, AS_OF, 3)
-    store = settings.store()
+    return settings, settings.store()
+
+
+def test_a_reader_on_s3_sees_one_whole_version_at_every_step_of_a_publication(published_on_s3, monkeypatch):
+    settings, store = published_on_s3
     old = read_published(store)
-    later = parse_timestamp("2026-11-25T00:00:00Z", "as_of")
 
     seen: list[tuple[list[str], list[tuple[str, str]]]] = []
     with monkeypatch.context() as patch:
         calls = instrument(patch, store, lambda: seen.append(read_published(store)))
-        run_sharded(settings, DAY, later, 2)
+        run_sharded(settings, DAY, LATER, 2)
     new = read_published(store)
     assert old[0] != new[0] and len(calls) > 10
     assert sorted(old[1]) != sorted(new[1])  # the as_of moved: the versions differ in rows, not only names
@@ -243,17 +250,12 @@ def test_a_reader_on_s3_sees_one_whole_version_at_every_step_of_a_publication(sa
         assert len(ids) == len(set(ids))  # never a duplicate row
 
 
-def test_a_publication_on_s3_stopped_anywhere_recovers_to_one_whole_version(sample_dir, bucket, monkeypatch):
+def test_a_publication_on_s3_stopped_anywhere_recovers_to_one_whole_version(published_on_s3, monkeypatch):
     """Stopped before its commit it is undone (evidence included); after its commit it is finished."""
-    name, options = bucket
-    settings = s3_settings(sample_dir, name, options)
-    upload_landing_zone(sample_dir, settings)
-    run_sharded(settings, DAY, AS_OF, 3)
-    store = settings.store()
-    later = parse_timestamp("2026-11-25T00:00:00Z", "as_of")
+    settings, store = published_on_s3
     for point, stop_before, new_version_stands in STOPS:
         before = read_manifest(store, DAY)
-        stage = pipeline.snapshot_consent(settings, DAY, later, run_id="stopped")
+        stage = pipeline.snapshot_consent(settings, DAY, LATER, run_id="stopped")
         for shard in range(2):
             pipeline.gate_content(settings, stage, shard=shard, shards=2)
         pipeline.aggregate_day(settings, stage)
