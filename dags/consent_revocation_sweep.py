@@ -15,6 +15,8 @@ recorded (day, rows removed by reason, `as_of`, revocation-to-purge latency) und
   (asset `consent_events`). With hourly runs a revocation is purged within an hour plus one sweep.
 - **Params:** `as_of` pins the consent instant (default: now); `full` re-evaluates every day.
 - **Settings:** as `consent_gate_daily` (connection `consent_db`, `consent_gate_*` variables).
+- **One writer:** the sweep takes the day lock on local storage; on object stores (no lock) it shares
+  the 1-slot `consent_gate_publish` pool with the daily publications.
 - All logic lives in `include/consent_gate/sweep.py`; this file only wires it.
 """
 
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
+from consent_gate.runs import publish_pool
 
 CONSENT_UPDATES = Asset("consent_events", uri="file:///consent-gate/consent-events")
 CONTENT = Asset("consent_gate_content", uri="file:///consent-gate/content")
@@ -42,7 +46,7 @@ CONTENT = Asset("consent_gate_content", uri="file:///consent-gate/content")
     doc_md=__doc__,
 )
 def consent_revocation_sweep():
-    @task(outlets=[CONTENT])
+    @task(outlets=[CONTENT], pool=publish_pool())  # one writer at a time with the daily publications
     def sweep(params=None) -> dict:
         """Purge published rows whose consent was withdrawn; returns the sweep's summary."""
         from consent_gate.sweep import sweep_task

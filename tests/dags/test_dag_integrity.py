@@ -42,3 +42,16 @@ def test_every_dag_has_tags_owner_and_retries(dagbag):
         for task in dag.tasks:
             assert task.retries >= 1, f"{dag_id}.{task.task_id}"
             assert task.owner not in (None, "", "airflow"), f"{dag_id}.{task.task_id}"
+
+
+def test_the_writers_of_published_data_share_the_publish_pool(monkeypatch):
+    """On object stores there is no day lock: the daily publish and the sweep must never run together."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("CONSENT_GATE_PUBLISH_POOL", "consent_gate_publish")
+    bag = DagBag(dag_folder=str(DAGS))
+    writers = [
+        bag.dags["consent_gate_daily"].get_task("publish"),
+        bag.dags["consent_revocation_sweep"].get_task("sweep"),
+    ]
+    assert {task.pool for task in writers} == {"consent_gate_publish"}
