@@ -283,6 +283,28 @@ def test_a_rerun_pinned_to_an_old_as_of_does_not_bring_the_rows_back(world):
     assert all(c["passed"] for c in manifest["checks"])
     excluded = pq.read_table(world.out / f"_audit/dt={world.rerun_day}/excluded.parquet")
     assert {r["artifact_id"] for r in revoked} <= set(excluded.column("artifact_id").to_pylist())
+    withdrawn = pq.read_table(world.out / f"_audit/dt={world.rerun_day}/withdrawn.parquet").to_pylist()
+    assert sorted(w["artifact_id"] for w in withdrawn) == sorted(r["artifact_id"] for r in revoked)
+    assert {w["withdrawn_by"] for w in withdrawn} == {f"publication of attempt {manifest['attempt']}"}
+    assert {w["consent_as_of"] for w in withdrawn} == {parse_timestamp(withheld["as_of"], "as_of")}
+
+
+def test_the_evidence_names_each_withdrawn_row_and_explain_says_who_took_it_out(world, capsys):
+    day = next(p["partition"] for p in world.first.purges if p["partition"] != world.rerun_day.isoformat())
+    withdrawn = pq.read_table(world.out / f"_audit/dt={day}/withdrawn.parquet").to_pylist()
+    revoked = [r for r in world.before[f"dt={day}"] if holds(r, world.user_key, world.account_key)]
+    assert sorted(w["artifact_id"] for w in withdrawn) == sorted(r["artifact_id"] for r in revoked)
+    assert {w["withdrawn_by"] for w in withdrawn} == {f"sweep {world.first.sweep_id}"}
+    assert {w["consent_as_of"] for w in withdrawn} == {SWEEP_AS_OF}
+    sample = Path(world.settings.raw).parent
+    args = ["--raw", str(sample / "raw"), "--out", str(world.out), "--consent-db", world.settings.consent_db,
+            "--key-file", str(sample / "hmac.key")]  # fmt: skip
+    user_row = next(w for w in withdrawn if w["reason"] == "user_not_consented")
+    assert main(["explain", "--date", day, "--artifact", user_row["artifact_id"], *args]) == 0
+    text = capsys.readouterr().out
+    assert "EXCLUDED" in text and "user_not_consented" in text and f"sweep {world.first.sweep_id}" in text
+    assert f"consent as_of: {SWEEP_AS_OF.isoformat()}" in text
+    assert f"required user {world.user_key[:16]}…: at capture grant, at as_of revoke" in text
 
 
 def test_a_back_dated_revocation_below_the_watermark_triggers_a_full_sweep(world, tmp_path):

@@ -169,15 +169,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from consent_gate.explain import explain
 
     settings = settings_from(args)
-    store = settings.store()
-    manifest_path = f"_audit/dt={args.date}/manifest.json"
-    snapshot = None
-    if store.exists(manifest_path):
-        as_of = parse_timestamp(store.read_json(manifest_path)["as_of"], "as_of")
-        snapshot = take_snapshot(settings.consent_db, as_of)
     result = explain(
-        store, args.date, args.artifact, zone=settings.zone(), snapshot=snapshot, keyer=Keyer(settings.secret)
-    )
+        settings.store(), args.date, args.artifact, zone=settings.zone(),
+        consent_at=lambda as_of: take_snapshot(settings.consent_db, as_of), keyer=Keyer(settings.secret),
+    )  # fmt: skip
     print(result.render())
     return 0 if result.outcome != "unknown" else 2
 

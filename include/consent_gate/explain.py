@@ -6,8 +6,9 @@ kind and keyed hash, never raw id) lacked consent at capture or at `as_of`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from consent_gate.consent import GRANT, NONE, ConsentSnapshot, subject_key, to_n
 from consent_gate.gate import required_subjects, structural_reason
 from consent_gate.keys import Keyer
 from consent_gate.publish import OutputStore
+from consent_gate.records import parse_timestamp
 from consent_gate.sources import LandingZone, read_meeting
 
 _STATE = {GRANT: "grant", 0: "revoke", NONE: "none"}
@@ -61,10 +63,12 @@ def explain(
     artifact_id: str,
     *,
     zone: LandingZone | None = None,
-    snapshot: ConsentSnapshot | None = None,
+    consent_at: Callable[[datetime], ConsentSnapshot] | None = None,
     keyer: Keyer | None = None,
 ) -> Explanation:
-    """The evidence for one artifact; with the landing zone and the run's snapshot, per-subject detail."""
+    """The evidence for one artifact; with the landing zone and the consent store (`consent_at(as_of)`
+    gives the snapshot), each required subject's state at capture and at the deciding `as_of`: the
+    run's, or for a row withdrawn after its gating (a sweep, a later publication) the withdrawal's."""
     partition = day.isoformat()
     manifest_path = f"_audit/dt={partition}/manifest.json"
     if not store.exists(manifest_path):
@@ -79,6 +83,10 @@ def explain(
         result.facts["terms_versions"] = ", ".join(row["terms_versions"]) or "-"
     elif (row := _find(store, f"_audit/dt={partition}/excluded.parquet", artifact_id)) is not None:
         result.outcome, result.reason = "excluded", row["reason"]
+        withdrawn = _find(store, f"_audit/dt={partition}/withdrawn.parquet", artifact_id)
+        if withdrawn is not None:
+            result.facts["withdrawn"] = f"eligible when gated, taken out later by the {withdrawn['withdrawn_by']}"
+            result.as_of = withdrawn["consent_as_of"].isoformat()
     else:
         meeting_id = artifact_id.split("/", 1)[0]
         with store.open(f"_audit/dt={partition}/quarantine.parquet") as handle:
@@ -89,7 +97,13 @@ def explain(
             result.reason = "; ".join(f"{u['unit']}: {u['error']}" for u in hits)
         else:
             result.facts["evidence"] = "not read on this day (no such artifact in the landing zone's partition)"
-    if zone is not None and snapshot is not None and keyer is not None and result.outcome in ("published", "excluded"):
+    if (
+        zone is not None
+        and consent_at is not None
+        and keyer is not None
+        and result.outcome in ("published", "excluded")
+    ):
+        snapshot = consent_at(parse_timestamp(result.as_of, "as_of"))
         result.subjects = _subject_detail(zone, day, artifact_id, snapshot, keyer)
     return result
 

@@ -43,6 +43,10 @@ CONTENT_SCHEMA = pa.schema(
     ]
 )
 EXCLUDED_SCHEMA = pa.schema([("artifact_id", pa.string()), ("artifact_type", pa.string()), ("reason", pa.string())])
+# Excluded rows that were eligible when gated and lost consent later: who took them out, against which consent.
+WITHDRAWN_SCHEMA = pa.schema(
+    [*EXCLUDED_SCHEMA, ("withdrawn_by", pa.string()), ("consent_as_of", pa.timestamp("us", tz="UTC"))]
+)
 
 
 @dataclass(frozen=True, slots=True)

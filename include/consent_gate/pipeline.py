@@ -25,7 +25,15 @@ import consent_gate
 from consent_gate import audit
 from consent_gate.config import PROJECT_ROOT, Policy
 from consent_gate.consent import ConsentSnapshot, take_snapshot
-from consent_gate.gate import CONTENT_SCHEMA, EXCLUDED_SCHEMA, REASONS, decide, excluded_rows, published_rows
+from consent_gate.gate import (
+    CONTENT_SCHEMA,
+    EXCLUDED_SCHEMA,
+    REASONS,
+    WITHDRAWN_SCHEMA,
+    decide,
+    excluded_rows,
+    published_rows,
+)
 from consent_gate.keys import Keyer
 from consent_gate.publish import (
     JOURNAL,
@@ -456,7 +464,8 @@ def _merge_parquet(store: OutputStore, sources: list[str], target: str, schema: 
 
 def _finish_audit(settings: RunSettings, stage: Stage) -> None:
     store = settings.store()
-    for name, schema in (("excluded", EXCLUDED_SCHEMA), ("quarantine", QUARANTINE_SCHEMA), ("inputs", INPUTS_SCHEMA)):
+    parts = {"excluded": EXCLUDED_SCHEMA, "withdrawn": WITHDRAWN_SCHEMA, "quarantine": QUARANTINE_SCHEMA}
+    for name, schema in {**parts, "inputs": INPUTS_SCHEMA}.items():
         _merge_parquet(store, store.files(stage / f"audit/{name}", ".parquet"), stage / f"audit/{name}.parquet", schema)
         store.remove(stage / f"audit/{name}")
 

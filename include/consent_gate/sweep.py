@@ -46,7 +46,7 @@ from consent_gate.consent import (
     snapshot_from_rows,
     subject_key,
 )
-from consent_gate.gate import EXCLUDED_SCHEMA
+from consent_gate.gate import EXCLUDED_SCHEMA, WITHDRAWN_SCHEMA
 from consent_gate.keys import Keyer
 from consent_gate.publish import OutputStore, begin_publication, publish_folders, recover_day, versioned_names
 from consent_gate.records import MalformedRecord, parse_timestamp
@@ -458,16 +458,9 @@ def _sweep_day(
         "revocations": revocations,
         "max_latency_seconds": max((r["latency_seconds"] for r in revocations), default=None),
     }
-    excluded = pa.table(
-        {
-            "artifact_id": removed.column("artifact_id"),
-            "artifact_type": removed.column("artifact_type"),
-            "reason": pa.array(reasons, pa.string()),
-        },
-        schema=EXCLUDED_SCHEMA,
-    )
+    withdrawn = withdrawn_rows(removed, reasons, f"sweep {sweep_id}", consent.snapshot.as_of)
     swaps = [(f"{stage}/content", folder)]
-    purge["manifest"] = _stage_evidence(store, day, stage, excluded, purge)
+    purge["manifest"] = _stage_evidence(store, day, stage, withdrawn, purge)
     if purge["manifest"] != "missing":
         swaps.append((f"{stage}/audit", f"_audit/dt={day}"))  # last: its exchange is the commit
     publish_folders(store, stage, swaps)  # superseded files are deleted once committed
@@ -475,9 +468,28 @@ def _sweep_day(
     return purge
 
 
-def _stage_evidence(store: OutputStore, day: str, stage: str, excluded: pa.Table, purge: dict[str, Any]) -> str:
-    """A new version of the day's evidence in `stage`/audit: the purged rows become excluded rows,
-    counts and output checksums follow the staged content, and the purge is appended under `sweeps`."""
+def withdrawn_rows(removed: pa.Table, reasons: list[str], withdrawn_by: str, as_of: datetime) -> pa.Table:
+    """The evidence of rows taken out after their gating: no content, the reason and who took them out."""
+    return pa.table(
+        {
+            "artifact_id": removed.column("artifact_id"),
+            "artifact_type": removed.column("artifact_type"),
+            "reason": pa.array(reasons, pa.string()),
+            "withdrawn_by": pa.array([withdrawn_by] * removed.num_rows, pa.string()),
+            "consent_as_of": pa.array([as_of] * removed.num_rows, pa.timestamp("us", tz="UTC")),
+        },
+        schema=WITHDRAWN_SCHEMA,
+    )
+
+
+def _append_rows(store: OutputStore, relative: str, rows: pa.Table, schema: pa.Schema) -> None:
+    previous = _read_table(store, relative).cast(schema) if store.exists(relative) else schema.empty_table()
+    _write_table(store, relative, pa.concat_tables([previous, rows.select(schema.names).cast(schema)]))
+
+
+def _stage_evidence(store: OutputStore, day: str, stage: str, withdrawn: pa.Table, purge: dict[str, Any]) -> str:
+    """A new version of the day's evidence in `stage`/audit: the purged rows become excluded rows (and
+    withdrawn rows), counts and output checksums follow the staged content, the purge goes under `sweeps`."""
     audit, staged = f"_audit/dt={day}", f"{stage}/audit"
     if not store.exists(f"{audit}/manifest.json"):
         return "missing"  # content was purged all the same; the sweep log holds the record
@@ -488,23 +500,24 @@ def _stage_evidence(store: OutputStore, day: str, stage: str, excluded: pa.Table
         relative = source[len(base) + 1 :]
         with store.fs.open(source, "rb") as handle:
             store.write_bytes(f"{staged}/{relative}", handle.read())
-    previous = _read_table(store, f"{staged}/excluded.parquet") if store.exists(f"{staged}/excluded.parquet") else None
-    merged = excluded if previous is None else pa.concat_tables([previous.cast(EXCLUDED_SCHEMA), excluded])
-    _write_table(store, f"{staged}/excluded.parquet", merged)
+    evidence = {"excluded.parquet": EXCLUDED_SCHEMA, "withdrawn.parquet": WITHDRAWN_SCHEMA}
+    for name, schema in evidence.items():
+        _append_rows(store, f"{staged}/{name}", withdrawn, schema)
     manifest = json.loads(store.fs.cat_file(store.path(f"{staged}/manifest.json")))
     content = (manifest.get("counts") or {}).get("content")
     if content is not None:
         content["published"] -= purge["rows_removed"]
         for reason, count in purge["removed_by_reason"].items():
             content["excluded"][reason] = content["excluded"].get(reason, 0) + count
-    outputs = [
-        o for o in manifest.get("outputs", [])
-        if not o["path"].startswith(f"content/dt={day}/") and o["path"] != f"{audit}/excluded.parquet"
-    ]  # fmt: skip
-    staged_content = [
+    rewritten = [(f"{staged}/{name}", f"{audit}/{name}") for name in evidence]
+    rewritten += [
         (path, f"content/dt={day}/{path.rsplit('/', 1)[-1]}") for path in store.files(f"{stage}/content", ".parquet")
     ]
-    for relative, published_as in [*staged_content, (f"{staged}/excluded.parquet", f"{audit}/excluded.parquet")]:
+    outputs = [
+        o for o in manifest.get("outputs", [])
+        if not o["path"].startswith(f"content/dt={day}/") and o["path"] not in {p for _, p in rewritten}
+    ]  # fmt: skip
+    for relative, published_as in rewritten:
         size, sha256 = store.sha256(relative)
         with store.open(relative) as handle:
             rows = pq.ParquetFile(handle).metadata.num_rows
@@ -536,8 +549,9 @@ def withhold_withdrawn(
     consent = read_keyed_consent(consent_url, Keyer(secret), as_of, since=pinned)
     withheld: Counter[str] = Counter()
     if consent.affected:  # nothing came into force since the pin: the pinned decisions stand
+        by = f"publication of attempt {run['attempt']}"
         for path in store.files(f"{stage_root}/content", ".parquet"):
-            withheld.update(_withhold_part(store, stage_root, path, consent.snapshot))
+            withheld.update(_withhold_part(store, stage_root, path, consent.snapshot, by))
     return {
         "pinned_as_of": pinned.isoformat(),
         "as_of": as_of.isoformat(),
@@ -546,7 +560,9 @@ def withhold_withdrawn(
     }
 
 
-def _withhold_part(store: OutputStore, stage_root: str, path: str, snapshot: ConsentSnapshot) -> Counter[str]:
+def _withhold_part(
+    store: OutputStore, stage_root: str, path: str, snapshot: ConsentSnapshot, withdrawn_by: str
+) -> Counter[str]:
     table = _read_table(store, path)
     reasons = withdrawal_reasons(table, snapshot)
     dropped = Counter(r for r in reasons if r is not None)
@@ -559,15 +575,11 @@ def _withhold_part(store: OutputStore, stage_root: str, path: str, snapshot: Con
     mask = pa.array([r is None for r in reasons], pa.bool_())
     removed = table.filter(pc.invert(mask))
     _write_table(store, path, table.filter(mask))
-    excluded = pa.table(
-        {
-            "artifact_id": removed.column("artifact_id"),
-            "artifact_type": removed.column("artifact_type"),
-            "reason": pa.array([r for r in reasons if r is not None], pa.string()),
-        },
-        schema=EXCLUDED_SCHEMA,
+    withdrawn = withdrawn_rows(removed, [r for r in reasons if r is not None], withdrawn_by, snapshot.as_of)
+    _write_table(
+        store, f"{stage_root}/audit/excluded/withdrawn-{shard}.parquet", withdrawn.select(EXCLUDED_SCHEMA.names)
     )
-    _write_table(store, f"{stage_root}/audit/excluded/withdrawn-{shard}.parquet", excluded)
+    _write_table(store, f"{stage_root}/audit/withdrawn/part-{shard}.parquet", withdrawn)
     report = store.read_json(report_path)
     report["published"] -= sum(dropped.values())
     merged = Counter(report["excluded"])
