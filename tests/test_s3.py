@@ -282,3 +282,42 @@ def test_a_publication_on_s3_stopped_anywhere_recovers_to_one_whole_version(publ
         assert manifest["attempt"] == (stage.attempt if new_version_stands else before["attempt"]), point
         history = store.read_json(f"_audit/dt={DAY}/attempts/{stage.attempt}.json")
         assert history["status"] == ("published" if new_version_stands else "failed"), point
+
+
+def published_content(store: OutputStore):
+    files = [f.removeprefix("s3://") for f in published_files(store, DAY.isoformat())]
+    return ds.dataset(files, format="parquet", filesystem=store.fs).to_table()
+
+
+def test_a_sweep_on_s3_purges_a_revoked_user_and_keeps_the_history(published_on_s3, sample_dir, tmp_path):
+    import shutil
+
+    from consent_gate.keys import Keyer
+    from consent_gate.sweep import sweep
+    from tests.builders import sample_identities
+    from tests.test_sweep import append_consent, revocation
+
+    settings, store = published_on_s3
+    consent_db = tmp_path / "consent.db"
+    shutil.copyfile(sample_dir / "consent.db", consent_db)
+    keyer = Keyer(settings.secret)
+    before = published_content(store)
+    published_users = {k for keys in before.column("user_keys").to_pylist() for k in keys}
+    users, _ = sample_identities(sample_dir)
+    user_id = min(u for u in users if keyer.user(u) in published_users)
+    revoked_at = parse_timestamp("2026-11-21T09:00:00Z", "recorded_at")
+    append_consent(consent_db, [revocation("zz_s3_sweep", "user", user_id, revoked_at)])
+
+    outcome = sweep(store, f"sqlite:///{consent_db}", settings.secret, parse_timestamp("2026-11-21T10:00:00Z", "as_of"))
+    assert [p["partition"] for p in outcome.purges] == [DAY.isoformat()] and outcome.rows_removed > 0
+    after = published_content(store)
+    assert after.num_rows == before.num_rows - outcome.rows_removed
+    assert not any(keyer.user(user_id) in keys for keys in after.column("user_keys").to_pylist())
+    manifest = read_manifest(store, DAY)
+    for output in manifest["outputs"]:
+        assert store.sha256(output["path"])[1] == output["sha256"], output["path"]
+    listed = {o["path"] for o in manifest["outputs"] if o["path"].startswith("content/")}
+    assert set(store.files(f"content/dt={DAY}", ".parquet")) == listed  # superseded files are gone
+    history = {f.rsplit("/", 1)[-1] for f in store.files(f"_audit/dt={DAY}/attempts", ".json")}
+    assert history == {f"{manifest['attempt']}.json", f"{outcome.sweep_id}.json"}
+    assert not store.tree(f"_staging/dt={DAY}")

@@ -122,6 +122,16 @@ class OutputStore:
         elif self.fs.exists(target):
             self.fs.rm(target, recursive=True)
 
+    def parquet_rows(self, relatives: list[str]) -> int:
+        """The rows of these Parquet files, from their footers (no data is read)."""
+        import pyarrow.parquet as pq
+
+        total = 0
+        for relative in relatives:
+            with self.open(relative) as handle:
+                total += pq.ParquetFile(handle).metadata.num_rows
+        return total
+
     def sha256(self, relative: str) -> tuple[int, str]:
         """Size and sha256 of a file, streamed."""
         digest = hashlib.sha256()
@@ -235,6 +245,7 @@ def publish_folders(store: OutputStore, stage_root: str, swaps: list[tuple[str, 
 
 MANIFEST = "manifest.json"
 BACKUP = "previous-evidence"
+HISTORY = "attempts"
 
 
 def versioned_names(store: OutputStore, folder: str, version: str) -> None:
@@ -251,32 +262,40 @@ def versioned_names(store: OutputStore, folder: str, version: str) -> None:
 
 def _publish_remote(store: OutputStore, stage_root: str, swaps: list[tuple[str, str]]) -> None:
     """Copy the new files, back up the previous evidence, write the manifest (the commit), then delete
-    what is superseded; every step journaled so `recover_day` can finish or undo it."""
-    *data, (staged_audit, audit) = swaps
-    journal = {
-        "object_store": True,
-        "swaps": [
-            {"staged": staged, "target": target, "new": store.tree(staged), "old": store.tree(target)}
-            for staged, target in swaps
-        ],
-        "commit": None,
-    }
-    if store.exists(f"{staged_audit}/{MANIFEST}"):
-        journal["commit"] = {"manifest": f"{audit}/{MANIFEST}", "sha256": store.sha256(f"{staged_audit}/{MANIFEST}")[1]}
-    for swap in journal["swaps"][:-1]:
-        overwritten = set(swap["new"]) & set(swap["old"])
-        if overwritten:  # the caller forgot versioned_names: readers of the current version would see a mix
-            raise PublishError(f"{swap['target']}: new files would overwrite current ones: {sorted(overwritten)[:3]}")
+    what is superseded; every step journaled so `recover_day` can finish or undo it.
+
+    The evidence folder's `attempts/` history is append-only (every attempt writes a file of its own
+    name): it is neither staged, backed up, nor ever superseded, so a publication costs the same
+    whatever the length of the day's history."""
+    staged_last, target_last = swaps[-1]
+    evidence = target_last if store.exists(f"{staged_last}/{MANIFEST}") else None
+    entries = []
+    for staged, target in swaps:
+        old = store.tree(target)
+        if target == evidence:
+            old = [name for name in old if not name.startswith(f"{HISTORY}/")]
+        entries.append({"staged": staged, "target": target, "new": store.tree(staged), "old": old})
+    journal: dict[str, Any] = {"object_store": True, "swaps": entries, "commit": None}
+    if evidence is not None:
+        journal["commit"] = {
+            "manifest": f"{evidence}/{MANIFEST}",
+            "sha256": store.sha256(f"{staged_last}/{MANIFEST}")[1],
+        }
+    for entry in entries:
+        overwritten = set(entry["new"]) & set(entry["old"])
+        if entry["target"] != evidence and overwritten:  # versioned_names was not applied: readers would see a mix
+            raise PublishError(f"{entry['target']}: new files would overwrite current ones: {sorted(overwritten)[:3]}")
     store.write_json(f"{stage_root}/{JOURNAL}", journal)
-    for name in journal["swaps"][-1]["old"]:
-        store.copy_file(f"{audit}/{name}", f"{stage_root}/{BACKUP}/{name}")
-    for swap in journal["swaps"]:
-        for name in swap["new"]:
-            if swap["target"] != audit or name != MANIFEST:
-                store.copy_file(f"{swap['staged']}/{name}", f"{swap['target']}/{name}")
+    if evidence is not None:
+        for name in entries[-1]["old"]:
+            store.copy_file(f"{evidence}/{name}", f"{stage_root}/{BACKUP}/{name}")
+    for entry in entries:
+        for name in entry["new"]:
+            if entry["target"] != evidence or name != MANIFEST:
+                store.copy_file(f"{entry['staged']}/{name}", f"{entry['target']}/{name}")
     if journal["commit"] is not None:
-        store.copy_file(f"{staged_audit}/{MANIFEST}", journal["commit"]["manifest"])  # the commit
-    _delete_superseded(store, journal["swaps"])
+        store.copy_file(f"{staged_last}/{MANIFEST}", journal["commit"]["manifest"])  # the commit
+    _delete_superseded(store, entries)
 
 
 def _delete_superseded(store: OutputStore, swaps: list[dict[str, Any]]) -> None:
@@ -296,9 +315,8 @@ def _recover_remote(store: OutputStore, stage_root: str, journal: dict[str, Any]
     for swap in swaps:  # take out what this publication added, then put the previous evidence back
         added = sorted(set(swap["new"]) - set(swap["old"]))
         store.delete_files([f"{swap['target']}/{n}" for n in added if store.exists(f"{swap['target']}/{n}")])
-    audit = swaps[-1]["target"]
     for name in store.tree(f"{stage_root}/{BACKUP}"):
-        store.copy_file(f"{stage_root}/{BACKUP}/{name}", f"{audit}/{name}")
+        store.copy_file(f"{stage_root}/{BACKUP}/{name}", f"{swaps[-1]['target']}/{name}")
     return "rolled_back"
 
 

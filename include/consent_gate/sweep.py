@@ -48,7 +48,14 @@ from consent_gate.consent import (
 )
 from consent_gate.gate import EXCLUDED_SCHEMA, WITHDRAWN_SCHEMA
 from consent_gate.keys import Keyer
-from consent_gate.publish import OutputStore, begin_publication, publish_folders, recover_day, versioned_names
+from consent_gate.publish import (
+    HISTORY,
+    OutputStore,
+    begin_publication,
+    publish_folders,
+    recover_day,
+    versioned_names,
+)
 from consent_gate.records import MalformedRecord, parse_timestamp
 from consent_gate.sources import CONTENT_TYPE_OF
 
@@ -493,12 +500,10 @@ def _stage_evidence(store: OutputStore, day: str, stage: str, withdrawn: pa.Tabl
     audit, staged = f"_audit/dt={day}", f"{stage}/audit"
     if not store.exists(f"{audit}/manifest.json"):
         return "missing"  # content was purged all the same; the sweep log holds the record
-    base = store.path(audit)
-    for source in store.fs.find(base):
-        if not source.startswith(base + "/"):
-            continue
-        relative = source[len(base) + 1 :]
-        with store.fs.open(source, "rb") as handle:
+    for relative in store.tree(audit):
+        if not store.is_local and relative.startswith(f"{HISTORY}/"):
+            continue  # object stores leave the append-only history in place (publish._publish_remote)
+        with store.open(f"{audit}/{relative}") as handle:
             store.write_bytes(f"{staged}/{relative}", handle.read())
     evidence = {"excluded.parquet": EXCLUDED_SCHEMA, "withdrawn.parquet": WITHDRAWN_SCHEMA}
     for name, schema in evidence.items():
