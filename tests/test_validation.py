@@ -182,3 +182,85 @@ def test_a_failed_expectation_fails_the_run_and_publishes_nothing(sample_dir, tm
     assert {f"gx_{s['suite']}" for s in summary if not s["passed"]} & must_fail
     assert "FAILED" in (kept / "report.html").read_text()
     assert (kept / "data_docs/index.html").exists()
+
+
+# --- bounded memory: batches, buckets and row groups ------------------------------------------------
+
+
+@pytest.mark.unit
+def test_key_counts_read_column_wise_match_the_row_by_row_reading():
+    from consent_gate.gate import CONTENT_SCHEMA
+    from consent_gate.validation import _keys_frame, _keys_frame_rows
+
+    key = "a" * 64
+    rows = [
+        {"meeting_key": key, "user_keys": [key], "account_keys": [key, key], "artifact_type": "chat_message"},
+        {"meeting_key": None, "user_keys": None, "account_keys": [], "artifact_type": "summary"},
+        {"meeting_key": key + "\n", "user_keys": [None, "A" * 64, key + "\n\n", key + "x"], "account_keys": None,
+         "artifact_type": None},
+        {"meeting_key": "", "user_keys": [], "account_keys": [key, "b" * 63], "artifact_type": "recording"},
+    ]  # fmt: skip
+    table = pa.Table.from_pylist([{**dict.fromkeys(CONTENT_SCHEMA.names), **r} for r in rows], schema=CONTENT_SCHEMA)
+    for batch in (table, table.to_batches()[0], table.to_batches()[0].slice(1, 3)):
+        assert _keys_frame(batch).to_dict("list") == _keys_frame_rows(batch).to_dict("list")
+    assert _keys_frame(table)["malformed_keys"].tolist() == [0, 1, 4, 2]
+
+
+def _rows_validated(audit: Path, suite: str, expectation: str, column: str) -> int:
+    results = json.loads((audit / f"validation/{suite}.json").read_text())
+    mine = [r for r in results if r["expectation"] == expectation and r["kwargs"].get("column") == column]
+    return sum(r["result"]["element_count"] for r in mine)
+
+
+@pytest.mark.integration
+def test_small_batches_and_id_buckets_still_validate_every_staged_row(sample_dir, tmp_path, monkeypatch):
+    from consent_gate import validation
+
+    monkeypatch.setattr(validation, "BATCH_ROWS", 50)
+    monkeypatch.setattr(validation, "NARROW_BATCH_ROWS", 120)
+    out = tmp_path / "out"
+    _, results = attempt(settings_for(sample_dir, out))
+    assert all(results.values()), results
+    audit = out / f"_audit/dt={DAY}"
+    published = json.loads((audit / "manifest.json").read_text())["counts"]["content"]["published"]
+    batches = {s["suite"]: s["batches"] for s in json.loads((audit / "validation/summary.json").read_text())}
+    assert batches["content"] > batches["content_keys"] > 1 and batches["content_ids"] > 1
+    not_null, between = "expect_column_values_to_not_be_null", "expect_column_values_to_be_between"
+    assert _rows_validated(audit, "content", not_null, "artifact_id") == published
+    assert _rows_validated(audit, "content_keys", between, "account_keys") == published
+    assert _rows_validated(audit, "content_ids", not_null, "artifact_id") == published
+
+
+def duplicate_id_far_apart(store: OutputStore, stage: Stage) -> None:
+    """The last row takes the first row's id: the two are in different content batches."""
+    path, table = content_part(store, stage)
+    ids = table.column("artifact_id").to_pylist()
+    ids[-1] = ids[0]
+    index = table.schema.get_field_index("artifact_id")
+    rewrite(store, path, table.set_column(index, "artifact_id", pa.array(ids, pa.string())))
+
+
+@pytest.mark.integration
+def test_a_duplicate_id_in_another_batch_is_found_by_the_day_wide_id_check(sample_dir, tmp_path, monkeypatch):
+    from consent_gate import validation
+
+    monkeypatch.setattr(validation, "BATCH_ROWS", 50)
+    monkeypatch.setattr(validation, "NARROW_BATCH_ROWS", 120)
+    _, results = attempt(settings_for(sample_dir, tmp_path / "out"), duplicate_id_far_apart)
+    assert results["gx_content"] and not results["gx_content_ids"], results
+
+
+@pytest.mark.integration
+def test_staged_parts_hold_a_few_row_groups_not_one_per_meeting(sample_dir, tmp_path):
+    seen: dict[str, int] = {}
+
+    def count_row_groups(store: OutputStore, stage: Stage) -> None:
+        for folder in ("audit/inputs", "audit/quarantine", "audit/excluded", "content"):
+            for path in store.files(stage / folder, ".parquet"):
+                with store.open(path) as handle:
+                    seen[path.removeprefix(stage.root + "/")] = pq.ParquetFile(handle).metadata.num_row_groups
+
+    _, results = attempt(settings_for(sample_dir, tmp_path / "out"), count_row_groups)
+    assert all(results.values()), results
+    assert seen["audit/inputs/meetings-0000.parquet"] == 1  # 40 meetings, each its own write
+    assert all(groups == 1 for groups in seen.values()), seen

@@ -184,3 +184,51 @@ def test_cli_verify_exits_non_zero_once_a_published_subject_withdraws(published,
     assert main(["verify", "--date", DAY.isoformat(), *args]) == 1
     assert sorted(p.name for p in published.rglob("*")) == before  # read-only
     assert main(["verify", "--date", "2026-10-01", *args]) == 2
+
+
+# --- DuckDB bounded -------------------------------------------------------------------------------
+
+
+def _duckdb_settings(connection) -> dict[str, str]:
+    names = ("memory_limit", "threads", "preserve_insertion_order", "temp_directory")
+    return {name: str(connection.execute(f"SELECT current_setting('{name}')").fetchall()[0][0]) for name in names}
+
+
+@pytest.mark.unit
+def test_duckdb_runs_with_a_memory_limit_a_few_threads_and_a_spill_folder(tmp_path):
+    import duckdb
+
+    from consent_gate import verify
+
+    reference = duckdb.connect(config={"memory_limit": verify.DUCKDB_SETTINGS["memory_limit"]})
+    unbounded = duckdb.connect()
+    connection = verify.connect(str(tmp_path))
+    try:
+        settings = _duckdb_settings(connection)
+        assert settings["memory_limit"] == _duckdb_settings(reference)["memory_limit"]
+        assert settings["memory_limit"] != _duckdb_settings(unbounded)["memory_limit"]  # not 80% of the machine
+        assert settings["threads"] == str(verify.DUCKDB_SETTINGS["threads"])
+        assert settings["preserve_insertion_order"] == "False"
+        assert settings["temp_directory"] == str(tmp_path)
+    finally:
+        for c in (connection, reference, unbounded):
+            c.close()
+
+
+@pytest.mark.integration
+def test_verification_runs_on_the_bounded_connection(tmp_path, monkeypatch):
+    from consent_gate import verify
+
+    opened = []
+
+    def spy(temp_directory: str):
+        connection = verify_connect(temp_directory)
+        opened.append(_duckdb_settings(connection))
+        return connection
+
+    verify_connect = verify.connect
+    monkeypatch.setattr(verify, "connect", spy)
+    result = verify_rows(tmp_path, GRANTS, [chat_row(), chat_row("m_1/chat/2")])
+    assert result.passed and result.rows_checked == 2
+    [settings] = opened
+    assert settings["threads"] == str(verify.DUCKDB_SETTINGS["threads"]) and settings["temp_directory"]

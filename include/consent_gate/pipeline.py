@@ -181,27 +181,49 @@ def shard_of(meeting_folder: str, shards: int) -> int:
 
 
 class _ParquetSink:
-    """Streams record batches into one Parquet file of the stage; opens it lazily."""
+    """Streams record batches into one Parquet file of the stage; opens it lazily.
+
+    Small writes (one meeting's quarantine or input files) are buffered up to `ROW_GROUP_ROWS` rows or
+    `ROW_GROUP_BYTES` and written as one row group: one tiny row group per meeting made every later
+    reader of the file (reconciliation, the audit merge) pay per-row-group overhead, in time and memory.
+    """
+
+    ROW_GROUP_ROWS = 65_536
+    ROW_GROUP_BYTES = 16 << 20
 
     def __init__(self, store: OutputStore, relative: str, schema: pa.Schema) -> None:
         self.store, self.relative, self.schema = store, relative, schema
         self._handle: Any = None
         self._writer: pq.ParquetWriter | None = None
+        self._buffer: list[pa.Table] = []
+        self._buffered = (0, 0)  # rows, bytes
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
+        self._buffer.append(table)
+        self._buffered = (self._buffered[0] + table.num_rows, self._buffered[1] + table.nbytes)
+        self.rows += table.num_rows
+        if self._buffered[0] >= self.ROW_GROUP_ROWS or self._buffered[1] >= self.ROW_GROUP_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
         if self._writer is None:
             self._handle = self.store.open(self.relative, "wb")
             self._writer = pq.ParquetWriter(self._handle, self.schema, **PARQUET_OPTIONS)
-        self._writer.write_table(table)
-        self.rows += table.num_rows
+        self._writer.write_table(pa.concat_tables(self._buffer))
+        self._buffer, self._buffered = [], (0, 0)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._handle.close()
+        try:
+            self._flush()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._handle.close()
 
 
 def gate_content(
@@ -349,22 +371,16 @@ def shards_check(settings: RunSettings, stage: Stage) -> CheckResult:
     )
 
 
-def _rows(store: OutputStore, files: list[str]) -> int:
-    total = 0
-    for path in files:
-        with store.open(path) as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
-
-
 def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResult]:
     """SPEC §3: every unit ends in exactly one outcome, counted from what was actually written."""
     store = settings.store()
     counts = staged_counts(settings, stage)
     content, telemetry = counts["content"], counts["telemetry"]
-    published = _rows(store, store.files(stage / "content", ".parquet"))
-    excluded = _rows(store, store.files(stage / "audit/excluded", ".parquet"))
-    quarantined = _rows(store, [p for p in store.files(stage / "audit/quarantine", ".parquet") if "/content-" in p])
+    published = store.parquet_rows(store.files(stage / "content", ".parquet"))
+    excluded = store.parquet_rows(store.files(stage / "audit/excluded", ".parquet"))
+    quarantined = store.parquet_rows(
+        [p for p in store.files(stage / "audit/quarantine", ".parquet") if "/content-" in p]
+    )
     accounted = published + excluded + quarantined
     checks = [
         CheckResult(
@@ -378,7 +394,8 @@ def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResu
     aggregated = 0
     for path in store.files(stage / "aggregates", ".parquet"):
         with store.open(path) as handle:
-            aggregated += sum(pq.read_table(handle, columns=["event_count"]).column("event_count").to_pylist())
+            for batch in pq.ParquetFile(handle).iter_batches(columns=["event_count"]):
+                aggregated += sum(batch.column("event_count").to_pylist())
     outcomes = (
         telemetry["aggregated"] + telemetry["suppressed_events"] + telemetry["out_of_partition"]
         + telemetry["quarantined"]
@@ -412,9 +429,11 @@ def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResu
 def _rows_where(store: OutputStore, relative: str, keep: Callable[[str], bool]) -> int:
     if not store.exists(relative):
         return 0
+    total = 0
     with store.open(relative) as handle:
-        units = pq.read_table(handle, columns=["unit"]).column("unit").to_pylist()
-    return sum(1 for unit in units if keep(unit.rsplit("/", 1)[-1]))
+        for batch in pq.ParquetFile(handle).iter_batches(columns=["unit"]):  # in batches: bounded memory
+            total += sum(1 for unit in batch.column("unit").to_pylist() if keep(unit.rsplit("/", 1)[-1]))
+    return total
 
 
 def validate_stage(settings: RunSettings, stage: Stage) -> list[CheckResult]:
@@ -446,7 +465,7 @@ def build_manifest(settings: RunSettings, stage: Stage, status: str) -> dict[str
         "as_of": run["consent"]["as_of"],
         "consent": run["consent"],
         "status": status,
-        "inputs": {"files": _rows(store, inputs), "listed_in": "inputs.parquet"},
+        "inputs": {"files": store.parquet_rows(inputs), "listed_in": "inputs.parquet"},
         "counts": counts,
         "checks": checks,
         "started_at": run["started_at"],
@@ -597,8 +616,8 @@ def _publish_locked(settings: RunSettings, stage: Stage) -> dict[str, Any]:
     store.write_json(stage / "audit/manifest.json", manifest)
     audit.write_day_report(store, stage / "audit", manifest)
     attempts = f"_audit/dt={day}/attempts"
-    if store.exists(attempts):  # copied, not moved: the published history stays whole until the commit
-        store.copy_tree(attempts, stage / "audit/attempts")
+    if store.is_local and store.exists(attempts):  # the folder is exchanged whole: the history goes with it
+        store.copy_tree(attempts, stage / "audit/attempts")  # hard links; the published history stays whole
     store.write_json(stage / f"audit/attempts/{stage.attempt}.json", manifest)
     publish_folders(
         store,

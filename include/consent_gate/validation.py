@@ -9,8 +9,13 @@ constructor and no longer fails tasks on failed validation. Reports never echo v
 the SUMMARY format with no partial lists, are reduced to an allow-list of counts before they are
 written, and the rendered Data Docs are rewritten to use no asset from the network.
 
-Memory stays bounded on big days: content is validated a row group batch at a time; only the
-`artifact_id` column of the whole day is held at once, for the uniqueness check.
+Memory stays bounded however big the day: the staged content is read once, a batch of `BATCH_ROWS`
+rows at a time, and each batch feeds the `content` suite, the narrow per-row frame of `content_keys`
+(validated every `NARROW_BATCH_ROWS` rows) and, for `content_ids`, temporary files that spread the
+day's `artifact_id`s over buckets by a hash of the id: equal ids share a bucket, so uniqueness within
+every bucket is uniqueness across the day, while no more than about `NARROW_BATCH_ROWS` ids are held
+at once. List columns reach pandas as Arrow-backed columns (no Python object per key), and Data Docs
+are rendered once at the end instead of after every batch.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ SUITES = ("content", "content_keys", "content_ids", "aggregates", "reconciliatio
 TEXT_TYPES = ("transcript_segment", "chat_message", "summary")
 ARTIFACT_TYPES = (*TEXT_TYPES, "recording")
 RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 0, "include_unexpected_rows": False}
-BATCH_ROWS = 100_000
+BATCH_ROWS = 25_000  # content rows per GX batch (wide rows: text); what bounds the suites' memory
+NARROW_BATCH_ROWS = 50_000  # rows per batch of the narrow frames: key counts, artifact ids
 
 # The only result fields a report keeps: counts and ratios, never values.
 _COUNT_FIELDS = (
@@ -152,7 +158,7 @@ def _reconciliation_expectations(gxe: Any, column: Any) -> list[Any]:
 
 
 def _parquet_batches(store: OutputStore, files: list[str], columns: list[str] | None = None) -> Iterator[Any]:
-    """Record batches of the staged files, one at a time (bounded memory)."""
+    """Record batches of `BATCH_ROWS` rows of the staged files, one at a time (bounded memory)."""
     import pyarrow.parquet as pq
 
     for path in files:
@@ -161,8 +167,53 @@ def _parquet_batches(store: OutputStore, files: list[str], columns: list[str] | 
             yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
 
 
+def _content_frame(batch: Any) -> Any:
+    """The batch as pandas; list columns stay Arrow-backed (no Python object per key), the rest as usual."""
+    import pandas as pd
+    import pyarrow as pa
+
+    def dtype(arrow_type: Any) -> Any:
+        return pd.ArrowDtype(arrow_type) if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) else None
+
+    return batch.to_pandas(types_mapper=dtype)
+
+
 def _keys_frame(batch: Any) -> Any:
     """Per row: how many account and user keys it names and how many keys are not 64-hex keyed hashes."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    meeting, users, accounts = (batch.column(name) for name in ("meeting_key", "user_keys", "account_keys"))
+    text = (pa.string(), pa.large_string())
+    if meeting.type not in text or not all(
+        (pa.types.is_list(keys.type) or pa.types.is_large_list(keys.type)) and keys.type.value_type in text
+        for keys in (users, accounts)
+    ):
+        return _keys_frame_rows(batch)  # a staged file with other types: the row-by-row reading
+
+    def well_formed(keys: Any) -> Any:  # the same test as _HEX_KEY.match (`$` also before a final newline)
+        return pc.fill_null(pc.match_substring_regex(keys, r"^[0-9a-f]{64}\n?$"), False).to_numpy(zero_copy_only=False)
+
+    malformed = (~well_formed(meeting)).astype(np.int64)
+    for keys in (users, accounts):
+        parents = pc.list_parent_indices(keys).to_numpy(zero_copy_only=False)
+        malformed += np.bincount(parents[~well_formed(pc.list_flatten(keys))], minlength=batch.num_rows)
+    return pd.DataFrame(
+        {
+            "artifact_type": batch.column("artifact_type").to_pandas(),
+            "user_keys": pc.fill_null(pc.list_value_length(users), 0).to_numpy(zero_copy_only=False).astype(np.int64),
+            "account_keys": pc.fill_null(pc.list_value_length(accounts), 0)
+            .to_numpy(zero_copy_only=False)
+            .astype(np.int64),
+            "malformed_keys": malformed,
+        }
+    )
+
+
+def _keys_frame_rows(batch: Any) -> Any:
+    """`_keys_frame` read row by row, for staged columns of any type."""
     import pandas as pd
 
     meeting = batch.column("meeting_key").to_pylist()
@@ -180,6 +231,59 @@ def _keys_frame(batch: Any) -> Any:
             "malformed_keys": malformed,
         }
     )
+
+
+class _IdBuckets:
+    """The day's artifact_ids spread over `count` temporary Arrow files by a hash of the id.
+
+    Equal ids (and all nulls) land in the same bucket, so uniqueness within every bucket is uniqueness
+    across the day; each bucket holds about `rows / count` ids.
+    """
+
+    def __init__(self, folder: Path, count: int) -> None:
+        self.paths = [folder / f"artifact_ids-{n:04d}.arrow" for n in range(max(1, count))]
+        self._writers: list[Any] = [None] * len(self.paths)
+
+    def add(self, ids: Any) -> None:
+        import numpy as np
+        import pandas as pd
+        import pyarrow as pa
+
+        if len(self.paths) == 1:
+            self._write(0, ids)
+            return
+        hashes = pd.util.hash_array(ids.to_numpy(zero_copy_only=False)) % np.uint64(len(self.paths))
+        for bucket in range(len(self.paths)):
+            self._write(bucket, ids.take(pa.array(np.flatnonzero(hashes == bucket))))
+
+    def _write(self, bucket: int, ids: Any) -> None:
+        import pyarrow as pa
+
+        if self._writers[bucket] is None:
+            schema = pa.schema([("artifact_id", ids.type)])
+            self._writers[bucket] = pa.ipc.new_file(str(self.paths[bucket]), schema)
+        self._writers[bucket].write_batch(pa.record_batch([ids], names=["artifact_id"]))
+
+    def frames(self) -> Iterator[Any]:
+        """One frame per bucket (an empty one for a bucket no id fell into), read back one at a time."""
+        import pandas as pd
+        import pyarrow as pa
+
+        for bucket, path in enumerate(self.paths):
+            writer, self._writers[bucket] = self._writers[bucket], None
+            if writer is None:
+                yield pd.DataFrame({"artifact_id": []})
+                continue
+            writer.close()
+            with pa.OSFile(str(path)) as source:
+                frame = pa.ipc.open_file(source).read_all().to_pandas()
+            path.unlink()
+            yield frame
+
+    def close(self) -> None:
+        for writer in self._writers:
+            if writer is not None:
+                writer.close()
 
 
 def reconciliation_frame(store: OutputStore, stage_root: str, counts: dict[str, Any]) -> Any:
@@ -219,16 +323,23 @@ def reconciliation_frame(store: OutputStore, stage_root: str, counts: dict[str, 
 
 
 class _Runner:
-    """A file context in a temporary folder, one checkpoint per suite, Data Docs built at the end."""
+    """A file context in a temporary folder, one checkpoint per suite, Data Docs built at the end.
+
+    Every checkpoint run stores its validation result in the context; the Data Docs of all of them are
+    rendered once, by `docs_folder`, rather than by an `UpdateDataDocsAction` after every batch (which
+    re-rendered the index and recompiled the templates each time).
+    """
 
     def __init__(self, root: Path) -> None:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
         import great_expectations as gx
         import great_expectations.expectations as gxe
+        from great_expectations.data_context.types.base import ProgressBarsConfig
         from great_expectations.expectations.row_conditions import Column
 
         self.gx, self.gxe, self.column = gx, gxe, Column
         self.context = gx.get_context(mode="file", project_root_dir=str(root))
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)  # no bar per batch in task logs
         self.source = self.context.data_sources.add_pandas("staged")
         self.checkpoints: dict[str, Any] = {}
 
@@ -246,7 +357,7 @@ class _Runner:
             gx.Checkpoint(
                 name=f"{name}_checkpoint",
                 validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                actions=[],
                 result_format=RESULT_FORMAT,
             )
         )
@@ -272,12 +383,13 @@ class _Runner:
 def run_suites(store: OutputStore, stage_root: str, day: date, *, k: int, counts: dict[str, Any]) -> list[SuiteOutcome]:
     """Run every suite over the stage; write sanitized results and offline Data Docs into `audit/`."""
     import pandas as pd
+    import pyarrow as pa
 
     from consent_gate.aggregates import AGGREGATE_SCHEMA
     from consent_gate.gate import CONTENT_SCHEMA
 
     with tempfile.TemporaryDirectory(prefix="consent-gate-gx-") as tmp:
-        runner = _Runner(Path(tmp))
+        runner = _Runner(Path(tmp) / "gx")
         column, gxe = runner.column, runner.gxe
         runner.add_suite("content", _content_expectations(gxe, column))
         runner.add_suite("content_keys", _keys_expectations(gxe, column))
@@ -286,16 +398,31 @@ def run_suites(store: OutputStore, stage_root: str, day: date, *, k: int, counts
         runner.add_suite("reconciliation", _reconciliation_expectations(gxe, column))
         outcomes = {name: SuiteOutcome(name) for name in SUITES}
 
+        # One pass over the staged content feeds all three content suites.
         content_files = store.files(f"{stage_root}/content", ".parquet")
-        for batch in _parquet_batches(store, content_files):
-            runner.run(outcomes["content"], batch.to_pandas())
-            runner.run(outcomes["content_keys"], _keys_frame(batch))
-        if outcomes["content"].batches == 0:  # nothing eligible: the published schema is still checked
-            runner.run(outcomes["content"], CONTENT_SCHEMA.empty_table().to_pandas())
-            runner.run(outcomes["content_keys"], _keys_frame(CONTENT_SCHEMA.empty_table()))
-        ids = [b.column("artifact_id").to_pylist() for b in _parquet_batches(store, content_files, ["artifact_id"])]
-        runner.run(outcomes["content_ids"], pd.DataFrame({"artifact_id": [i for part in ids for i in part]}))
-        del ids
+        ids = _IdBuckets(Path(tmp), -(-store.parquet_rows(content_files) // NARROW_BATCH_ROWS))
+        keys: list[Any] = []
+        try:
+            for batch in _parquet_batches(store, content_files):
+                runner.run(outcomes["content"], _content_frame(batch))
+                keys.append(_keys_frame(batch))
+                if sum(len(frame) for frame in keys) >= NARROW_BATCH_ROWS:
+                    runner.run(outcomes["content_keys"], pd.concat(keys, ignore_index=True))
+                    keys.clear()
+                ids.add(batch.column("artifact_id"))
+                del batch
+                pa.default_memory_pool().release_unused()  # else the allocator keeps each batch's pages: RSS creeps
+            if keys:
+                runner.run(outcomes["content_keys"], pd.concat(keys, ignore_index=True))
+                keys.clear()
+            if outcomes["content"].batches == 0:  # nothing eligible: the published schema is still checked
+                runner.run(outcomes["content"], _content_frame(CONTENT_SCHEMA.empty_table()))
+                runner.run(outcomes["content_keys"], _keys_frame(CONTENT_SCHEMA.empty_table()))
+            for frame in ids.frames():
+                runner.run(outcomes["content_ids"], frame)
+                del frame
+        finally:
+            ids.close()
 
         aggregate_files = store.files(f"{stage_root}/aggregates", ".parquet")
         frames = [b.to_pandas() for b in _parquet_batches(store, aggregate_files)]  # at most a few thousand groups

@@ -12,10 +12,16 @@ A row violates consent when one of its subjects (every `user_keys` and `account_
 grant in force at capture or at `as_of`, or was named by an unreadable consent row; a row without its
 meeting's account, a cue or message without its author, or an unknown type violates it too.
 Results name artifact ids and counts only, never keys, raw ids or content.
+
+Memory is bounded whatever the size of the day: DuckDB runs with a `memory_limit`, a fixed number of
+`threads` and a temporary directory to spill to, and the published rows are never materialized: they
+are streamed from the Parquet files (only the columns the checks need) through the joins, and only
+violations are kept. What is held is of the size of the consent store, not of the day.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -35,6 +41,9 @@ CONTENT_TYPE_OF_ARTIFACT = {
     "recording": "recording",
 }
 MAX_LISTED = 20
+# DuckDB otherwise takes up to 80% of the machine's memory and one thread per core. The limit covers
+# its buffers (hash tables, the consent tables); beyond it, it spills to the temporary directory.
+DUCKDB_SETTINGS: dict[str, Any] = {"memory_limit": "512MB", "threads": 2, "preserve_insertion_order": False}
 
 
 class VerificationError(RuntimeError):
@@ -168,35 +177,40 @@ SELECT subject_key, ct, decision, eff AS valid_from,
 FROM events;
 """
 
+# The staged rows (`published_files`, a view over the Parquet files) are streamed, never stored.
 _VIOLATIONS_SQL = """
-CREATE TABLE published AS
-SELECT artifact_id, artifact_type, captured_at, consent_as_of,
-       coalesce(user_keys, []) AS user_keys, coalesce(account_keys, []) AS account_keys,
-       CASE artifact_type WHEN 'transcript_segment' THEN 'transcript' WHEN 'chat_message' THEN 'chat'
-                          WHEN 'summary' THEN 'summary' WHEN 'recording' THEN 'recording' END AS ct
-FROM read_parquet($files);
-
-CREATE TABLE pairs AS
-SELECT artifact_id, ct, captured_at, unnest(list_concat(user_keys, account_keys)) AS subject_key FROM published;
-
 CREATE TABLE at_as_of AS
 SELECT subject_key, ct, decision FROM intervals
 WHERE valid_from <= $as_of AND (valid_to IS NULL OR valid_to > $as_of);
 
-CREATE TABLE violations AS
-SELECT artifact_id, 'unknown_artifact_type' AS reason FROM published WHERE ct IS NULL
-UNION ALL SELECT artifact_id, 'no_capture_time' FROM published WHERE captured_at IS NULL
-UNION ALL SELECT artifact_id, 'no_account_subject' FROM published WHERE len(account_keys) = 0
-UNION ALL SELECT artifact_id, 'no_author_subject' FROM published
-          WHERE ct IN ('transcript', 'chat') AND len(user_keys) = 0
-UNION ALL SELECT artifact_id, 'consent_as_of_differs' FROM published
-          WHERE $check_as_of AND consent_as_of IS DISTINCT FROM $as_of
-UNION ALL
+CREATE TEMP VIEW published AS
+SELECT artifact_id, captured_at, consent_as_of,
+       coalesce(user_keys, []) AS user_keys, coalesce(account_keys, []) AS account_keys,
+       CASE artifact_type WHEN 'transcript_segment' THEN 'transcript' WHEN 'chat_message' THEN 'chat'
+                          WHEN 'summary' THEN 'summary' WHEN 'recording' THEN 'recording' END AS ct
+FROM published_files;
+
+CREATE TABLE violations (artifact_id VARCHAR, reason VARCHAR);
+
+INSERT INTO violations
+SELECT artifact_id, reason FROM (
+  SELECT artifact_id, unnest([
+    CASE WHEN ct IS NULL THEN 'unknown_artifact_type' END,
+    CASE WHEN captured_at IS NULL THEN 'no_capture_time' END,
+    CASE WHEN len(account_keys) = 0 THEN 'no_account_subject' END,
+    CASE WHEN ct IN ('transcript', 'chat') AND len(user_keys) = 0 THEN 'no_author_subject' END,
+    CASE WHEN $check_as_of AND consent_as_of IS DISTINCT FROM $as_of THEN 'consent_as_of_differs' END
+  ]) AS reason
+  FROM published
+) WHERE reason IS NOT NULL;
+
+INSERT INTO violations
 SELECT p.artifact_id,
        CASE WHEN f.subject_key IS NOT NULL THEN 'subject_failed_closed'
             WHEN cap.decision IS DISTINCT FROM 'grant' THEN 'not_granted_at_capture'
             ELSE 'not_granted_at_as_of' END
-FROM pairs p
+FROM (SELECT artifact_id, ct, captured_at, unnest(list_concat(user_keys, account_keys)) AS subject_key
+      FROM published) p
 LEFT JOIN intervals cap
   ON cap.subject_key = p.subject_key AND cap.ct = p.ct
  AND p.captured_at >= cap.valid_from AND (cap.valid_to IS NULL OR p.captured_at < cap.valid_to)
@@ -204,6 +218,15 @@ LEFT JOIN at_as_of cur ON cur.subject_key = p.subject_key AND cur.ct = p.ct
 LEFT JOIN failed_closed f ON f.subject_key = p.subject_key
 WHERE f.subject_key IS NOT NULL OR cap.decision IS DISTINCT FROM 'grant' OR cur.decision IS DISTINCT FROM 'grant';
 """
+
+
+def connect(temp_directory: str) -> Any:
+    """An in-memory DuckDB bounded by `DUCKDB_SETTINGS`, spilling to `temp_directory`, clock in UTC."""
+    import duckdb
+
+    connection = duckdb.connect(config={**DUCKDB_SETTINGS, "temp_directory": temp_directory})
+    connection.execute("SET TimeZone = 'UTC'")
+    return connection
 
 
 def verify_files(
@@ -220,50 +243,57 @@ def verify_files(
     `check_as_of`: also require each row's `consent_as_of` to equal `as_of` (a stage; not a re-check
     of a published day against today's consent).
     """
-    import duckdb
-
     as_of = as_of.astimezone(UTC)
-    connection = duckdb.connect()
-    try:
-        connection.execute("SET TimeZone = 'UTC'")
-        _load_consent(connection, consent_db, keyer)
-        for statement in _split(_INTERVALS_SQL):
-            connection.execute(statement, {"as_of": as_of} if "$as_of" in statement else None)
-        lost = connection.execute("SELECT count(*) FROM visible WHERE unreadable AND subject_key IS NULL").fetchone()
-        if lost and lost[0]:
-            raise VerificationError(
-                f"{lost[0]} visible consent row(s) unreadable down to their subject; refusing to verify"
-            )
-        result = Verification(
-            visible_consent_events=_scalar(connection, "SELECT count(*) FROM visible"),
-            failed_closed_subjects=_scalar(connection, "SELECT count(*) FROM failed_closed"),
-        )
-        if not store.is_local:
-            connection.register_filesystem(store.fs)
-        paths = [_readable_path(store, f) for f in content_files]
-        if not paths:
-            return result
-        for statement in _split(_VIOLATIONS_SQL):
-            parameters: dict[str, Any] = {}
-            if "$files" in statement:
-                parameters["files"] = paths
-            if "$as_of" in statement:
-                parameters["as_of"] = as_of
-            if "$check_as_of" in statement:
-                parameters["check_as_of"] = check_as_of
-            connection.execute(statement, parameters or None)
-        result.rows_checked = _scalar(connection, "SELECT count(*) FROM published")
-        per_reason = connection.execute(
-            "SELECT reason, count(DISTINCT artifact_id) FROM violations GROUP BY reason ORDER BY reason"
-        ).fetchall()
-        result.violations = {reason: int(n) for reason, n in per_reason}
-        listed = connection.execute(
-            f"SELECT DISTINCT artifact_id FROM violations ORDER BY artifact_id LIMIT {MAX_LISTED}"
-        ).fetchall()
-        result.violating_artifacts = [row[0] for row in listed]
+    with tempfile.TemporaryDirectory(prefix="consent-gate-verify-") as spill:
+        connection = connect(spill)
+        try:
+            return _verify(connection, store, content_files, consent_db, as_of, keyer, check_as_of)
+        finally:
+            connection.close()
+
+
+def _verify(
+    connection: Any,
+    store: OutputStore,
+    content_files: Sequence[str],
+    consent_db: str,
+    as_of: datetime,
+    keyer: Keyer,
+    check_as_of: bool,
+) -> Verification:
+    _load_consent(connection, consent_db, keyer)
+    for statement in _split(_INTERVALS_SQL):
+        connection.execute(statement, {"as_of": as_of} if "$as_of" in statement else None)
+    lost = _scalar(connection, "SELECT count(*) FROM visible WHERE unreadable AND subject_key IS NULL")
+    if lost:
+        raise VerificationError(f"{lost} visible consent row(s) unreadable down to their subject; refusing to verify")
+    result = Verification(
+        visible_consent_events=_scalar(connection, "SELECT count(*) FROM visible"),
+        failed_closed_subjects=_scalar(connection, "SELECT count(*) FROM failed_closed"),
+    )
+    if not store.is_local:
+        connection.register_filesystem(store.fs)
+    paths = [_readable_path(store, f) for f in content_files]
+    if not paths:
         return result
-    finally:
-        connection.close()
+    connection.read_parquet(paths).create_view("published_files")
+    for statement in _split(_VIOLATIONS_SQL):
+        parameters: dict[str, Any] = {}
+        if "$as_of" in statement:
+            parameters["as_of"] = as_of
+        if "$check_as_of" in statement:
+            parameters["check_as_of"] = check_as_of
+        connection.execute(statement, parameters or None)
+    result.rows_checked = _scalar(connection, "SELECT count(*) FROM published_files")
+    per_reason = connection.execute(
+        "SELECT reason, count(DISTINCT artifact_id) FROM violations GROUP BY reason ORDER BY reason"
+    ).fetchall()
+    result.violations = {reason: int(n) for reason, n in per_reason}
+    listed = connection.execute(
+        f"SELECT DISTINCT artifact_id FROM violations ORDER BY artifact_id LIMIT {MAX_LISTED}"
+    ).fetchall()
+    result.violating_artifacts = [row[0] for row in listed]
+    return result
 
 
 def _split(script: str) -> list[str]:
@@ -271,8 +301,8 @@ def _split(script: str) -> list[str]:
 
 
 def _scalar(connection: Any, sql: str) -> int:
-    row = connection.execute(sql).fetchone()
-    return int(row[0]) if row else 0
+    rows = connection.execute(sql).fetchall()  # fetched to the end: DuckDB refuses new work on a pending result
+    return int(rows[0][0]) if rows else 0
 
 
 def _readable_path(store: OutputStore, relative: str) -> str:
