@@ -179,3 +179,20 @@ def test_a_telemetry_file_broken_mid_way_blocks_publication(sample_dir, tmp_path
     with pytest.raises(GateCheckFailed, match="telemetry_files_complete"):
         run_day(settings, DAY, AS_OF, run_id="broken")
     assert not (tmp_path / "out/content").exists()
+
+
+def test_reported_exclusion_reasons_must_cover_every_excluded_row(sample_dir, tmp_path):
+    from consent_gate.pipeline import aggregate_day, gate_content, reconciliation_checks, snapshot_consent
+
+    settings = settings_for(sample_dir, tmp_path)
+    stage = snapshot_consent(settings, DAY, AS_OF, run_id="reasons")
+    gate_content(settings, stage)
+    aggregate_day(settings, stage)
+    assert all(c.passed for c in reconciliation_checks(settings, stage))
+    report_path = tmp_path / stage.root / "reports/content-0000.json"
+    report = json.loads(report_path.read_text())
+    reason = next(r for r, n in report["excluded"].items() if n)
+    report["excluded"][reason] -= 1  # a row excluded without its reason being counted
+    report_path.write_text(json.dumps(report))
+    checks = {c.name: c for c in reconciliation_checks(settings, stage)}
+    assert not checks["content_reconciles"].passed
