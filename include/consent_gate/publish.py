@@ -177,6 +177,9 @@ class OutputStore:
         return sorted(p[len(base) + 1 :] for p in self.fs.find(base) if p.startswith(base + "/"))
 
     def copy_file(self, source: str, target: str) -> None:
+        """A copy with a new identity (never a hard link): writing the copy leaves the source alone."""
+        if self.is_local:
+            os.makedirs(os.path.dirname(self.path(target)), exist_ok=True)
         self.fs.copy(self.path(source), self.path(target))
 
     def delete_files(self, relatives: list[str]) -> None:

@@ -503,8 +503,7 @@ def _stage_evidence(store: OutputStore, day: str, stage: str, withdrawn: pa.Tabl
     for relative in store.tree(audit):
         if not store.is_local and relative.startswith(f"{HISTORY}/"):
             continue  # object stores leave the append-only history in place (publish._publish_remote)
-        with store.open(f"{audit}/{relative}") as handle:
-            store.write_bytes(f"{staged}/{relative}", handle.read())
+        store.copy_file(f"{audit}/{relative}", f"{staged}/{relative}")  # server-side on object stores
     evidence = {"excluded.parquet": EXCLUDED_SCHEMA, "withdrawn.parquet": WITHDRAWN_SCHEMA}
     for name, schema in evidence.items():
         _append_rows(store, f"{staged}/{name}", withdrawn, schema)
