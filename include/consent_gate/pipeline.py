@@ -494,16 +494,9 @@ def _output_files(settings: RunSettings, stage: Stage) -> list[dict[str, Any]]:
     store = settings.store()
     outputs = []
     for folder in ("content", "aggregates", "audit"):
+        target = f"_audit/dt={stage.day.isoformat()}" if folder == "audit" else f"{folder}/dt={stage.day.isoformat()}"
         for path in store.files(stage / folder, ".parquet"):
-            size, sha256 = store.sha256(path)
-            with store.open(path) as handle:
-                rows = pq.ParquetFile(handle).metadata.num_rows
-            published_as = path.removeprefix(stage.root + "/")
-            if folder == "audit":
-                published_as = f"_audit/dt={stage.day.isoformat()}/{published_as.removeprefix('audit/')}"
-            else:
-                published_as = f"{folder}/dt={stage.day.isoformat()}/{published_as.removeprefix(folder + '/')}"
-            outputs.append({"path": published_as, "rows": rows, "bytes": size, "sha256": sha256})
+            outputs.append(store.output_entry(path, f"{target}/{path.rsplit('/', 1)[-1]}"))
     return outputs
 
 

@@ -132,6 +132,11 @@ class OutputStore:
                 total += pq.ParquetFile(handle).metadata.num_rows
         return total
 
+    def output_entry(self, relative: str, published_as: str) -> dict[str, Any]:
+        """A manifest's record of one output file: where it is published, its rows, bytes and sha256."""
+        size, sha256 = self.sha256(relative)
+        return {"path": published_as, "rows": self.parquet_rows([relative]), "bytes": size, "sha256": sha256}
+
     def sha256(self, relative: str) -> tuple[int, str]:
         """Size and sha256 of a file, streamed."""
         digest = hashlib.sha256()
@@ -161,12 +166,11 @@ class OutputStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def copy_tree(self, source: str, target: str) -> None:
-        """Copy a folder; locally as hard links (instant; the source stays whole if interrupted)."""
-        if self.is_local:
-            shutil.copytree(self.path(source), self.path(target), copy_function=os.link)
-        else:
-            for name in self.tree(source):
-                self.fs.copy(self.path(f"{source}/{name}"), self.path(f"{target}/{name}"))
+        """Copy a local folder as hard links (instant; the source stays whole if interrupted). Object
+        stores never need it: their append-only history stays in place (`_publish_remote`)."""
+        if not self.is_local:
+            raise PublishError("copy_tree is for local storage")
+        shutil.copytree(self.path(source), self.path(target), copy_function=os.link)
 
     def tree(self, relative: str) -> list[str]:
         """Every file below `relative` (nested folders included), relative to it, sorted; fresh listing."""

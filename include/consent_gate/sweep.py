@@ -521,11 +521,7 @@ def _stage_evidence(store: OutputStore, day: str, stage: str, withdrawn: pa.Tabl
         o for o in manifest.get("outputs", [])
         if not o["path"].startswith(f"content/dt={day}/") and o["path"] not in {p for _, p in rewritten}
     ]  # fmt: skip
-    for relative, published_as in rewritten:
-        size, sha256 = store.sha256(relative)
-        with store.open(relative) as handle:
-            rows = pq.ParquetFile(handle).metadata.num_rows
-        outputs.append({"path": published_as, "rows": rows, "bytes": size, "sha256": sha256})
+    outputs += [store.output_entry(relative, published_as) for relative, published_as in rewritten]
     manifest["outputs"] = sorted(outputs, key=lambda o: o["path"])
     manifest["sweeps"] = [*manifest.get("sweeps", []), {k: v for k, v in purge.items() if k != "manifest"}]
     manifest["version"] = purge["sweep_id"]
