@@ -484,8 +484,13 @@ def _merge_parquet(store: OutputStore, sources: list[str], target: str, schema: 
 
 def _finish_audit(settings: RunSettings, stage: Stage) -> None:
     store = settings.store()
-    parts = {"excluded": EXCLUDED_SCHEMA, "withdrawn": WITHDRAWN_SCHEMA, "quarantine": QUARANTINE_SCHEMA}
-    for name, schema in {**parts, "inputs": INPUTS_SCHEMA}.items():
+    evidence = {
+        "excluded": EXCLUDED_SCHEMA,
+        "withdrawn": WITHDRAWN_SCHEMA,
+        "quarantine": QUARANTINE_SCHEMA,
+        "inputs": INPUTS_SCHEMA,
+    }
+    for name, schema in evidence.items():
         _merge_parquet(store, store.files(stage / f"audit/{name}", ".parquet"), stage / f"audit/{name}.parquet", schema)
         store.remove(stage / f"audit/{name}")
 
