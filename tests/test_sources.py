@@ -43,15 +43,16 @@ def test_an_ambiguous_display_name_leaves_the_speaker_unidentified(tmp_path):
     assert cue.unidentified_speaker and cue.required_participants == ()
 
 
-def test_a_cue_with_a_broken_timing_line_quarantines_the_transcript(tmp_path):
+def test_a_block_with_a_broken_timing_line_is_one_quarantined_unit_named_by_its_line(tmp_path):
     broken = (
         "WEBVTT\n\n00:00:01.000 -> 00:00:02.000\nAda Lovelace: hi\n\n00:00:03.000 --> 00:00:04.000\nAda Lovelace: x\n"
     )
     write_meeting(tmp_path, meeting_record("m_1", "acct_1", PEOPLE), transcript=broken)
     result = read(tmp_path)
-    assert result.artifacts == []
-    assert [q.unit for q in result.quarantine] == [f"meetings/dt={DAY}/m_1/transcript.vtt"]
-    assert "timing" in result.quarantine[0].error and result.units_in == 1
+    # SPEC §2.3: n counts the cues the parser returns, so the good cue is cue 1.
+    assert [(a.artifact_id, a.text) for a in result.artifacts] == [("m_1/transcript/1", "x")]
+    assert [q.unit for q in result.quarantine] == [f"meetings/dt={DAY}/m_1/transcript.vtt:3"]
+    assert "timing" in result.quarantine[0].error and result.units_in == 2
 
 
 def test_a_file_that_is_not_webvtt_is_one_quarantined_unit(tmp_path):

@@ -7,7 +7,6 @@ Every file is read once: its bytes are hashed for the manifest and parsed from t
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 from collections import Counter
@@ -17,9 +16,8 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import fsspec
-import webvtt
-from webvtt.errors import MalformedFileError
 
+from consent_gate import webvtt_reader
 from consent_gate.records import (
     MalformedRecord,
     Quarantined,
@@ -28,6 +26,7 @@ from consent_gate.records import (
     require_object,
     require_str,
 )
+from consent_gate.speakers import attribute, speakers_by_name
 
 ARTIFACT_TYPES = ("transcript_segment", "chat_message", "summary", "recording")
 CONTENT_TYPE_OF = {
@@ -58,6 +57,7 @@ class Meeting:
     account_id: str
     started_at: datetime
     participants: tuple[Participant, ...]
+    ended_at: datetime | None = None  # None only in tests of the gate; a cue needs it (read_transcript)
 
 
 @dataclass(slots=True)
@@ -76,6 +76,11 @@ class Artifact:
     media_sha256: str | None = None
     private_message: bool = False
     unidentified_speaker: bool = False
+    # Transcript segments only, content-free evidence for `explain`: where the speaker's name came
+    # from (speakers.VOICE_SPAN or PREFIX) and why nobody was identified (speakers.UNIDENTIFIED_REASONS).
+    speaker_source: str | None = None
+    unidentified_reason: str | None = None
+    invalid_utf8: bool = False  # the transcript had invalid UTF-8, read as U+FFFD (WebVTT decoding)
 
     @property
     def content_type(self) -> str:
@@ -243,7 +248,7 @@ def parse_meeting(data: bytes, folder_meeting_id: str, day: date) -> Meeting:
     ids = Counter(p.participant_id for p in participants)
     if any(n > 1 for n in ids.values()):
         raise MalformedRecord("participants", "duplicate participant_id")
-    return Meeting(meeting_id, account_id, started_at, participants)
+    return Meeting(meeting_id, account_id, started_at, participants, ended_at)
 
 
 def _parse_participant(value: Any, where: str) -> Participant:
@@ -264,55 +269,45 @@ def _parse_participant(value: Any, where: str) -> Participant:
 
 
 def read_transcript(data: bytes, meeting: Meeting, path: str) -> tuple[list[Artifact], list[Quarantined]]:
-    """Cues of a WebVTT file; an unparseable file is one quarantined unit."""
+    """Cues of a WebVTT file (SPEC §2.1, §2.3). A file without the WEBVTT signature is one quarantined
+    unit; a block the parser drops is one unit named by its line; a cue outside the meeting is one unit.
+    Nothing here raises for a file's content: one transcript never fails the day."""
     try:
-        text = data.decode("utf-8")
-        captions = webvtt.from_buffer(io.StringIO(text))
-    except (UnicodeDecodeError, MalformedFileError):
-        return [], [Quarantined(path, "not a valid WebVTT file")]
-    # webvtt-py skips a cue block whose timing line it cannot parse; that would silently shift
-    # the cue numbering in artifact ids and lose a unit, so the file is rejected instead.
-    blocks = _cue_block_count(text)
-    if blocks != len(captions):
-        return [], [Quarantined(path, f"{blocks - len(captions)} cue block(s) without a valid timing line")]
-    by_name: dict[str, list[Participant]] = {}
-    for participant in meeting.participants:
-        if participant.display_name is not None:
-            by_name.setdefault(participant.display_name, []).append(participant)
+        parsed = webvtt_reader.parse(data)
+    except webvtt_reader.NotWebVTT:
+        return [], [Quarantined(path, "not a WebVTT file (no WEBVTT signature)")]
+    # Invalid UTF-8 is read as a browser reads it: each bad byte sequence becomes U+FFFD in the words,
+    # and every cue of the file says so in the speakers evidence (`invalid_utf8`).
+    quarantined = [Quarantined(f"{path}:{block.line}", block.problem) for block in parsed.dropped]
+    by_name = speakers_by_name([(p.display_name, p) for p in meeting.participants])
+    ended_at = meeting.ended_at or meeting.started_at  # no end known: no cue can be placed (fail closed)
+    length_ms = (ended_at - meeting.started_at) // timedelta(milliseconds=1)
     artifacts = []
-    for n, caption in enumerate(captions, start=1):
-        offset = caption.start_time
-        start = timedelta(
-            hours=offset.hours, minutes=offset.minutes, seconds=offset.seconds, milliseconds=offset.milliseconds
-        )
-        name, sep, words = caption.text.partition(":")
-        matches = by_name.get(name, []) if sep else []
-        speaker = matches[0] if len(matches) == 1 else None
+    for n, cue in enumerate(parsed.cues, start=1):
+        if not 0 <= cue.start_ms <= length_ms:
+            # SPEC §2.1: an HLS offset or another file's clock gives a capture time nobody can check.
+            quarantined.append(
+                Quarantined(f"{path}#{n}", f"cue at line {cue.line} starts outside the meeting's started_at..ended_at")
+            )
+            continue
+        said = attribute(cue.text, by_name)
+        speaker = said.speaker
         artifacts.append(
             Artifact(
                 artifact_id=f"{meeting.meeting_id}/transcript/{n}",
                 artifact_type="transcript_segment",
                 meeting=meeting,
-                captured_at=meeting.started_at + start,
-                required_participants=(speaker,) if speaker else (),
+                captured_at=meeting.started_at + timedelta(milliseconds=cue.start_ms),
+                required_participants=(speaker,) if speaker is not None else (),
                 unit=f"{path}#{n}",
-                text=words.strip() if sep else caption.text.strip(),
+                text=said.words,
                 unidentified_speaker=speaker is None,
+                speaker_source=said.source,
+                unidentified_reason=said.reason,
+                invalid_utf8=parsed.replaced_bytes,
             )
         )
-    return artifacts, []
-
-
-def _cue_block_count(text: str) -> int:
-    """Blocks after the header that are not NOTE, STYLE or REGION blocks: each must be a cue."""
-    blocks = re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n").replace("\r", "\n").strip())
-    cues = 0
-    for block in blocks[1:]:
-        first = block.lstrip("\n").split("\n", 1)[0]
-        if not block.strip() or first.startswith(("NOTE", "STYLE", "REGION")):
-            continue
-        cues += 1
-    return cues
+    return artifacts, quarantined
 
 
 def read_chat(data: bytes, meeting: Meeting, path: str) -> tuple[list[Artifact], list[Quarantined]]:

@@ -1,0 +1,137 @@
+"""Who spoke a cue, and its words: SPEC §2.1 "Speaker" and "Words".
+
+The speaker comes from the cue's voice span (`<v Name>`, as Microsoft Teams exports) if it has one,
+else from its first line's `Name:` prefix (as Zoom exports). Any doubt about whose words these are
+leaves the cue unidentified, with the reason kept as content-free evidence:
+
+- `no_name`: no voice annotation and no `Name:` prefix (caption files);
+- `no_match`: the name is nobody's display name;
+- `several_matches`: several participants have that display name;
+- `several_speakers`: the cue names more than one speaker (two voice spans, a voice span and a
+  different `Name:` label, or a later line labelled with another name).
+
+Cue text is read with the "WebVTT cue text parsing rules" reduced to what attribution needs: `<`
+starts a tag that ends at `>` or the end of the text, a `v` start tag carries its annotation, and
+character references are decoded in text and annotations only after the tags are split, so that
+`&lt;v Bob&gt;` stays text and `AT&amp;T Support` is `AT&T Support`.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+VOICE_SPAN = "voice_span"
+PREFIX = "prefix"
+NO_NAME = "no_name"
+NO_MATCH = "no_match"
+SEVERAL_MATCHES = "several_matches"
+SEVERAL_SPEAKERS = "several_speakers"
+SPEAKER_SOURCES = (VOICE_SPAN, PREFIX)
+UNIDENTIFIED_REASONS = (NO_NAME, NO_MATCH, SEVERAL_MATCHES, SEVERAL_SPEAKERS)
+
+# § WebVTT cue text tokenizer: "<" always opens a tag, closed by ">" or by the end of the cue text.
+_TAG = re.compile(r"<([^>]*)(?:>|$)")
+_TAG_WHITESPACE = re.compile(r"[ \t\n\x0c]")  # § tag state: these end the tag name, an annotation follows
+# A line labelled `Name:`: up to six words and 64 characters before a colon that ends the line or is
+# followed by whitespace (so `10:30` and `https://` are not labels). Sentence punctuation rules a label
+# out. Wider than "a participant's name" on purpose: `Speaker 2:` names somebody too.
+_LABEL = re.compile(r"^([^:,;!?\"\n]{1,64}):(?=[ \t]|$)")
+_MAX_LABEL_WORDS = 6
+
+P = TypeVar("P")
+
+
+def normalise_name(name: str) -> str:
+    """SPEC §2.1: Unicode NFC and runs of whitespace collapsed; never case-folded or fuzzy."""
+    return " ".join(unicodedata.normalize("NFC", name).split())
+
+
+@dataclass(frozen=True, slots=True)
+class CueText:
+    """Cue text as the parsing rules read it: the words and every voice annotation."""
+
+    lines: tuple[str, ...]  # tags removed, character references decoded
+    voices: tuple[str, ...]  # normalised annotations of the `v` start tags, in order
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution(Generic[P]):
+    speaker: P | None
+    source: str | None  # VOICE_SPAN | PREFIX: where the (claimed) name came from; None if none
+    reason: str | None  # None when identified, else one of UNIDENTIFIED_REASONS
+    words: str
+
+
+def read_cue_text(raw: str) -> CueText:
+    """§ cue text parsing rules, for attribution: text runs and `v` start tags; other tags dropped."""
+    parts: list[str] = []
+    voices: list[str] = []
+    position = 0
+    for tag in _TAG.finditer(raw):
+        parts.append(html.unescape(raw[position : tag.start()]))
+        position = tag.end()
+        body = tag.group(1)
+        if body.startswith("/") or body[:1].isdigit():  # § end tag, timestamp tag: no text, no voice
+            continue
+        split = _TAG_WHITESPACE.search(body)
+        name_and_classes = body[: split.start()] if split else body
+        if name_and_classes.split(".", 1)[0] == "v":  # § start tag "v": a voice, classes allowed
+            annotation = body[split.end() :] if split else ""
+            voices.append(normalise_name(html.unescape(annotation)))
+    parts.append(html.unescape(raw[position:]))
+    return CueText(tuple("".join(parts).split("\n")), tuple(voices))
+
+
+def line_label(line: str) -> str | None:
+    """The normalised `Name` of a line beginning `Name:`, or None."""
+    match = _LABEL.match(line)
+    if match is None:
+        return None
+    label = normalise_name(match.group(1))
+    if not label or len(label.split(" ")) > _MAX_LABEL_WORDS:
+        return None
+    return label
+
+
+def speakers_by_name(participants: Sequence[tuple[str | None, P]]) -> dict[str, list[P]]:
+    """Participants by normalised display name (a name may belong to several)."""
+    index: dict[str, list[P]] = {}
+    for display_name, participant in participants:
+        if display_name is not None and normalise_name(display_name):
+            index.setdefault(normalise_name(display_name), []).append(participant)
+    return index
+
+
+def attribute(raw: str, by_name: Mapping[str, Sequence[P]]) -> Attribution[P]:
+    """The speaker and words of one cue's raw text (SPEC §2.1)."""
+    cue = read_cue_text(raw)
+    labels = [line_label(line) for line in cue.lines]
+    if cue.voices:
+        source, name = VOICE_SPAN, cue.voices[0]
+        words = "\n".join(cue.lines).strip()
+        # Any label, even on the first line, that names someone else: a voice span plus a
+        # different `Name:` prefix (`<v Bob>Alice: …`) is two claims about who spoke.
+        others = {v for v in cue.voices if v != name} | {label for label in labels if label and label != name}
+    else:
+        source, name = PREFIX, labels[0]
+        if name is None:
+            return Attribution(None, None, NO_NAME, "\n".join(cue.lines).strip())
+        first = cue.lines[0]
+        rest = first[first.index(":") + 1 :]
+        words = "\n".join((rest, *cue.lines[1:])).strip()
+        others = {label for label in labels[1:] if label and label != name}
+    if not name:  # `<v>` without an annotation: a voice span naming nobody
+        return Attribution(None, source, NO_NAME, words)
+    if others:
+        return Attribution(None, source, SEVERAL_SPEAKERS, words)
+    matches = by_name.get(name, ())
+    if not matches:
+        return Attribution(None, source, NO_MATCH, words)
+    if len(matches) > 1:
+        return Attribution(None, source, SEVERAL_MATCHES, words)
+    return Attribution(matches[0], source, None, words)
