@@ -97,6 +97,8 @@ def explain(
             result.reason = "; ".join(f"{u['unit']}: {u['error']}" for u in hits)
         else:
             result.facts["evidence"] = "not read on this day (no such artifact in the landing zone's partition)"
+    if result.outcome in ("published", "excluded"):
+        result.facts.update(_speaker_facts(store, partition, artifact_id))
     if (
         zone is not None
         and consent_at is not None
@@ -106,6 +108,31 @@ def explain(
         snapshot = consent_at(parse_timestamp(result.as_of, "as_of"))
         result.subjects = _subject_detail(zone, day, artifact_id, snapshot, keyer)
     return result
+
+
+def _speaker_facts(store: OutputStore, partition: str, artifact_id: str) -> dict[str, str]:
+    """For a transcript segment: where its speaker's name came from and, if nobody was identified, why."""
+    relative = f"_audit/dt={partition}/speakers.parquet"
+    if "/transcript/" not in artifact_id or not store.exists(relative):
+        return {}  # days published before the speakers evidence existed have none
+    row = _find(store, relative, artifact_id)
+    if row is None:
+        return {}
+    facts = {"speaker from": _SOURCE.get(row["speaker_source"], "no name in the cue")}
+    if row["unidentified_reason"] is not None:
+        facts["unidentified because"] = _UNIDENTIFIED.get(row["unidentified_reason"], row["unidentified_reason"])
+    if row["invalid_utf8"]:
+        facts["decoding"] = "the transcript had invalid UTF-8, read as U+FFFD"
+    return facts
+
+
+_SOURCE = {"voice_span": "a voice span (<v Name>)", "prefix": "the first line's 'Name:' prefix"}
+_UNIDENTIFIED = {
+    "no_name": "no_name: the cue names nobody",
+    "no_match": "no_match: the name is no participant's display name",
+    "several_matches": "several_matches: several participants have that display name",
+    "several_speakers": "several_speakers: the cue names more than one speaker",
+}
 
 
 def _subject_detail(

@@ -47,6 +47,16 @@ EXCLUDED_SCHEMA = pa.schema([("artifact_id", pa.string()), ("artifact_type", pa.
 WITHDRAWN_SCHEMA = pa.schema(
     [*EXCLUDED_SCHEMA, ("withdrawn_by", pa.string()), ("consent_as_of", pa.timestamp("us", tz="UTC"))]
 )
+# One row per transcript segment read (published or excluded): where the speaker's name came from and
+# why nobody was identified, for `explain`. Content-free: no name, no words.
+SPEAKERS_SCHEMA = pa.schema(
+    [
+        ("artifact_id", pa.string()),
+        ("speaker_source", pa.string()),
+        ("unidentified_reason", pa.string()),
+        ("invalid_utf8", pa.bool_()),
+    ]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,3 +163,18 @@ def excluded_rows(artifacts: Sequence[Artifact], decisions: Sequence[Decision]) 
         if not d.eligible
     ]
     return pa.Table.from_pylist(rows, schema=EXCLUDED_SCHEMA)
+
+
+def speaker_rows(artifacts: Sequence[Artifact]) -> pa.Table:
+    """The speakers evidence of the transcript segments among `artifacts`."""
+    rows = [
+        {
+            "artifact_id": a.artifact_id,
+            "speaker_source": a.speaker_source,
+            "unidentified_reason": a.unidentified_reason,
+            "invalid_utf8": a.invalid_utf8,
+        }
+        for a in artifacts
+        if a.artifact_type == "transcript_segment"
+    ]
+    return pa.Table.from_pylist(rows, schema=SPEAKERS_SCHEMA)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import consent_gate
@@ -29,10 +30,12 @@ from consent_gate.gate import (
     CONTENT_SCHEMA,
     EXCLUDED_SCHEMA,
     REASONS,
+    SPEAKERS_SCHEMA,
     WITHDRAWN_SCHEMA,
     decide,
     excluded_rows,
     published_rows,
+    speaker_rows,
 )
 from consent_gate.keys import Keyer
 from consent_gate.publish import (
@@ -238,6 +241,7 @@ def gate_content(
     excluded = _ParquetSink(store, stage / f"audit/excluded/part-{shard:04d}.parquet", EXCLUDED_SCHEMA)
     quarantine = _ParquetSink(store, stage / f"audit/quarantine/content-{shard:04d}.parquet", QUARANTINE_SCHEMA)
     inputs = _ParquetSink(store, stage / f"audit/inputs/meetings-{shard:04d}.parquet", INPUTS_SCHEMA)
+    speakers = _ParquetSink(store, stage / f"audit/speakers/part-{shard:04d}.parquet", SPEAKERS_SCHEMA)
     report = ContentReport(meetings=len(folders))
     batch: list[Artifact] = []
     reasons: Counter[str] = Counter()  # counted as decided; the reconciliation recounts from the files
@@ -246,6 +250,7 @@ def gate_content(
         decisions = decide(batch, snapshot)
         content.write(published_rows(batch, decisions, keyer, snapshot.as_of))
         excluded.write(excluded_rows(batch, decisions))
+        speakers.write(speaker_rows(batch))
         reasons.update(d.reason for d in decisions if d.reason is not None)
         batch.clear()
 
@@ -262,7 +267,7 @@ def gate_content(
                 progress(f"shard {shard}: {number}/{len(folders)} meetings gated")
         flush()
     finally:
-        for sink in (content, excluded, quarantine, inputs):
+        for sink in (content, excluded, quarantine, inputs, speakers):
             sink.close()
     report.published = content.rows
     report.quarantined = quarantine.rows
@@ -370,6 +375,27 @@ def shards_check(settings: RunSettings, stage: Stage) -> CheckResult:
     )
 
 
+def _transcript_rows(store: OutputStore, paths: list[str]) -> int:
+    rows = 0
+    for path in paths:
+        with store.open(path) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(columns=["artifact_type"]):
+                rows += pc.sum(pc.equal(batch.column(0), "transcript_segment")).as_py() or 0
+    return rows
+
+
+def _speakers_check(store: OutputStore, stage: Stage) -> CheckResult:
+    """`explain` answers from the speakers evidence: it must cover every transcript segment gated."""
+    segments = _transcript_rows(store, store.files(stage / "content", ".parquet"))
+    segments += _transcript_rows(store, store.files(stage / "audit/excluded", ".parquet"))
+    evidence = store.parquet_rows(store.files(stage / "audit/speakers", ".parquet"))
+    return CheckResult(
+        "speakers_evidence_reconciles",
+        evidence == segments,
+        f"speakers evidence rows {evidence} = transcript segments published or excluded {segments}",
+    )
+
+
 def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResult]:
     """SPEC §3: every unit ends in exactly one outcome, counted from what was actually written."""
     store = settings.store()
@@ -391,6 +417,7 @@ def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResu
             f"+ quarantined {quarantined} ({accounted})",
         ),
         shards_check(settings, stage),
+        _speakers_check(store, stage),
     ]
     aggregated = 0
     for path in store.files(stage / "aggregates", ".parquet"):
@@ -489,6 +516,7 @@ def _finish_audit(settings: RunSettings, stage: Stage) -> None:
         "withdrawn": WITHDRAWN_SCHEMA,
         "quarantine": QUARANTINE_SCHEMA,
         "inputs": INPUTS_SCHEMA,
+        "speakers": SPEAKERS_SCHEMA,
     }
     for name, schema in evidence.items():
         _merge_parquet(store, store.files(stage / f"audit/{name}", ".parquet"), stage / f"audit/{name}.parquet", schema)
