@@ -163,6 +163,11 @@ def _collect_block(source: _Input, *, in_header: bool) -> Cue | DroppedBlock | N
                     cue = Cue(source.line_number(line_start), identifier, timing[0], timing[1], "")
                     buffer = []  # § "let buffer be the empty string" (it held the identifier)
             else:
+                if timing_problem is not None and not buffer and line_count == 2:
+                    # A failed first line directly followed by a timing line (`foo-->` or `-->` used as
+                    # an identifier, the W3C `arrows` test): the block holds no text, and the next
+                    # block reads that timing line as its cue, so nothing is dropped but an identifier.
+                    timing_problem = None
                 # § step 4.2: any other arrow line (a third line, a second timing line, `-->` inside
                 # cue text, an arrow in the header) ends the block before it; the next block starts
                 # there and reads it as a timing line.

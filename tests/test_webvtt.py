@@ -1,0 +1,460 @@
+"""WebVTT read as the W3C parser reads it, and speakers attributed without doubt (SPEC §2.1, §2.3).
+
+Three parts: conformance cases written from the specification's rules (one per rule, each asserting
+the cues returned and the blocks dropped, i.e. the units quarantined), property tests on generated
+and mutated transcripts, and the examples of issue 9 as regressions through `run_day`.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from consent_gate.config import Policy
+from consent_gate.explain import explain
+from consent_gate.keys import Keyer
+from consent_gate.pipeline import RunSettings, run_day
+from consent_gate.publish import OutputStore
+from consent_gate.sources import Meeting, Participant, read_transcript
+from consent_gate.speakers import attribute, read_cue_text, speakers_by_name
+from consent_gate.webvtt_reader import NotWebVTT, parse
+from tests.builders import DAY, T0, at, consent_row, meeting_record, participant, write_consent_db, write_meeting
+
+pytestmark = pytest.mark.unit
+
+
+def cues_of(text: str | bytes) -> list[tuple[int, str]]:
+    return [(c.start_ms, c.text) for c in parse(text.encode() if isinstance(text, str) else text).cues]
+
+
+def dropped_lines(text: str | bytes) -> list[int]:
+    return [d.line for d in parse(text.encode() if isinstance(text, str) else text).dropped]
+
+
+# --- conformance: the parser algorithm, rule by rule ----------------------------------------------
+
+
+def test_signature_is_required_and_may_carry_text():
+    for bad in ("", "WEBVT", "WEBVTTX\n\n00:00.000 --> 00:01.000\nx", "\ufeffWEBVTTX", " WEBVTT"):
+        with pytest.raises(NotWebVTT):
+            parse(bad.encode())
+    assert cues_of("WEBVTT") == []
+    assert cues_of("WEBVTT\t- some title\n\n00:00.000 --> 00:01.000\nx") == [(0, "x")]
+    assert cues_of("WEBVTT \n\n00:00.000 --> 00:01.000\nx") == [(0, "x")]
+
+
+def test_a_byte_order_mark_is_removed():
+    assert cues_of(b"\xef\xbb\xbfWEBVTT\n\n00:01.000 --> 00:02.000\nhi\n") == [(1000, "hi")]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_lf_crlf_and_cr_line_ends_are_equivalent(newline):
+    text = newline.join(
+        ["WEBVTT", "", "1", "00:01.000 --> 00:02.000", "a", "b", "", "00:03.000 --> 00:04.000", "c", ""]
+    )
+    assert cues_of(text) == [(1000, "a\nb"), (3000, "c")]
+    assert dropped_lines(text) == []
+
+
+def test_lfcr_is_two_line_ends_as_a_browser_reads_it():
+    # "\n\r" is LF then a lone CR: an empty line ends the cue, and the text after it has no timing line.
+    text = "WEBVTT\n\r00:01.000 --> 00:02.000\n\rwords\n"
+    assert cues_of(text) == [(1000, "")]
+    assert dropped_lines(text) == [5]
+
+
+def test_cue_identifiers_numeric_and_textual_are_not_text():
+    text = "WEBVTT\n\n1\n00:01.000 --> 00:02.000\na\n\nintro part\n00:03.000 --> 00:04.000\nb\n"
+    parsed = parse(text.encode())
+    assert [(c.identifier, c.text) for c in parsed.cues] == [("1", "a"), ("intro part", "b")]
+    assert parsed.cues[0].line == 4 and parsed.dropped == []
+
+
+def test_note_style_and_region_blocks_are_not_cues_and_not_dropped():
+    text = (
+        "WEBVTT\n\nSTYLE\n::cue { color: red }\n\nREGION\nid:r1 width:40%\n\nNOTE a comment\nover lines\n\n"
+        "NOTE\n\n00:01.000 --> 00:02.000\na\n\nNOTE after the first cue\n\nSTYLE\n::cue { color: blue }\n"
+    )
+    assert cues_of(text) == [(1000, "a")]
+    assert dropped_lines(text) == []
+
+
+def test_hourless_and_long_hour_timestamps():
+    text = (
+        "WEBVTT\n\n01:02.003 --> 01:03.000\na\n\n100:00:00.000 --> 100:00:01.000\nb\n\n00:00:05.250 --> 00:06.000\nc\n"
+    )
+    assert cues_of(text) == [(62_003, "a"), (360_000_000, "b"), (5250, "c")]
+
+
+@pytest.mark.parametrize(
+    "timing",
+    [
+        "00:01.00 --> 00:02.000",  # two digits of milliseconds
+        "00:01.0000 --> 00:02.000",  # four
+        "00:60.000 --> 01:02.000",  # seconds above 59
+        "60:00.000 --> 61:00.000",  # a first field above 59 means hours, and then seconds are missing
+        "00:00:01.000 -> 00:00:02.000",  # no arrow: text without a timing line
+        "00:01.000 --> ",  # no end time
+        "1:02.000 --> 1:03.000",  # one digit is hours, then the seconds are missing
+        "00:00.000 -a -->",  # from the W3C arrows file
+    ],
+)
+def test_a_malformed_timing_line_drops_its_block_reported_by_line(timing):
+    text = f"WEBVTT\n\n00:00.000 --> 00:01.000\nkept\n\n{timing}\nlost words\n\n00:09.000 --> 00:10.000\nnext\n"
+    assert cues_of(text) == [(0, "kept"), (9000, "next")]
+    assert dropped_lines(text) == [6, 9]
+
+
+def test_cue_settings_are_ignored_and_spaces_around_the_arrow_are_optional():
+    text = "WEBVTT\n\n00:01.000 --> 00:02.000 align:start position:0% line:-1 junk\na\n\n00:03.000-->00:04.000\tsize:50%\nb\n"
+    assert cues_of(text) == [(1000, "a"), (3000, "b")]
+
+
+def test_an_arrow_inside_cue_text_ends_the_cue_and_starts_a_block():
+    text = "WEBVTT\n\n00:01.000 --> 00:02.000\nfirst line\nx --> y\nmore\n\n00:03.000 --> 00:04.000\nok\n"
+    assert cues_of(text) == [(1000, "first line"), (3000, "ok")]
+    assert dropped_lines(text) == [5]  # "x --> y" is read as a (malformed) timing line: reported
+
+
+def test_a_second_timing_line_starts_a_new_cue():
+    text = "WEBVTT\n\n00:01.000 --> 00:02.000\n00:03.000 --> 00:04.000\nwords\n"
+    assert cues_of(text) == [(1000, ""), (3000, "words")]
+
+
+def test_a_cue_directly_after_the_header_and_after_header_metadata():
+    assert cues_of("WEBVTT\n00:01.000 --> 00:02.000\na\n") == [(1000, "a")]
+    youtube = "WEBVTT\nKind: captions\nLanguage: en\n00:01.000 --> 00:02.000\na\n"
+    assert cues_of(youtube) == [(1000, "a")]
+    assert dropped_lines(youtube) == []
+
+
+def test_whitespace_only_lines_stay_inside_the_cue():
+    text = "WEBVTT\n\n00:01.000 --> 00:02.000\na\n \n\t\nb\n\n00:03.000 --> 00:04.000\nc\n"
+    assert cues_of(text) == [(1000, "a\n \n\t\nb"), (3000, "c")]
+
+
+def test_text_without_a_timing_line_is_reported_not_lost():
+    text = "WEBVTT\n\n00:01.000 --> 00:02.000\na\n\nthe rest of a after an empty line\n"
+    assert cues_of(text) == [(1000, "a")]
+    assert dropped_lines(text) == [6, 9]
+
+
+def test_overlong_timestamps_drop_their_block_never_raise():
+    text = (
+        "WEBVTT\n\n9999999999:00:00.000 --> 9999999999:00:01.000\nhuge\n\n"
+        f"{'9' * 5000}:00:00.000 --> 00:01.000\nhuger\n\n99999999999999:00:00.000 --> 00:01.000\nno time\n\n1088:42:00.500 --> 1088:42:01.000\nhls\n"
+    )
+    # A time, however late, is a cue (the meeting's bounds decide, see below); only a value that is
+    # no time at all (beyond what a datetime can hold) drops its block.
+    assert cues_of(text) == [(9_999_999_999 * 3_600_000, "huge"), (3_919_320_500, "hls")]
+    assert dropped_lines(text) == [6, 9]
+
+
+def test_the_w3c_arrows_file():
+    arrows = (
+        "WEBVTT\n\n-->\n00:00:00.000 --> 00:00:01.000\ntext0\nfoo-->\n00:00:00.000 --> 00:00:01.000\ntext1\n"
+        "-->foo\n00:00:00.000 --> 00:00:01.000\ntext2\n--->\n00:00:00.000 --> 00:00:01.000\ntext3\n-->-->\n"
+        "00:00:00.000 --> 00:00:01.000\ntext4\n00:00:00.000 --> 00:00:01.000\ntext5\n\n00:00:00.000 -a -->\n\n"
+        "00:00:00.000 --a -->\n\n00:00:00.000 - -->\n\n00:00:00.000 -- -->\n"
+    )
+    assert cues_of(arrows) == [(0, f"text{i}") for i in range(6)]
+    assert dropped_lines(arrows) == [21, 23, 25, 27]  # the four blocks with a broken arrow
+
+
+def test_invalid_utf8_and_null_become_replacement_characters():
+    parsed = parse(b"WEBVTT\n\n00:01.000 --> 00:02.000\nbad \xff byte\x00\n")
+    assert [c.text for c in parsed.cues] == ["bad \ufffd byte\ufffd"] and parsed.replaced_bytes
+    assert not parse(b"WEBVTT\n\n00:01.000 --> 00:02.000\n\xef\xbf\xbd\n").replaced_bytes
+
+
+# --- cue text: tags, character references, voices -------------------------------------------------
+
+ALICE, BOB, TOM, ATT = "Alice Smith", "Bob Jones", "Tom & Jerry", "AT&T Support"
+NAMES = speakers_by_name([(n, n) for n in (ALICE, BOB, TOM, ATT, "Twin", "Twin", "Zoë Ångström")])
+
+
+def who(raw: str) -> tuple[str | None, str | None, str | None, str]:
+    said = attribute(raw, NAMES)
+    return said.speaker, said.source, said.reason, said.words
+
+
+def test_tags_are_removed_and_character_references_decoded_after_splitting_tags():
+    cue = read_cue_text("<c.yellow>Tom &amp; Jerry</c> <i>&lt;v Bob&gt;</i><00:00:01.000> &eacute;t&eacute;")
+    assert cue.lines == ("Tom & Jerry <v Bob> été",) and cue.voices == ()
+    assert read_cue_text("<v.loud Tom &amp; Jerry>hi</v>").voices == (TOM,)
+    assert read_cue_text("unclosed <b tag").lines == ("unclosed ",)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("<v Alice Smith>hello</v>", (ALICE, "voice_span", None, "hello")),
+        ("<v  Alice\tSmith >hello", (ALICE, "voice_span", None, "hello")),  # whitespace collapsed
+        ("Alice Smith: hello\nmore", (ALICE, "prefix", None, "hello\nmore")),
+        ("AT&amp;T Support: how can I help", (ATT, "prefix", None, "how can I help")),
+        ("<v Tom &amp; Jerry>Tom &amp; Jerry here", (TOM, "voice_span", None, "Tom & Jerry here")),
+        ("Zoe\u0308 A\u030angstro\u0308m: NFC", ("Zoë Ångström", "prefix", None, "NFC")),
+        ("alice smith: case differs", (None, "prefix", "no_match", "case differs")),
+        ("just words, at 10:30", (None, None, "no_name", "just words, at 10:30")),
+        ("<v>nobody named", (None, "voice_span", "no_name", "nobody named")),
+        ("Twin: which one", (None, "prefix", "several_matches", "which one")),
+        ("<v Bob Jones>Alice Smith: can you share your screen?</v>",
+         (None, "voice_span", "several_speakers", "Alice Smith: can you share your screen?")),
+        ("Alice Smith: yes\nBob Jones: no, I disagree", (None, "prefix", "several_speakers", "yes\nBob Jones: no, I disagree")),
+        ("Alice Smith: yes\nSpeaker 2: no", (None, "prefix", "several_speakers", "yes\nSpeaker 2: no")),
+        ("<v Alice Smith>yes</v>\n<v Bob Jones>no</v>", (None, "voice_span", "several_speakers", "yes\nno")),
+        ("<v Alice Smith>Alice Smith: me again", (ALICE, "voice_span", None, "Alice Smith: me again")),
+        ("Alice Smith: see https://example.org at 10:30", (ALICE, "prefix", None, "see https://example.org at 10:30")),
+    ],
+)  # fmt: skip
+def test_speaker_words_and_reason(raw, expected):
+    assert who(raw) == expected
+
+
+# --- properties -------------------------------------------------------------------------------------
+
+PEOPLE = tuple(
+    Participant(f"p{i}", f"u_{i}", "acct_1", name)
+    for i, name in enumerate(["Alice Smith", "Bob Jones", "Tom & Jerry", "AT&T Support", "Zoë"])
+)
+MEETING = Meeting("m_1", "acct_1", T0, PEOPLE, T0 + timedelta(hours=1))
+PATH = f"meetings/dt={DAY}/m_1/transcript.vtt"
+
+
+def _escape(name: str) -> str:
+    return name.replace("&", "&amp;")
+
+
+@st.composite
+def transcripts(draw):
+    """A WebVTT file and, per cue in order, the set of participants whose words it holds (None: a caption)."""
+    blocks, truth = ["WEBVTT" + draw(st.sampled_from(["", " title", "\nKind: captions"]))], []
+    for i in range(draw(st.integers(0, 12))):
+        if draw(st.booleans()):
+            blocks.append(
+                draw(st.sampled_from(["NOTE x", "NOTE\nmulti", "STYLE\n::cue {}"])) if not truth else "NOTE y"
+            )
+        lines, spoke = [], set()
+        style = draw(st.sampled_from(["voice", "prefix", "caption"]))
+        speaker = draw(st.sampled_from(PEOPLE))
+        marker = f"w{i}"
+        if style == "voice":
+            lines.append(f"<v {_escape(speaker.display_name)}>{marker} says</v>")
+            spoke.add(speaker.participant_id)
+        elif style == "prefix":
+            lines.append(f"{_escape(speaker.display_name)}: {marker} says")
+            spoke.add(speaker.participant_id)
+        else:
+            lines.append(f"{marker} captioned")
+            spoke.add(None)
+        for j in range(draw(st.integers(0, 2))):  # more lines: the same speaker, or another who is named
+            other = draw(st.sampled_from(PEOPLE))
+            if style != "caption" and draw(st.booleans()):
+                lines.append(f"{_escape(other.display_name)}: {marker}.{j}")
+                spoke.add(other.participant_id)
+            else:
+                lines.append(f"{marker}.{j} and more")
+        ident = draw(st.sampled_from(["", f"{i + 1}\n", "cue-x\n"]))
+        blocks.append(f"{ident}00:{i:02d}.000 --> 00:{i:02d}.900\n" + "\n".join(lines))
+        truth.append(spoke)
+    newline = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    return newline.join("\n\n".join(blocks).split("\n")) + newline, truth
+
+
+def _check_reader_invariants(data: bytes):
+    artifacts, quarantined = read_transcript(data, MEETING, PATH)  # never raises
+    ids = [a.artifact_id for a in artifacts]
+    assert len(ids) == len(set(ids))
+    assert all(q.unit.startswith(PATH) for q in quarantined)
+    try:
+        parsed = parse(data)
+    except NotWebVTT:
+        assert artifacts == [] and len(quarantined) == 1
+        return artifacts
+    # Every cue returned and every dropped block ends as exactly one artifact or quarantined unit.
+    assert len(artifacts) + len(quarantined) == len(parsed.cues) + len(parsed.dropped)
+    for artifact in artifacts:
+        assert (artifact.speaker_source, artifact.unidentified_reason) != (None, None) or artifact.required_participants
+        assert len(artifact.required_participants) == (0 if artifact.unidentified_speaker else 1)
+    return artifacts
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(transcripts())
+def test_generated_transcripts_attribute_words_only_to_their_one_speaker(case):
+    text, truth = case
+    artifacts = _check_reader_invariants(text.encode())
+    assert len(artifacts) == len(truth)  # nothing dropped, nothing quarantined in a well-formed file
+    for artifact, spoke in zip(artifacts, truth, strict=True):
+        if artifact.unidentified_speaker:
+            continue
+        # The heart of SPEC §2.1: a cue published under someone's consent holds only their words.
+        assert spoke == {artifact.required_participants[0].participant_id}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(transcripts(), st.randoms(use_true_random=False))
+def test_mutated_transcripts_never_raise_and_always_reconcile(case, rnd: random.Random):
+    data = bytearray(case[0].encode())
+    for _ in range(rnd.randint(1, 8)):
+        where = rnd.randrange(len(data) + 1)
+        kind = rnd.random()
+        junk = rnd.choice([b"\n", b"\r", b"-->", b":", b"<v ", b">", b"&amp;", b"\xff", b"\x00", b"9" * 30, b" "])
+        if kind < 0.4:
+            data[where:where] = junk
+        elif kind < 0.7:
+            del data[where : where + rnd.randint(1, 5)]
+        else:
+            data[where : where + 1] = bytes([rnd.randrange(256)])
+    artifacts = _check_reader_invariants(bytes(data))
+    names = {p.participant_id: p.display_name for p in PEOPLE}
+    for artifact in artifacts:
+        if not artifact.unidentified_speaker:
+            # Whatever the damage, a speaker is only ever one the file itself names.
+            name = names[artifact.required_participants[0].participant_id]
+            assert _escape(name).encode() in data or name.encode() in data
+
+
+def test_a_cue_outside_the_meeting_is_one_quarantined_unit():
+    text = "WEBVTT\n\n00:01.000 --> 00:02.000\nAlice Smith: in\n\n01:00:00.001 --> 01:00:01.000\nAlice Smith: after\n"
+    artifacts, quarantined = read_transcript(text.encode(), MEETING, PATH)
+    assert [a.artifact_id for a in artifacts] == ["m_1/transcript/1"]
+    assert [q.unit for q in quarantined] == [f"{PATH}#2"] and "line 6" in quarantined[0].error
+    assert "after" not in quarantined[0].error  # errors never carry content
+
+
+# --- issue 9's examples, through run_day ------------------------------------------------------------
+
+WHY_PEOPLE = [
+    participant("p_a", "u_a", "acct_1", "Alice Smith"),
+    participant("p_b", "u_b", "acct_1", "Bob Jones"),
+    participant("p_t", "u_t", "acct_1", "Tom & Jerry"),
+    participant("p_s", "u_s", "acct_1", "AT&T Support"),
+]
+# Everybody but Bob consented: words published under Alice's consent must be Alice's.
+WHY_CONSENT = [consent_row(f"e{i}", s) for i, s in enumerate(["acct_1", "u_a", "u_t", "u_s"])]
+TRANSCRIPTS = {
+    "m_voice_prefix": "WEBVTT\n\n00:01.000 --> 00:02.000\n<v Bob Jones>Alice Smith: can you share your screen?</v>\n",
+    "m_two_lines": "WEBVTT\n\n00:01.000 --> 00:02.000\nAlice Smith: yes\nBob Jones: no, I disagree\n",
+    "m_hls": "WEBVTT\n\n1088:42:00.500 --> 1088:42:01.000\nAlice Smith: before the grant\n\n"
+    "00:01.000 --> 00:02.000\nAlice Smith: in time\n",
+    "m_entities": "WEBVTT\n\n00:01.000 --> 00:02.000\n<v Tom &amp; Jerry>Tom &amp; Jerry here</v>\n\n"
+    "00:03.000 --> 00:04.000\nAT&amp;T Support: how can I help\n",
+    "m_malformed": "WEBVTT\n\n00:01.000 --> 00:02.000\nAlice Smith: one\n\n00:03.000 -> 00:04.000\nAlice Smith: lost?\n\n"
+    "00:05.000 --> 00:06.000\nAlice Smith: three\n",
+    "m_youtube": "WEBVTT\nKind: captions\nLanguage: en\n\n00:00:01.000 --> 00:00:02.000 align:start position:0%\n"
+    "hello<00:00:01.500><c> world</c>\n \n\n00:00:02.000 --> 00:00:03.000 align:start position:0%\n \nhello world\n",
+    "m_teams": "WEBVTT\n\nb7a1-4\n00:00:01.000 --> 00:00:02.000\n<v Alice Smith>Teams words</v>\n",
+    "m_overflow": "WEBVTT\n\n9999999999:00:00.000 --> 9999999999:00:01.000\nAlice Smith: overflow\n\n"
+    "00:01.000 --> 00:02.000\nAlice Smith: after the overflow\n",
+}
+
+
+@pytest.fixture(scope="module")
+def why_day(tmp_path_factory):
+    root = tmp_path_factory.mktemp("why")
+    raw, out = root / "raw", root / "out"
+    for meeting_id, transcript in TRANSCRIPTS.items():
+        write_meeting(raw, meeting_record(meeting_id, "acct_1", WHY_PEOPLE), transcript=transcript)
+    secret = b"k" * 32
+    settings_ = RunSettings(
+        raw=str(raw), out=str(out), consent_db=write_consent_db(root / "consent.db", WHY_CONSENT),
+        policy=Policy(max_quarantine_ratio=1.0), secret=secret,
+    )  # fmt: skip
+    outcome = run_day(settings_, T0.date(), at(24 * 60), run_id="why")
+    content = ds.dataset(out / f"content/dt={DAY}", format="parquet").to_table().to_pylist()
+    audit = out / f"_audit/dt={DAY}"
+    excluded = {r["artifact_id"]: r["reason"] for r in pq.read_table(audit / "excluded.parquet").to_pylist()}
+    quarantine = {r["unit"]: r["error"] for r in pq.read_table(audit / "quarantine.parquet").to_pylist()}
+    speakers = {r["artifact_id"]: r for r in pq.read_table(audit / "speakers.parquet").to_pylist()}
+    published = {r["artifact_id"]: r for r in content}
+    return out, outcome, published, excluded, quarantine, speakers, Keyer(secret)
+
+
+def _quarantined(quarantine: dict[str, str], meeting_id: str) -> list[str]:
+    prefix = f"meetings/dt={DAY}/{meeting_id}/transcript.vtt"
+    return sorted(unit.removeprefix(prefix) for unit in quarantine if unit.startswith(prefix))
+
+
+@pytest.mark.integration
+def test_why_a_voice_span_with_another_name_inside_is_nobodys(why_day):
+    _, _, published, excluded, _, speakers, _ = why_day
+    assert "m_voice_prefix/transcript/1" not in published
+    assert excluded["m_voice_prefix/transcript/1"] == "unidentified_speaker"
+    assert speakers["m_voice_prefix/transcript/1"]["unidentified_reason"] == "several_speakers"
+
+
+@pytest.mark.integration
+def test_why_two_speakers_in_one_cue_are_nobodys(why_day):
+    _, _, published, excluded, _, speakers, _ = why_day
+    assert "m_two_lines/transcript/1" not in published
+    assert excluded["m_two_lines/transcript/1"] == "unidentified_speaker"
+    assert speakers["m_two_lines/transcript/1"]["speaker_source"] == "prefix"
+
+
+@pytest.mark.integration
+def test_why_an_hls_offset_is_quarantined_not_dated_weeks_later(why_day):
+    _, _, published, _, quarantine, _, _ = why_day
+    assert _quarantined(quarantine, "m_hls") == ["#1"]
+    assert [a for a in published if a.startswith("m_hls/")] == ["m_hls/transcript/2"]
+    assert published["m_hls/transcript/2"]["captured_at"] == T0 + timedelta(seconds=1)
+
+
+@pytest.mark.integration
+def test_why_character_references_are_decoded_in_names_and_words(why_day):
+    _, _, published, _, _, speakers, keyer = why_day
+    tom, att = published["m_entities/transcript/1"], published["m_entities/transcript/2"]
+    assert tom["text"] == "Tom & Jerry here" and tom["user_keys"] == [keyer.user("u_t")]
+    assert att["text"] == "how can I help" and att["user_keys"] == [keyer.user("u_s")]
+    assert speakers["m_entities/transcript/1"]["speaker_source"] == "voice_span"
+
+
+@pytest.mark.integration
+def test_why_a_malformed_cue_block_is_one_quarantined_unit_with_its_line(why_day):
+    _, _, published, _, quarantine, _, _ = why_day
+    assert _quarantined(quarantine, "m_malformed") == [":6"]
+    texts = {a: r["text"] for a, r in published.items() if a.startswith("m_malformed/")}
+    assert texts == {"m_malformed/transcript/1": "one", "m_malformed/transcript/2": "three"}
+
+
+@pytest.mark.integration
+def test_why_youtube_captions_are_read_not_quarantined(why_day):
+    _, _, published, excluded, quarantine, speakers, _ = why_day
+    assert _quarantined(quarantine, "m_youtube") == []
+    assert [excluded[f"m_youtube/transcript/{n}"] for n in (1, 2)] == ["unidentified_speaker"] * 2
+    assert {speakers[f"m_youtube/transcript/{n}"]["unidentified_reason"] for n in (1, 2)} == {"no_name"}
+
+
+@pytest.mark.integration
+def test_why_teams_voice_spans_are_attributed(why_day):
+    _, _, published, _, _, _, keyer = why_day
+    row = published["m_teams/transcript/1"]
+    assert row["text"] == "Teams words" and row["user_keys"] == [keyer.user("u_a")]
+
+
+@pytest.mark.integration
+def test_why_an_overflowing_timestamp_never_fails_the_day(why_day):
+    _, outcome, published, _, quarantine, _, _ = why_day
+    assert _quarantined(quarantine, "m_overflow") == ["#1"]  # outside the meeting; cue 2 keeps its number
+    assert "m_overflow/transcript/1" not in published
+    assert published["m_overflow/transcript/2"]["text"] == "after the overflow"
+    checks = {c["name"]: c["passed"] for c in outcome.manifest["checks"]}
+    assert checks["content_reconciles"] and checks["speakers_evidence_reconciles"]
+
+
+@pytest.mark.integration
+def test_explain_shows_the_speaker_source_and_the_unidentified_reason(why_day):
+    out = why_day[0]
+    store = OutputStore(str(out))
+    unidentified = explain(store, T0.date(), "m_voice_prefix/transcript/1").render()
+    assert "a voice span" in unidentified and "several_speakers" in unidentified
+    assert "Alice" not in unidentified and "screen" not in unidentified  # no names, no words
+    published = explain(store, T0.date(), "m_entities/transcript/2").render()
+    assert "'Name:' prefix" in published and "unidentified" not in published
