@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
-from pathlib import Path
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -113,7 +112,10 @@ def test_a_malformed_timing_line_drops_its_block_reported_by_line(timing):
 
 
 def test_cue_settings_are_ignored_and_spaces_around_the_arrow_are_optional():
-    text = "WEBVTT\n\n00:01.000 --> 00:02.000 align:start position:0% line:-1 junk\na\n\n00:03.000-->00:04.000\tsize:50%\nb\n"
+    text = (
+        "WEBVTT\n\n00:01.000 --> 00:02.000 align:start position:0% line:-1 junk\na\n\n"
+        "00:03.000-->00:04.000\tsize:50%\nb\n"
+    )
     assert cues_of(text) == [(1000, "a"), (3000, "b")]
 
 
@@ -149,7 +151,8 @@ def test_text_without_a_timing_line_is_reported_not_lost():
 def test_overlong_timestamps_drop_their_block_never_raise():
     text = (
         "WEBVTT\n\n9999999999:00:00.000 --> 9999999999:00:01.000\nhuge\n\n"
-        f"{'9' * 5000}:00:00.000 --> 00:01.000\nhuger\n\n99999999999999:00:00.000 --> 00:01.000\nno time\n\n1088:42:00.500 --> 1088:42:01.000\nhls\n"
+        f"{'9' * 5000}:00:00.000 --> 00:01.000\nhuger\n\n99999999999999:00:00.000 --> 00:01.000\nno time\n\n"
+        "1088:42:00.500 --> 1088:42:01.000\nhls\n"
     )
     # A time, however late, is a cue (the meeting's bounds decide, see below); only a value that is
     # no time at all (beyond what a datetime can hold) drops its block.
@@ -207,7 +210,8 @@ def test_tags_are_removed_and_character_references_decoded_after_splitting_tags(
         ("Twin: which one", (None, "prefix", "several_matches", "which one")),
         ("<v Bob Jones>Alice Smith: can you share your screen?</v>",
          (None, "voice_span", "several_speakers", "Alice Smith: can you share your screen?")),
-        ("Alice Smith: yes\nBob Jones: no, I disagree", (None, "prefix", "several_speakers", "yes\nBob Jones: no, I disagree")),
+        ("Alice Smith: yes\nBob Jones: no, I disagree",
+         (None, "prefix", "several_speakers", "yes\nBob Jones: no, I disagree")),
         ("Alice Smith: yes\nSpeaker 2: no", (None, "prefix", "several_speakers", "yes\nSpeaker 2: no")),
         ("<v Alice Smith>yes</v>\n<v Bob Jones>no</v>", (None, "voice_span", "several_speakers", "yes\nno")),
         ("<v Alice Smith>Alice Smith: me again", (ALICE, "voice_span", None, "Alice Smith: me again")),
@@ -347,8 +351,8 @@ TRANSCRIPTS = {
     "00:01.000 --> 00:02.000\nAlice Smith: in time\n",
     "m_entities": "WEBVTT\n\n00:01.000 --> 00:02.000\n<v Tom &amp; Jerry>Tom &amp; Jerry here</v>\n\n"
     "00:03.000 --> 00:04.000\nAT&amp;T Support: how can I help\n",
-    "m_malformed": "WEBVTT\n\n00:01.000 --> 00:02.000\nAlice Smith: one\n\n00:03.000 -> 00:04.000\nAlice Smith: lost?\n\n"
-    "00:05.000 --> 00:06.000\nAlice Smith: three\n",
+    "m_malformed": "WEBVTT\n\n00:01.000 --> 00:02.000\nAlice Smith: one\n\n"
+    "00:03.000 -> 00:04.000\nAlice Smith: lost?\n\n00:05.000 --> 00:06.000\nAlice Smith: three\n",
     "m_youtube": "WEBVTT\nKind: captions\nLanguage: en\n\n00:00:01.000 --> 00:00:02.000 align:start position:0%\n"
     "hello<00:00:01.500><c> world</c>\n \n\n00:00:02.000 --> 00:00:03.000 align:start position:0%\n \nhello world\n",
     "m_teams": "WEBVTT\n\nb7a1-4\n00:00:01.000 --> 00:00:02.000\n<v Alice Smith>Teams words</v>\n",
