@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import html
 import json
 import re
 import sqlite3
@@ -206,5 +207,6 @@ def _sample_texts(sample: Path) -> set[str]:
         transcript = meeting / "transcript.vtt"
         if transcript.exists():
             for cue in re.findall(r"-->[^\n]*\n(.+?)(?:\n\n|\Z)", transcript.read_text(), re.S):
-                found.add(cue.partition(":")[2].strip())
+                words = html.unescape(re.sub(r"<[^>]*>", "", cue))  # Teams: `<v Name>words</v>`
+                found.update({words.partition(":")[2].strip(), words.strip()})
     return found

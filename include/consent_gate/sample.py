@@ -134,6 +134,9 @@ _SENTENCES = (
     "We should document this decision.", "Thanks, that's all from my side.",
 )  # fmt: skip
 _NOISE_CUES = ("[inaudible]", "(crosstalk)", "[music]", "[laughter]", "[silence]")
+# Which platform exported a transcript: Zoom (`Name: words`), Microsoft Teams (`<v Name>words</v>`) or a
+# caption tool (no speaker at all, so every cue is unidentified).
+_TRANSCRIPT_STYLES = (("zoom", 65), ("teams", 27), ("captions", 8))
 _UNKNOWN_SPEAKERS = ("Speaker 2", "Unknown Speaker", "Conference Room B", "Dial-in User", "Speaker 1")
 _CHAT_TEXTS = (
     "Here's the link to the doc", "+1", "Sorry, dropping off in 5", "Can you hear me?", "Agreed",
@@ -664,30 +667,50 @@ def _transcript(rng: random.Random, meeting: _Meeting, *, force_ambiguous: bool)
     weights = [3] + [1] * (len(names) - 1)  # the host talks most
     ambiguous = [name for name in names if names.count(name) > 1]
     numbered = rng.random() < 0.5  # some platforms export cue identifiers, some do not
+    # The export's platform comes from its own generator, so the main stream (and every other file of
+    # the sample) is the same whichever platform a meeting got.
+    style_rng = random.Random(f"transcript-style/{meeting.meeting_id}")
+    style = _weighted(style_rng, _TRANSCRIPT_STYLES)
+    if force_ambiguous and style == "captions":
+        style = "zoom"  # the ambiguous meeting must name its speaker
     blocks = ["WEBVTT"]
     for i in range(1, count + 1):
         start = i * step + rng.randint(0, step // 4)
         end = start + min(step * 3 // 4, rng.randint(1500, 9000))
         name = ambiguous[0] if force_ambiguous and i == 1 and ambiguous else None
-        text = _cue_text(rng, names, weights, name)
+        speaker, words = _cue_text(rng, names, weights, name)
         timing = f"{_vtt_time(start)} --> {_vtt_time(end)}"
+        if style == "teams":  # Microsoft Teams: a GUID-like identifier and a voice span per cue
+            identifier = f"{style_rng.getrandbits(32):08x}-{i}/{i}-0"
+            blocks.append(f"{identifier}\n{timing}\n{_voice(speaker, words)}")
+            continue
+        text = words if style == "captions" or speaker is None else f"{speaker}: {words}"  # Zoom: `Name: words`
         blocks.append(f"{i}\n{timing}\n{text}" if numbered else f"{timing}\n{text}")
     return "\n\n".join(blocks) + "\n"
 
 
-def _cue_text(rng: random.Random, names: list[str], weights: list[int], speaker: str | None) -> str:
+def _voice(speaker: str | None, words: str) -> str:
+    """A Teams cue: `<v Name>words</v>`, with `&`, `<` and `>` written as character references."""
+    escape = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;"}
+    if speaker is None:
+        return words.translate(escape)
+    return f"<v {speaker.translate(escape)}>{words.translate(escape)}</v>"
+
+
+def _cue_text(rng: random.Random, names: list[str], weights: list[int], speaker: str | None) -> tuple[str | None, str]:
+    """(speaker, words) of one cue; speaker None when the platform could not attribute the line."""
     words = rng.choice(_SENTENCES)
     if rng.random() < 0.15:  # a multi-line cue
         words += "\n" + rng.choice(_SENTENCES)
     if speaker is None:
         roll = rng.random()
         if roll < 0.03:  # the platform could not attribute the line
-            return rng.choice(_NOISE_CUES) if rng.random() < 0.6 else words
+            return None, (rng.choice(_NOISE_CUES) if rng.random() < 0.6 else words)
         if roll < 0.05:  # a name that matches no participant
             speaker = rng.choice(_UNKNOWN_SPEAKERS)
         else:
             speaker = rng.choices(names, weights=weights)[0]
-    return f"{speaker}: {words}"
+    return speaker, words
 
 
 def _vtt_time(ms: int) -> str:
