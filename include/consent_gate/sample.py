@@ -679,12 +679,18 @@ def _transcript(rng: random.Random, meeting: _Meeting, *, force_ambiguous: bool)
         end = start + min(step * 3 // 4, rng.randint(1500, 9000))
         name = ambiguous[0] if force_ambiguous and i == 1 and ambiguous else None
         speaker, words = _cue_text(rng, names, weights, name)
+        crosstalk = None
+        if style != "captions" and speaker is not None and style_rng.random() < 0.01:
+            # Two people in one cue (crosstalk the platform did not split): nobody's words alone.
+            crosstalk = (style_rng.choice([n for n in names if n != speaker] or names), style_rng.choice(_SENTENCES))
         timing = f"{_vtt_time(start)} --> {_vtt_time(end)}"
         if style == "teams":  # Microsoft Teams: a GUID-like identifier and a voice span per cue
             identifier = f"{style_rng.getrandbits(32):08x}-{i}/{i}-0"
-            blocks.append(f"{identifier}\n{timing}\n{_voice(speaker, words)}")
+            text = _voice(speaker, words) + (f"\n{_voice(*crosstalk)}" if crosstalk else "")
+            blocks.append(f"{identifier}\n{timing}\n{text}")
             continue
         text = words if style == "captions" or speaker is None else f"{speaker}: {words}"  # Zoom: `Name: words`
+        text += f"\n{crosstalk[0]}: {crosstalk[1]}" if crosstalk else ""
         blocks.append(f"{i}\n{timing}\n{text}" if numbered else f"{timing}\n{text}")
     return "\n\n".join(blocks) + "\n"
 
