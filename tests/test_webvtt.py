@@ -180,7 +180,8 @@ def test_invalid_utf8_and_null_become_replacement_characters():
 # --- cue text: tags, character references, voices -------------------------------------------------
 
 ALICE, BOB, TOM, ATT = "Alice Smith", "Bob Jones", "Tom & Jerry", "AT&T Support"
-NAMES = speakers_by_name([(n, n) for n in (ALICE, BOB, TOM, ATT, "Twin", "Twin", "Zoë Ångström")])
+OTHERS = ("Twin", "Twin", "Zoë Ångström", "Smith, John", "Doe, Jane", "Team: Sales")
+NAMES = speakers_by_name([(n, n) for n in (ALICE, BOB, TOM, ATT, *OTHERS)])
 
 
 def who(raw: str) -> tuple[str | None, str | None, str | None, str]:
@@ -216,6 +217,11 @@ def test_tags_are_removed_and_character_references_decoded_after_splitting_tags(
         ("<v Alice Smith>yes</v>\n<v Bob Jones>no</v>", (None, "voice_span", "several_speakers", "yes\nno")),
         ("<v Alice Smith>Alice Smith: me again", (ALICE, "voice_span", None, "Alice Smith: me again")),
         ("Alice Smith: see https://example.org at 10:30", (ALICE, "prefix", None, "see https://example.org at 10:30")),
+        # Display names no generic label would take: a comma, a colon. Still names, still speakers.
+        ("Smith, John: hello", ("Smith, John", "prefix", None, "hello")),
+        ("Team: Sales: hello", ("Team: Sales", "prefix", None, "hello")),
+        ("Smith,  John: hello\nDoe, Jane: no", (None, "prefix", "several_speakers", "hello\nDoe, Jane: no")),
+        ("<v Smith, John>hello\nDoe, Jane: no", (None, "voice_span", "several_speakers", "hello\nDoe, Jane: no")),
     ],
 )  # fmt: skip
 def test_speaker_words_and_reason(raw, expected):
@@ -226,7 +232,9 @@ def test_speaker_words_and_reason(raw, expected):
 
 PEOPLE = tuple(
     Participant(f"p{i}", f"u_{i}", "acct_1", name)
-    for i, name in enumerate(["Alice Smith", "Bob Jones", "Tom & Jerry", "AT&T Support", "Zoë"])
+    for i, name in enumerate(
+        ["Alice Smith", "Bob Jones", "Tom & Jerry", "AT&T Support", "Zoë", "Doe, Jane", "Team: Sales"]
+    )
 )
 MEETING = Meeting("m_1", "acct_1", T0, PEOPLE, T0 + timedelta(hours=1))
 PATH = f"meetings/dt={DAY}/m_1/transcript.vtt"

@@ -107,24 +107,38 @@ def speakers_by_name(participants: Sequence[tuple[str | None, P]]) -> dict[str, 
     return index
 
 
+def _labels(lines: Sequence[str], names: Sequence[str]) -> list[tuple[str, int] | None]:
+    """Per line: the name it is labelled with and how many colons the label spans, or None. A
+    participant's display name followed by `:` wins (longest first: `Smith, John:` and `Team: Sales:`
+    are names, though no generic label), else any `Name:` label."""
+    found: list[tuple[str, int] | None] = []
+    for line in lines:
+        normalised = normalise_name(line)
+        name = next((n for n in names if normalised.startswith(n + ":")), None)
+        if name is None:
+            name = line_label(line)
+        found.append((name, name.count(":") + 1) if name else None)
+    return found
+
+
 def attribute(raw: str, by_name: Mapping[str, Sequence[P]]) -> Attribution[P]:
     """The speaker and words of one cue's raw text (SPEC §2.1)."""
     cue = read_cue_text(raw)
-    labels = [line_label(line) for line in cue.lines]
+    labels = _labels(cue.lines, sorted(by_name, key=len, reverse=True))
+    named = {label[0] for label in labels if label}
     if cue.voices:
         source, name = VOICE_SPAN, cue.voices[0]
         words = "\n".join(cue.lines).strip()
         # Any label, even on the first line, that names someone else: a voice span plus a
         # different `Name:` prefix (`<v Bob>Alice: …`) is two claims about who spoke.
-        others = {v for v in cue.voices if v != name} | {label for label in labels if label and label != name}
+        others = (set(cue.voices) | named) - {name}
     else:
-        source, name = PREFIX, labels[0]
-        if name is None:
+        if labels[0] is None:
             return Attribution(None, None, NO_NAME, "\n".join(cue.lines).strip())
-        first = cue.lines[0]
-        rest = first[first.index(":") + 1 :]
+        source, (name, colons) = PREFIX, labels[0]
+        rest = cue.lines[0].split(":", colons)[colons]
         words = "\n".join((rest, *cue.lines[1:])).strip()
-        others = {label for label in labels[1:] if label and label != name}
+        others = {label[0] for label in labels[1:] if label} - {name}
     if not name:  # `<v>` without an annotation: a voice span naming nobody
         return Attribution(None, source, NO_NAME, words)
     if others:
