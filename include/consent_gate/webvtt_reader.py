@@ -15,6 +15,7 @@ character references) is read in `consent_gate.speakers`.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 # A cue start or end further away than this is "too large to be a time": it cannot be added to a
@@ -83,12 +84,21 @@ class _Input:
     def __init__(self, text: str) -> None:
         self.text = text
         self.position = 0
+        self._line_ends: list[int] | None = None
 
     def past_end(self) -> bool:
         return self.position >= len(self.text)
 
     def line_number(self, position: int) -> int:
-        return self.text.count("\n", 0, position) + 1
+        """1-based line of `position`, by bisection over the line ends (counting each time would make
+        a transcript of many cues quadratic)."""
+        if self._line_ends is None:
+            ends, at = [], self.text.find("\n")
+            while at >= 0:
+                ends.append(at)
+                at = self.text.find("\n", at + 1)
+            self._line_ends = ends
+        return bisect.bisect_left(self._line_ends, position) + 1
 
     def collect_line(self) -> str:
         """§ collect a sequence of code points that are not U+000A LF."""
