@@ -132,6 +132,13 @@ def test_why_an_overflowing_timestamp_never_fails_the_day(why_day):
     assert checks["content_reconciles"] and checks["speakers_evidence_reconciles"]
 
 
+def test_the_manifest_counts_unidentified_speakers_by_reason(why_day):
+    counts = why_day[1].manifest["counts"]["content"]
+    # m_voice_prefix and m_two_lines name two speakers; m_youtube's two captions name nobody.
+    assert counts["unidentified_speakers"] == {"no_name": 2, "no_match": 0, "several_matches": 0, "several_speakers": 2}
+    assert counts["excluded"]["unidentified_speaker"] == 4
+
+
 def test_explain_shows_the_speaker_source_and_the_unidentified_reason(why_day):
     out = why_day[0]
     store = OutputStore(str(out))
@@ -140,3 +147,20 @@ def test_explain_shows_the_speaker_source_and_the_unidentified_reason(why_day):
     assert "Alice" not in unidentified and "screen" not in unidentified  # no names, no words
     published = explain(store, T0.date(), "m_entities/transcript/2").render()
     assert "'Name:' prefix" in published and "unidentified" not in published
+
+
+def test_speakers_evidence_that_misses_a_segment_fails_the_check(tmp_path):
+    from consent_gate.pipeline import aggregate_day, gate_content, reconciliation_checks, snapshot_consent
+
+    write_meeting(tmp_path / "raw", meeting_record("m_teams", "acct_1", WHY_PEOPLE), transcript=TRANSCRIPTS["m_teams"])
+    settings_ = RunSettings(
+        raw=str(tmp_path / "raw"), out=str(tmp_path / "out"), policy=Policy(max_quarantine_ratio=1.0),
+        consent_db=write_consent_db(tmp_path / "consent.db", WHY_CONSENT), secret=b"k" * 32,
+    )  # fmt: skip
+    stage = snapshot_consent(settings_, T0.date(), at(24 * 60), run_id="speakers")
+    gate_content(settings_, stage)
+    aggregate_day(settings_, stage)
+    assert {c.name: c.passed for c in reconciliation_checks(settings_, stage)}["speakers_evidence_reconciles"]
+    part = tmp_path / "out" / stage.root / "audit/speakers/part-0000.parquet"
+    pq.write_table(pq.read_table(part).slice(0, 0), part)  # the evidence lost its row
+    assert not {c.name: c.passed for c in reconciliation_checks(settings_, stage)}["speakers_evidence_reconciles"]

@@ -51,6 +51,7 @@ from consent_gate.publish import (
 )
 from consent_gate.records import Quarantined, parse_timestamp
 from consent_gate.sources import Artifact, InputFile, LandingZone, read_meeting
+from consent_gate.speakers import UNIDENTIFIED_REASONS
 from consent_gate.sweep import withhold_withdrawn
 
 QUARANTINE_SCHEMA = pa.schema([("unit", pa.string()), ("error", pa.string())])
@@ -175,6 +176,8 @@ class ContentReport:
     published: int = 0
     excluded: dict[str, int] = field(default_factory=dict)
     quarantined: int = 0
+    # Why the `unidentified_speaker` transcript segments were unidentified (speakers.UNIDENTIFIED_REASONS).
+    unidentified_speakers: dict[str, int] = field(default_factory=dict)
 
 
 def shard_of(meeting_folder: str, shards: int) -> int:
@@ -245,12 +248,14 @@ def gate_content(
     report = ContentReport(meetings=len(folders))
     batch: list[Artifact] = []
     reasons: Counter[str] = Counter()  # counted as decided; the reconciliation recounts from the files
+    unidentified: Counter[str] = Counter()
 
     def flush() -> None:
         decisions = decide(batch, snapshot)
         content.write(published_rows(batch, decisions, keyer, snapshot.as_of))
         excluded.write(excluded_rows(batch, decisions))
         speakers.write(speaker_rows(batch))
+        unidentified.update(a.unidentified_reason for a in batch if a.unidentified_reason is not None)
         reasons.update(d.reason for d in decisions if d.reason is not None)
         batch.clear()
 
@@ -272,6 +277,7 @@ def gate_content(
     report.published = content.rows
     report.quarantined = quarantine.rows
     report.excluded = dict(sorted(reasons.items()))
+    report.unidentified_speakers = dict(sorted(unidentified.items()))
     store.write_json(stage / f"reports/content-{shard:04d}.json", {**asdict(report), "shard": shard, "shards": shards})
     return report
 
@@ -340,6 +346,7 @@ def staged_counts(settings: RunSettings, stage: Stage) -> dict[str, Any]:
     store = settings.store()
     content = ContentReport()
     excluded: Counter[str] = Counter()
+    unidentified: Counter[str] = Counter()
     for path in store.files(stage / "reports", ".json"):
         if path.rsplit("/", 1)[-1].startswith("content-"):
             part = store.read_json(path)
@@ -348,7 +355,9 @@ def staged_counts(settings: RunSettings, stage: Stage) -> dict[str, Any]:
             content.published += part["published"]
             content.quarantined += part["quarantined"]
             excluded.update(part["excluded"])
+            unidentified.update(part.get("unidentified_speakers", {}))
     content.excluded = {reason: excluded.get(reason, 0) for reason in REASONS}
+    content.unidentified_speakers = {reason: unidentified.get(reason, 0) for reason in UNIDENTIFIED_REASONS}
     telemetry = store.read_json(stage / "reports/telemetry.json")
     units = content.units_in + telemetry["lines_read"]
     quarantined = content.quarantined + telemetry["quarantined"]
@@ -384,15 +393,25 @@ def _transcript_rows(store: OutputStore, paths: list[str]) -> int:
     return rows
 
 
-def _speakers_check(store: OutputStore, stage: Stage) -> CheckResult:
-    """`explain` answers from the speakers evidence: it must cover every transcript segment gated."""
+def _speakers_check(store: OutputStore, stage: Stage, content: dict[str, Any]) -> CheckResult:
+    """`explain` answers from the speakers evidence: it must cover every transcript segment gated, and
+    its unidentified rows must be exactly the `unidentified_speaker` exclusions, by reason as reported."""
     segments = _transcript_rows(store, store.files(stage / "content", ".parquet"))
     segments += _transcript_rows(store, store.files(stage / "audit/excluded", ".parquet"))
-    evidence = store.parquet_rows(store.files(stage / "audit/speakers", ".parquet"))
+    paths = store.files(stage / "audit/speakers", ".parquet")
+    evidence = store.parquet_rows(paths)
+    by_reason: Counter[str] = Counter()
+    for path in paths:
+        with store.open(path) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(columns=["unidentified_reason"]):
+                by_reason.update(r for r in batch.column(0).to_pylist() if r is not None)
+    reported = {reason: n for reason, n in content["unidentified_speakers"].items() if n}
+    unidentified, excluded = sum(by_reason.values()), content["excluded"].get("unidentified_speaker", 0)
     return CheckResult(
         "speakers_evidence_reconciles",
-        evidence == segments,
-        f"speakers evidence rows {evidence} = transcript segments published or excluded {segments}",
+        evidence == segments and dict(by_reason) == reported and unidentified == excluded,
+        f"speakers evidence rows {evidence} = transcript segments published or excluded {segments}; "
+        f"unidentified {unidentified} = unidentified_speaker exclusions {excluded}",
     )
 
 
@@ -417,7 +436,7 @@ def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResu
             f"+ quarantined {quarantined} ({accounted})",
         ),
         shards_check(settings, stage),
-        _speakers_check(store, stage),
+        _speakers_check(store, stage, content),
     ]
     aggregated = 0
     for path in store.files(stage / "aggregates", ".parquet"):
