@@ -210,3 +210,12 @@ def _sample_texts(sample: Path) -> set[str]:
                 words = html.unescape(re.sub(r"<[^>]*>", "", cue))  # Teams: `<v Name>words</v>`
                 found.update({words.partition(":")[2].strip(), words.strip()})
     return found
+
+
+# Arrows where a cue identifier would be, and broken arrows, as in the W3C parsing tests' "arrows"
+# case (our own text): a browser returns the four cues and drops the two blocks at lines 15 and 17.
+ARROWS = (
+    "WEBVTT\n\n-->\n00:00:01.000 --> 00:00:02.000\nfirst\na-->b\n00:00:03.000 --> 00:00:04.000\nsecond\n"
+    "--> -->\n00:00:05.000 --> 00:00:06.000\nthird\n00:00:07.000 --> 00:00:08.000\nfourth\n\n"
+    "00:00:09.000 -x -->\n\n00:00:10.000 - - >-->\n"
+)

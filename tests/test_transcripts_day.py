@@ -14,7 +14,17 @@ from consent_gate.explain import explain
 from consent_gate.keys import Keyer
 from consent_gate.pipeline import RunSettings, run_day
 from consent_gate.publish import OutputStore
-from tests.builders import DAY, T0, at, consent_row, meeting_record, participant, write_consent_db, write_meeting
+from tests.builders import (
+    ARROWS,
+    DAY,
+    T0,
+    at,
+    consent_row,
+    meeting_record,
+    participant,
+    write_consent_db,
+    write_meeting,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +49,7 @@ TRANSCRIPTS = {
     "00:03.000 -> 00:04.000\nAlice Smith: lost?\n\n00:05.000 --> 00:06.000\nAlice Smith: three\n",
     "m_youtube": "WEBVTT\nKind: captions\nLanguage: en\n\n00:00:01.000 --> 00:00:02.000 align:start position:0%\n"
     "hello<00:00:01.500><c> world</c>\n \n\n00:00:02.000 --> 00:00:03.000 align:start position:0%\n \nhello world\n",
+    "m_arrows": ARROWS,
     "m_teams": "WEBVTT\n\nb7a1-4\n00:00:01.000 --> 00:00:02.000\n<v Alice Smith>Teams words</v>\n",
     "m_overflow": "WEBVTT\n\n9999999999:00:00.000 --> 9999999999:00:01.000\nAlice Smith: overflow\n\n"
     "00:01.000 --> 00:02.000\nAlice Smith: after the overflow\n",
@@ -117,6 +128,12 @@ def test_why_youtube_captions_are_read_not_quarantined(why_day):
     assert {speakers[f"m_youtube/transcript/{n}"]["unidentified_reason"] for n in (1, 2)} == {"no_name"}
 
 
+def test_why_a_file_of_arrows_like_the_w3c_test_is_read_not_quarantined_whole(why_day):
+    _, _, _, excluded, quarantine, _, _ = why_day
+    assert [excluded.get(f"m_arrows/transcript/{n}") for n in range(1, 5)] == ["unidentified_speaker"] * 4
+    assert _quarantined(quarantine, "m_arrows") == [":15", ":17"]  # only its broken arrows
+
+
 def test_why_teams_voice_spans_are_attributed(why_day):
     _, _, published, _, _, _, keyer = why_day
     row = published["m_teams/transcript/1"]
@@ -134,9 +151,9 @@ def test_why_an_overflowing_timestamp_never_fails_the_day(why_day):
 
 def test_the_manifest_counts_unidentified_speakers_by_reason(why_day):
     counts = why_day[1].manifest["counts"]["content"]
-    # m_voice_prefix and m_two_lines name two speakers; m_youtube's two captions name nobody.
-    assert counts["unidentified_speakers"] == {"no_name": 2, "no_match": 0, "several_matches": 0, "several_speakers": 2}
-    assert counts["excluded"]["unidentified_speaker"] == 4
+    # m_voice_prefix and m_two_lines name two speakers; m_youtube's 2 and m_arrows' 4 captions nobody.
+    assert counts["unidentified_speakers"] == {"no_name": 6, "no_match": 0, "several_matches": 0, "several_speakers": 2}
+    assert counts["excluded"]["unidentified_speaker"] == 8
 
 
 def test_explain_shows_the_speaker_source_and_the_unidentified_reason(why_day):

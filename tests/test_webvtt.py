@@ -1,8 +1,8 @@
 """WebVTT read as the W3C parser reads it, and speakers attributed without doubt (SPEC §2.1, §2.3).
 
-Two parts here, a third elsewhere: conformance cases written from the specification's rules (one per rule, each asserting
-the cues returned and the blocks dropped, i.e. the units quarantined), property tests on generated
-and mutated transcripts, and (in test_transcripts_day.py) the examples of issue 9 through `run_day`.
+Conformance cases written from the specification's rules (one per rule, each asserting the cues
+returned and the blocks dropped, i.e. the units quarantined) and property tests on generated and
+mutated transcripts; test_transcripts_day.py runs the examples of issue 9 through `run_day`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from consent_gate.sources import Meeting, Participant, read_transcript
 from consent_gate.speakers import attribute, normalise_name, read_cue_text, speakers_by_name
 from consent_gate.webvtt_reader import NotWebVTT, parse
-from tests.builders import DAY, T0
+from tests.builders import ARROWS, DAY, T0
 
 pytestmark = pytest.mark.unit
 
@@ -154,15 +154,9 @@ def test_overlong_timestamps_drop_their_block_never_raise():
     assert dropped_lines(text) == [6, 9]
 
 
-def test_the_w3c_arrows_file():
-    arrows = (
-        "WEBVTT\n\n-->\n00:00:00.000 --> 00:00:01.000\ntext0\nfoo-->\n00:00:00.000 --> 00:00:01.000\ntext1\n"
-        "-->foo\n00:00:00.000 --> 00:00:01.000\ntext2\n--->\n00:00:00.000 --> 00:00:01.000\ntext3\n-->-->\n"
-        "00:00:00.000 --> 00:00:01.000\ntext4\n00:00:00.000 --> 00:00:01.000\ntext5\n\n00:00:00.000 -a -->\n\n"
-        "00:00:00.000 --a -->\n\n00:00:00.000 - -->\n\n00:00:00.000 -- -->\n"
-    )
-    assert cues_of(arrows) == [(0, f"text{i}") for i in range(6)]
-    assert dropped_lines(arrows) == [21, 23, 25, 27]  # the four blocks with a broken arrow
+def test_arrows_in_identifier_position_and_broken_arrows():
+    assert cues_of(ARROWS) == [(1000, "first"), (3000, "second"), (5000, "third"), (7000, "fourth")]
+    assert dropped_lines(ARROWS) == [15, 17]  # the two blocks with a broken arrow
 
 
 def test_invalid_utf8_and_null_become_replacement_characters():
