@@ -154,6 +154,8 @@ def test_the_manifest_counts_unidentified_speakers_by_reason(why_day):
     # m_voice_prefix and m_two_lines name two speakers; m_youtube's 2 and m_arrows' 4 captions nobody.
     assert counts["unidentified_speakers"] == {"no_name": 6, "no_match": 0, "several_matches": 0, "several_speakers": 2}
     assert counts["excluded"]["unidentified_speaker"] == 8
+    report = (why_day[0] / f"_audit/dt={DAY}/report.html").read_text()
+    assert '<td>several_speakers</td><td class="n">2</td>' in report
 
 
 def test_explain_shows_the_speaker_source_and_the_unidentified_reason(why_day):

@@ -183,6 +183,14 @@ def render_day(
         f"<p>{_e(units_in)} content units in; each ends published, excluded with one reason, or quarantined.</p>",
         _table(["outcome", "units"], list(outcome.items()), numeric=[1]),
         bar_chart(outcome, title=f"content units by outcome, {day}"),
+    ]
+    unidentified = (counts.get("content") or {}).get("unidentified_speakers")
+    if unidentified is not None:  # manifests written before the speakers evidence have none
+        body += [
+            "<h3>Why transcript segments were <code>unidentified_speaker</code></h3>",
+            _table(["reason", "segments"], list(unidentified.items()), numeric=[1]),
+        ]
+    body += [
         "<h2>Telemetry aggregates</h2>",
         _table(
             ["measure", "value"],
