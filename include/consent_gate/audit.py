@@ -195,6 +195,7 @@ def render_day(
                     "suppressed_groups",
                     "suppressed_events",
                     "out_of_partition",
+                    "duplicate",
                     "quarantined",
                 )
             ],  # fmt: skip

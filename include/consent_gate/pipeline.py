@@ -284,16 +284,18 @@ def _inputs_table(files: list[InputFile]) -> pa.Table:
 
 def aggregate_day(settings: RunSettings, stage: Stage) -> dict[str, int]:
     """Aggregate the day's telemetry into staged groups; the counts go to the stage."""
-    from consent_gate.aggregates import AGGREGATE_SCHEMA, aggregate_telemetry
+    from consent_gate.aggregates import AGGREGATE_SCHEMA, GroupValues, aggregate_telemetry
 
     zone, store = settings.zone(), settings.store()
-    relative = zone.telemetry_files(stage.day)
+    relative, refused = zone.telemetry_entries(stage.day)
     result = aggregate_telemetry(
         [zone.url(r) for r in relative],
         landing_root=zone.root,
         day=stage.day,
         k=settings.policy.k_min_distinct_users,
         storage_options=settings.storage_options,
+        values=GroupValues.from_policy(settings.policy),
+        refused=refused,
     )
     groups = _ParquetSink(store, stage / "aggregates/part-0000.parquet", AGGREGATE_SCHEMA)
     quarantine = _ParquetSink(store, stage / "audit/quarantine/telemetry.parquet", QUARANTINE_SCHEMA)
@@ -313,7 +315,7 @@ def aggregate_day(settings: RunSettings, stage: Stage) -> dict[str, int]:
 def _hash_input(zone: LandingZone, relative: str) -> InputFile:
     digest = hashlib.sha256()
     size = 0
-    with zone.fs.open(f"{zone._root_path}/{relative}", "rb") as handle:
+    with zone.open_binary(relative) as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)
@@ -399,7 +401,7 @@ def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResu
                 aggregated += sum(batch.column("event_count").to_pylist())
     outcomes = (
         telemetry["aggregated"] + telemetry["suppressed_events"] + telemetry["out_of_partition"]
-        + telemetry["quarantined"]
+        + telemetry.get("duplicate", 0) + telemetry["quarantined"]
     )  # fmt: skip
     checks.append(
         CheckResult(
@@ -407,7 +409,8 @@ def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResu
             outcomes == telemetry["lines_read"] and aggregated == telemetry["aggregated"],
             f"lines read {telemetry['lines_read']} = aggregated {telemetry['aggregated']} (published groups "
             f"hold {aggregated}) + suppressed {telemetry['suppressed_events']} + out of partition "
-            f"{telemetry['out_of_partition']} + quarantined {telemetry['quarantined']}",
+            f"{telemetry['out_of_partition']} + duplicate {telemetry.get('duplicate', 0)} + quarantined "
+            f"{telemetry['quarantined']}",
         )
     )
     ratio, limit = counts["quarantine_ratio"], settings.policy.max_quarantine_ratio
@@ -419,22 +422,13 @@ def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResu
         )
     )
     # A telemetry file that breaks mid-way loses an unknown number of lines: no ratio can bound
-    # that loss, so the day is not published until the file is repaired or removed upstream.
-    broken = _rows_where(store, stage / "audit/quarantine/telemetry.parquet", lambda unit: ":" not in unit)
+    # that loss, so the day is not published until the file is repaired or removed upstream. Counted by
+    # the step itself, never inferred from unit names (a file name may hold ':').
+    broken = telemetry.get("unreadable_files", 0)
     checks.append(
         CheckResult("telemetry_files_complete", broken == 0, f"{broken} telemetry file(s) could not be read to the end")
     )
     return checks
-
-
-def _rows_where(store: OutputStore, relative: str, keep: Callable[[str], bool]) -> int:
-    if not store.exists(relative):
-        return 0
-    total = 0
-    with store.open(relative) as handle:
-        for batch in pq.ParquetFile(handle).iter_batches(columns=["unit"]):  # in batches: bounded memory
-            total += sum(1 for unit in batch.column("unit").to_pylist() if keep(unit.rsplit("/", 1)[-1]))
-    return total
 
 
 def validate_stage(settings: RunSettings, stage: Stage) -> list[CheckResult]:

@@ -136,8 +136,15 @@ def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return record
 
 
+class _NonFinite:
+    """What NaN/Infinity parse to: found afterwards, so the error can name its field."""
+
+
+_NON_FINITE = _NonFinite()
+
+
 def _refuse_constant(name: str) -> Any:
-    raise MalformedRecord("<value>", f"{name} is not a JSON number")
+    return _NON_FINITE
 
 
 def load_json(data: bytes | str, where: str = "<file>") -> Any:
@@ -162,9 +169,13 @@ def load_json(data: bytes | str, where: str = "<file>") -> Any:
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
         raise MalformedRecord(where, f"nested deeper than {MAX_JSON_DEPTH} levels")
     if _SURROGATE_ESCAPE.search(raw):
-        field = _lone_surrogate(value, "")
+        field = _first_field(value, _is_lone_surrogate)
         if field is not None:
             raise MalformedRecord(field or where, "lone surrogate in a string")
+    if b"NaN" in raw or b"Infinity" in raw:
+        field = _first_field(value, lambda item: item is _NON_FINITE)
+        if field is not None:
+            raise MalformedRecord(field or where, "not a finite number (RFC 8259 has no non-finite numbers)")
     return value
 
 
@@ -182,25 +193,26 @@ def _depth(value: Any) -> int:
     return depth
 
 
-def _lone_surrogate(value: Any, path: str) -> str | None:
-    """The field holding a string that is not valid Unicode, or None."""
-    stack = [(value, path)]
+def _first_field(value: Any, bad: Any) -> str | None:
+    """The path of the first value (or key) for which `bad` holds: '' for the document, None if none."""
+    stack = [(value, "")]
     while stack:
         item, where = stack.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return where
-        elif isinstance(item, dict):
+        if bad(item):
+            return where
+        if isinstance(item, dict):
             for key, child in item.items():
-                if not _is_unicode(key):
+                if _is_lone_surrogate(key):
                     return f"{where}.<key>" if where else "<key>"
                 label = _field_label(key)
                 stack.append((child, f"{where}.{label}" if where else label))
         elif isinstance(item, list):
             stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
     return None
+
+
+def _is_lone_surrogate(item: Any) -> bool:
+    return isinstance(item, str) and not _is_unicode(item)
 
 
 def _is_unicode(text: str) -> bool:
