@@ -261,15 +261,17 @@ def aggregate_telemetry(
     """Aggregate the day's telemetry files into published groups, counts and quarantined units.
 
     `refused` are the day's telemetry entries the landing zone would not open (links, invalid names):
-    each is one unit read and quarantined.
+    each is one unit read and quarantined, and, like a broken stream, an unreadable file (the day fails:
+    it may hold any number of events).
     """
     if k < 1:  # k = 0 would publish groups with no user behind them: refuse rather than leak
         raise ValueError("k must be at least 1")
     spill = tempfile.mkdtemp(prefix="consent-gate-telemetry-")
     try:
         day_groups = _DayGroups(day, values or _DEFAULT_VALUES, f"{spill}/events.parquet")
-        for unit in refused:
+        for unit in refused:  # never read: like a broken stream, it may hold any number of events
             day_groups.counts.lines_read += 1
+            day_groups.counts.unreadable_files += 1
             day_groups.quarantine_unit(unit.unit, unit.error)
         units = [relative_unit(url, landing_root) for url in files]
         for index, (url, unit) in enumerate(zip(files, units, strict=True)):
@@ -356,9 +358,10 @@ _EVENTS_SQL = """
 CREATE TEMP TABLE events AS
 SELECT event_id,
        count(*) AS deliveries,
-       count(DISTINCT content) AS variants,
+       -- whether the deliveries differ: min/max, not count(DISTINCT), which keeps a hash set per event
+       (min(content) <> max(content)) AS differ,
        -- min() of equal values is that value (null when all are null); when the deliveries differ
-       -- (variants > 1) they are all quarantined and these are never read.
+       -- (differ) they are all quarantined and these are never read.
        bool_and(in_day) AS in_day,
        min(event_type) AS event_type,
        min(client_version) AS client_version,
@@ -370,10 +373,10 @@ FROM read_parquet(?)
 GROUP BY event_id
 """
 _COUNTS_SQL = """
-SELECT coalesce(sum(deliveries) FILTER (WHERE variants > 1), 0),
-       coalesce(sum(deliveries - 1) FILTER (WHERE variants = 1), 0),
-       count(*) FILTER (WHERE variants = 1),
-       count(*) FILTER (WHERE variants = 1 AND NOT in_day)
+SELECT coalesce(sum(deliveries) FILTER (WHERE differ), 0),
+       coalesce(sum(deliveries - 1) FILTER (WHERE NOT differ), 0),
+       count(*) FILTER (WHERE NOT differ),
+       count(*) FILTER (WHERE NOT differ AND NOT in_day)
 FROM events
 """
 # quantile_cont interpolates linearly between closest ranks over non-null values, as SPEC §4 asks.
@@ -384,12 +387,12 @@ SELECT event_type, client_version, platform, region,
        quantile_cont(duration_ms, 0.5) AS duration_ms_p50,
        quantile_cont(duration_ms, 0.95) AS duration_ms_p95
 FROM events
-WHERE variants = 1 AND in_day
+WHERE NOT differ AND in_day
 GROUP BY ALL
 """
 _CONFLICTS_SQL = """
 SELECT s.file, s.line FROM read_parquet(?) s JOIN events e USING (event_id)
-WHERE e.variants > 1 ORDER BY s.file, s.line
+WHERE e.differ ORDER BY s.file, s.line
 """
 
 

@@ -147,6 +147,10 @@ def _refuse_constant(name: str) -> Any:
     return _NON_FINITE
 
 
+# One decoder for every call: json.loads with hooks builds a new JSONDecoder each time.
+_DECODER = json.JSONDecoder(object_pairs_hook=_strict_object, parse_constant=_refuse_constant)
+
+
 def load_json(data: bytes | str, where: str = "<file>") -> Any:
     """Parse strict RFC 8259 JSON (SPEC §2.1): the one JSON reader for every landing-zone record.
 
@@ -156,7 +160,7 @@ def load_json(data: bytes | str, where: str = "<file>") -> Any:
     """
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        value = json.loads(text, object_pairs_hook=_strict_object, parse_constant=_refuse_constant)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise MalformedRecord(where, f"nested deeper than {MAX_JSON_DEPTH} levels") from None
     except UnicodeDecodeError:
