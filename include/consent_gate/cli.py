@@ -151,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _say(f"gating {args.date} with consent as of {as_of.isoformat()}")
     try:
         outcome = run_day(settings, args.date, as_of, run_id="cli", progress=_say)
-    except (ConsentStoreError, RunRefused) as error:
+    except (ConsentStoreError, RunRefused, OSError) as error:
         _say(f"FAILED, nothing published: {one_line(error)}")
         return 1
     except GateCheckFailed as error:
@@ -262,7 +262,9 @@ COMMANDS = {
 
 def one_line(error: BaseException) -> str:
     """The error and its notes (what cleanup could not do) on one line."""
-    parts = [str(error) or type(error).__name__, *getattr(error, "__notes__", ())]
+    # An OSError's text names paths (of the output, never content); its code says what happened.
+    first = os_reason(error) if isinstance(error, OSError) else str(error) or type(error).__name__
+    parts = [first, *getattr(error, "__notes__", ())]
     return "; ".join(" ".join(part.split()) for part in parts)
 
 
@@ -277,8 +279,6 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         detail = f"{type(error).__name__}: {one_line(error)}"
-        if isinstance(error, OSError):  # its text names paths of the output, never content
-            detail = f"{type(error).__name__}: {os_reason(error)} ({error.filename or 'no path'})"
         print(f"consent-gate: {args.command} failed: {detail} (--debug for the traceback)", file=sys.stderr)
         return 1
 

@@ -148,8 +148,13 @@ def snapshot_consent(
     store = settings.store()
     try:
         _write_run_record(settings, store, stage, snapshot, run_id, dag_run_id)
+    except OSError as error:  # a full disk, a read-only output: no attempt began, so none is recorded
+        store.remove(stage.root)  # a half-written stage is not left behind
+        raise RunRefused(
+            f"cannot open a stage under {settings.out} ({os_reason(error)}); nothing staged, nothing published"
+        ) from None
     except BaseException:
-        store.remove(stage.root)  # a half-written stage (full disk) is not left behind
+        store.remove(stage.root)
         raise
     return stage
 
@@ -558,7 +563,7 @@ def record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> s
     """
     try:
         return _record_failed_attempt(settings, stage, reason)
-    except OSError as error:
+    except Exception as error:  # noqa: BLE001  a full disk, a read-only mount, a stage cut short by either
         store = settings.store()
         store.remove(stage.root)
         left = (
@@ -568,8 +573,12 @@ def record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> s
             else "its stage was deleted"
         )
         raise AttemptNotRecorded(
-            f"the failed attempt's evidence could not be written under {settings.out} ({os_reason(error)}); {left}"
+            f"the failed attempt's evidence could not be written under {settings.out} ({_why(error)}); {left}"
         ) from None
+
+
+def _why(error: Exception) -> str:
+    return os_reason(error) if isinstance(error, OSError) else f"{type(error).__name__}: the stage is incomplete"
 
 
 def os_reason(error: OSError) -> str:
