@@ -31,12 +31,15 @@ def write_day(root: Path, events: int) -> list[str]:
         for part in range(4):
             with gzip.open(folder / f"part-{part}.jsonl.gz", "wt") as handle:
                 for n in range(events // 4):
-                    event = {"event_id": f"e{part}_{n}", "ts": f"{DAY}T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00Z",
-                             "account_id": "a1", "user_id": f"u{rng.randrange(20000)}", "meeting_id": "m1",
-                             "event_type": rng.choice(["join", "leave", "quality_sample", "screen_share"]),
-                             "client_version": f"5.{rng.randrange(10)}.1",
-                             "platform": rng.choice(["mac", "win", "linux", "web", "ios", "android"]),
-                             "region": rng.choice(["us", "eu", "ap"]), "duration_ms": rng.randrange(100000)}  # fmt: skip
+                    clock = f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:00Z"
+                    event = {
+                        "event_id": f"e{part}_{n}", "ts": f"{DAY}T{clock}", "account_id": "a1",
+                        "user_id": f"u{rng.randrange(20000)}", "meeting_id": "m1",
+                        "event_type": rng.choice(["join", "leave", "quality_sample", "screen_share"]),
+                        "client_version": f"5.{rng.randrange(10)}.1",
+                        "platform": rng.choice(["mac", "win", "linux", "web", "ios", "android"]),
+                        "region": rng.choice(["us", "eu", "ap"]), "duration_ms": rng.randrange(100000),
+                    }  # fmt: skip
                     handle.write(json.dumps(event) + "\n")
     return sorted(str(p) for p in folder.glob("*.jsonl.gz"))
 
