@@ -291,7 +291,7 @@ _SPILL_SCHEMA = pa.schema(
         pa.field("file", pa.int32()),
         pa.field("line", pa.int64()),
         pa.field("in_day", pa.bool_()),
-        *(pa.field(name, pa.string()) for name in GROUP_FIELDS),
+        pa.field("group_id", pa.int32()),  # index into _DayGroups.group_keys: 4 strings a line cost more
         pa.field("user_id", pa.string()),
         pa.field("duration_ms", pa.float64()),
     ]
@@ -309,12 +309,22 @@ class _DayGroups:
         self.quarantine: list[Quarantined] = []
         self.spill_path = spill_path
         self._writer = pq.ParquetWriter(spill_path, _SPILL_SCHEMA, compression="lz4")
-        self._rows: list[tuple[Any, ...]] = []  # one tuple a line: cheaper than one append per column
+        self._columns: dict[str, list[Any]] = {name: [] for name in _SPILL_SCHEMA.names if name != "file"}
+        self._file = 0
+        # The day's distinct group keys (a few thousand at most: allow-listed values), by first appearance.
+        self.group_ids: dict[tuple[str, str, str, str], int] = {}
 
     def read_file(self, source: _TelemetryFile, unit: str, index: int) -> None:
         counts = self.counts
-        rows = self._rows
         in_day = self.day
+        group_ids = self.group_ids
+        self._file = index
+        # One bound append per column, looked up once: a line costs a few C calls, no tuple.
+        columns = self._columns
+        ids = columns["event_id"]
+        add_id, add_content, add_line = ids.append, columns["content"].append, columns["line"].append
+        add_in_day, add_group = columns["in_day"].append, columns["group_id"].append
+        add_user, add_duration = columns["user_id"].append, columns["duration_ms"].append
         for number, line in source.lines():
             if not line.strip():  # blank lines carry no event: not a unit
                 continue
@@ -324,10 +334,19 @@ class _DayGroups:
             except MalformedRecord as error:
                 self.quarantine_unit(f"{unit}:{number}", str(error))
                 continue
-            rows.append((event.event_id, event.content, index, number, event.day == in_day, *event.group,
-                         event.user_id, event.duration_ms))  # fmt: skip
-            if len(rows) >= _SPILL_BATCH_ROWS:
+            group_id = group_ids.get(event.group)
+            if group_id is None:
+                group_id = group_ids[event.group] = len(group_ids)
+            add_id(event.event_id)
+            add_content(event.content)
+            add_line(number)
+            add_in_day(event.day == in_day)
+            add_group(group_id)
+            add_user(event.user_id)
+            add_duration(event.duration_ms)
+            if len(ids) >= _SPILL_BATCH_ROWS:
                 self._flush()
+        self._flush()  # the buffered rows are all of this file (the spill's `file` column is one value)
         if source.error is not None:
             # What was read before the break stays counted; the rest of the file is this one more unit.
             counts.lines_read += 1
@@ -339,13 +358,17 @@ class _DayGroups:
         self.quarantine.append(Quarantined(unit, error))
 
     def _flush(self) -> None:
-        if self._rows:
-            columns = [
-                pa.array(values, type=f.type)
-                for values, f in zip(zip(*self._rows, strict=True), _SPILL_SCHEMA, strict=True)
-            ]
-            self._writer.write_table(pa.Table.from_arrays(columns, schema=_SPILL_SCHEMA))
-            self._rows.clear()  # in place: read_file holds the list
+        columns = self._columns
+        if columns["event_id"]:
+            rows = len(columns["event_id"])
+            arrays = [
+                pa.repeat(pa.scalar(self._file, pa.int32()), rows) if f.name == "file"
+                else pa.array(columns[f.name], type=f.type)
+                for f in _SPILL_SCHEMA
+            ]  # fmt: skip
+            self._writer.write_table(pa.Table.from_arrays(arrays, schema=_SPILL_SCHEMA))
+            for values in columns.values():  # emptied in place: read_file holds their append methods
+                values.clear()
 
     def close(self) -> None:
         self._flush()
@@ -363,10 +386,7 @@ SELECT event_id,
        -- min() of equal values is that value (null when all are null); when the deliveries differ
        -- (differ) they are all quarantined and these are never read.
        bool_and(in_day) AS in_day,
-       min(event_type) AS event_type,
-       min(client_version) AS client_version,
-       min(platform) AS platform,
-       min(region) AS region,
+       min(group_id) AS group_id,
        min(user_id) AS user_id,
        min(duration_ms) AS duration_ms
 FROM read_parquet(?)
@@ -381,13 +401,13 @@ FROM events
 """
 # quantile_cont interpolates linearly between closest ranks over non-null values, as SPEC §4 asks.
 _GROUPS_SQL = """
-SELECT event_type, client_version, platform, region,
+SELECT g.event_type, g.client_version, g.platform, g.region,
        count(*) AS event_count,
-       count(DISTINCT user_id) AS distinct_users,
-       quantile_cont(duration_ms, 0.5) AS duration_ms_p50,
-       quantile_cont(duration_ms, 0.95) AS duration_ms_p95
-FROM events
-WHERE NOT differ AND in_day
+       count(DISTINCT e.user_id) AS distinct_users,
+       quantile_cont(e.duration_ms, 0.5) AS duration_ms_p50,
+       quantile_cont(e.duration_ms, 0.95) AS duration_ms_p95
+FROM events e JOIN group_keys g USING (group_id)
+WHERE NOT e.differ AND e.in_day
 GROUP BY ALL
 """
 _CONFLICTS_SQL = """
@@ -403,7 +423,15 @@ def _publish_groups(day_groups: _DayGroups, k: int, units: list[str], spill: str
     counts = day_groups.counts
     dt = day_groups.day.isoformat()
     connection = connect(spill)
+    keys = list(day_groups.group_ids)
+    group_keys = pa.table(
+        {
+            "group_id": pa.array(range(len(keys)), pa.int32()),
+            **{name: pa.array([key[i] for key in keys], pa.string()) for i, name in enumerate(GROUP_FIELDS)},
+        }
+    )
     try:
+        connection.register("group_keys", group_keys)
         connection.execute(_EVENTS_SQL, [day_groups.spill_path]).fetchall()  # to the end: no pending result
         [(conflicting, duplicate, unique, out_of_partition)] = connection.execute(_COUNTS_SQL).fetchall()
         counts.duplicate += int(duplicate)
