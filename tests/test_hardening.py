@@ -303,10 +303,12 @@ def test_a_folder_named_like_an_email_is_quarantined_by_its_hash_only(world):
     good_meeting(raw, "m_x")
     (raw / f"meetings/dt={DAY}/m_x").rename(raw / f"meetings/dt={DAY}/{EMAIL}")
     (raw / f"meetings/dt={DAY}/{EMAIL}/meeting.json").write_text(json.dumps(meeting_record(EMAIL, "acct_1", people())))
+    (raw / f"meetings/dt={DAY}/m_0" / f"notes-{EMAIL}.txt").write_text("a file named like its owner")
     run_day(settings, DAY, AS_OF)
-    digest = hashlib.sha256(EMAIL.encode()).hexdigest()
-    [(unit, error)] = [(u, e) for u, e in quarantine(out).items() if digest in u]
-    assert "[A-Za-z0-9._-]{1,128}" in error
+    digests = [hashlib.sha256(name.encode()).hexdigest() for name in (EMAIL, f"notes-{EMAIL}.txt")]
+    for digest in digests:
+        [(unit, error)] = [(u, e) for u, e in quarantine(out).items() if digest in u]
+        assert "[A-Za-z0-9._-]{1,128}" in error
     text = output_text(out)
     assert EMAIL not in text and "olga" not in text and "contoso" not in text
     assert (out / f"_audit/dt={DAY}/report.html").exists()

@@ -287,6 +287,10 @@ def read_meeting(zone: LandingZone, folder: str, day: date) -> MeetingRead:
     except MalformedRecord as error:
         return _whole_folder(result, folder, f"meeting.json: {error}; no artifact of the folder is read")
 
+    for entry in present.values():  # an odd file name may itself be personal data: one unit, by its hash
+        if not entry.valid_name:
+            result.quarantine.append(Quarantined(f"{folder}/{entry.name}", f"file {BAD_NAME}; not read"))
+            result.units_in += 1
     readers = (
         ("transcript.vtt", read_transcript),
         ("chat.jsonl", read_chat),
