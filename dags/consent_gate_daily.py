@@ -42,6 +42,7 @@ AGGREGATES = Asset("consent_gate_aggregates", uri="file:///consent-gate/aggregat
         "day": Param(None, type=["null", "string"], description="UTC day YYYY-MM-DD; default: the run's interval"),
         "as_of": Param(None, type=["null", "string"], description="consent snapshot instant; default: now"),
         "shards": Param(1, type="integer", minimum=1, maximum=256, description="meeting shards gated in parallel"),
+        "allow_shrink": Param(False, type="boolean", description="let a rerun replace a day with < half its units"),
     },
     tags=["consent-gate", "privacy", "training-data"],
     doc_md=__doc__,

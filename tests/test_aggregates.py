@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import random
-import types
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,14 @@ from hypothesis import strategies as st
 from consent_gate import aggregates
 from consent_gate.aggregates import (
     AGGREGATE_SCHEMA,
+    GroupValues,
     TelemetryAccountingError,
     TelemetryAggregate,
     TelemetryCounts,
     aggregate_telemetry,
 )
+from consent_gate.config import DEFAULT_EVENT_TYPES, Policy
+from consent_gate.records import load_json
 
 pytestmark = pytest.mark.unit
 
@@ -71,8 +73,14 @@ def write_part(root: Path, items: list[Item], name: str = "part-0001.jsonl.gz") 
     return str(path)
 
 
+# The policy's allow-list plus the labels these tests group by (any other event_type is "other").
+TEST_VALUES = GroupValues.from_policy(
+    Policy(telemetry_event_types=(*DEFAULT_EVENT_TYPES, "one", "none", "small", "exact"))
+)
+
+
 def run(root: Path, *files: str, k: int = 1, day: date = DAY) -> TelemetryAggregate:
-    return aggregate_telemetry(list(files), landing_root=str(root), day=day, k=k)
+    return aggregate_telemetry(list(files), landing_root=str(root), day=day, k=k, values=TEST_VALUES)
 
 
 def rows(result: TelemetryAggregate) -> list[dict[str, Any]]:
@@ -81,7 +89,7 @@ def rows(result: TelemetryAggregate) -> list[dict[str, Any]]:
 
 def assert_accounting(counts: TelemetryCounts) -> None:
     assert counts.telemetry_in == counts.aggregated + counts.suppressed_events + counts.out_of_partition
-    assert counts.lines_read == counts.telemetry_in + counts.quarantined
+    assert counts.lines_read == counts.telemetry_in + counts.duplicate + counts.quarantined
 
 
 # --- grouping -----------------------------------------------------------------------------------
@@ -120,11 +128,13 @@ def test_missing_null_and_empty_key_values_all_count_as_unknown(tmp_path):
 
 
 def test_groups_are_sorted_by_their_keys_across_files(tmp_path):
-    first = write_part(tmp_path, [event(event_type="zoom_in"), event(event_type="app_open", region="us")], "a.jsonl.gz")
+    first = write_part(
+        tmp_path, [event(event_type="video_start"), event(event_type="app_open", region="us")], "a.jsonl.gz"
+    )
     second = write_part(tmp_path, [event(event_type="app_open", region="ap")], "b.jsonl.gz")
     result = run(tmp_path, first, second)
     assert [(r["event_type"], r["region"]) for r in rows(result)] == [
-        ("app_open", "ap"), ("app_open", "us"), ("zoom_in", "eu")
+        ("app_open", "ap"), ("app_open", "us"), ("video_start", "eu")
     ]  # fmt: skip
 
 
@@ -370,11 +380,11 @@ class _KeySpy(dict):
 
 
 def test_only_allow_listed_keys_are_ever_read(tmp_path, monkeypatch):
-    def spying_loads(data):
-        decoded = json.loads(data)
+    def spying_loads(data, where):
+        decoded = load_json(data, where)
         return _KeySpy(decoded) if isinstance(decoded, dict) else decoded
 
-    monkeypatch.setattr(aggregates, "json", types.SimpleNamespace(loads=spying_loads))
+    monkeypatch.setattr(aggregates, "load_json", spying_loads)
     _KeySpy.looked_at = set()
     part = write_part(tmp_path, [
         event(email=EMAIL, ip="10.0.0.7", device_id="dev_1", duration_ms=5),

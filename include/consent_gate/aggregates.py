@@ -6,32 +6,44 @@ allow-list of fields (never the rest of an event), keeps per group only a count,
 when at least `k` distinct users stand behind it. Files are streamed line by line: a day's events are
 never all held in memory.
 
-Every non-blank line ends in exactly one of: aggregated, suppressed, out of partition, quarantined.
-A gzip stream that breaks mid-way is one more quarantined unit (and one more unit read), so that the
-accounting `lines_read == telemetry_in + quarantined` holds whatever goes wrong.
+Every non-blank line ends in exactly one of: aggregated, suppressed, out of partition, duplicate,
+quarantined. A gzip stream that breaks mid-way is one more quarantined unit (and one more unit read),
+so that the accounting `lines_read == telemetry_in + duplicate + quarantined` holds whatever goes wrong.
+
+Telemetry is delivered at least once (SPEC §4, revised): the parsed, allow-listed part of each line is
+spilled in Arrow batches to a temporary Parquet file, and DuckDB (bounded memory, spilling to disk)
+finds the repeated deliveries of an event_id, quarantines the event_ids whose deliveries differ, and
+computes the groups over the first delivery of each event: no Python loop over rows or groups, and no
+in-memory set of the day's event ids. Group key values are allow-listed by the policy: any other value
+is published as `other`, so a free-text field cannot carry an e-mail into the aggregates.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import gzip
 import math
+import re
+import shutil
+import tempfile
 import zlib
-from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, NamedTuple
 
 import fsspec
 import fsspec.core
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from consent_gate.records import (
     MalformedRecord,
     Quarantined,
+    load_json,
     optional_str,
-    parse_timestamp,
+    parse_content_timestamp,
     require_object,
     require_str,
 )
@@ -54,6 +66,7 @@ AGGREGATE_SCHEMA = pa.schema(
 # events without it still count (in their own group) instead of vanishing.
 GROUP_FIELDS = ("event_type", "client_version", "platform", "region")
 UNKNOWN = "unknown"
+OTHER = "other"  # a value outside the policy's allow-list (SPEC §4, revised)
 
 # The whole allow-list: these are the only keys of an event this module ever looks up. Identifiers
 # such as account_id or meeting_id, and anything upstream adds (e-mails, IPs, device ids), are never
@@ -76,7 +89,9 @@ class TelemetryCounts:
     suppressed_events: int = 0  # events in those groups
     out_of_partition: int = 0  # events parsed OK whose UTC day is not the run's day
     quarantined: int = 0  # lines, and unreadable files, quarantined
-    lines_read: int = 0  # non-blank lines, plus one per file whose stream broke
+    lines_read: int = 0  # non-blank lines, plus one per file whose stream broke or that was not read
+    duplicate: int = 0  # repeated deliveries of an event, with equal content: aggregated once
+    unreadable_files: int = 0  # files whose stream broke: an unknown number of lines is lost
 
 
 @dataclass
@@ -86,56 +101,81 @@ class TelemetryAggregate:
     quarantine: list[Quarantined]
 
 
+@dataclass(frozen=True)
+class GroupValues:
+    """The policy's allow-lists of group key values (SPEC §4, revised)."""
+
+    event_types: frozenset[str]
+    platforms: frozenset[str]
+    regions: frozenset[str]
+    client_version: re.Pattern[str]
+
+    @classmethod
+    def from_policy(cls, policy: Any) -> GroupValues:
+        return cls(
+            frozenset(policy.telemetry_event_types),
+            frozenset(policy.telemetry_platforms),
+            frozenset(policy.telemetry_regions),
+            re.compile(policy.telemetry_client_version_pattern),
+        )
+
+    def bucket(self, name: str, value: str | None) -> str:
+        """The published value: UNKNOWN when missing, the value when allow-listed, else OTHER."""
+        if value is None:
+            return UNKNOWN
+        if name == "client_version":
+            return value if self.client_version.fullmatch(value) else OTHER
+        allowed = {"event_type": self.event_types, "platform": self.platforms, "region": self.regions}[name]
+        return value if value in allowed else OTHER
+
+
+def default_group_values() -> GroupValues:
+    from consent_gate.config import Policy
+
+    return GroupValues.from_policy(Policy())
+
+
 class TelemetryEvent(NamedTuple):
     """The allow-listed part of one event: what aggregation needs, and no identifier but user_id.
 
     A NamedTuple, not a frozen dataclass: one is built per line, and tuple construction is cheaper.
     """
 
+    event_id: str
     day: date
-    group: tuple[str, str, str, str]  # GROUP_FIELDS values, UNKNOWN for missing ones
+    group: tuple[str, str, str, str]  # GROUP_FIELDS values: allow-listed, UNKNOWN or OTHER
     user_id: str | None
     duration_ms: float | None
-
-
-@dataclass(slots=True)
-class _GroupState:
-    """Running state of one group: all of it is bounded by users and events, not by event size."""
-
-    event_count: int = 0
-    users: set[str] = field(default_factory=set)
-    durations: array = field(default_factory=lambda: array("d"))  # 8 bytes a value, no object per value
+    # Hash of the parsed allow-listed fields: equal hashes are the same delivery. Compared only within one
+    # run (Python's hash is per process), and only between deliveries of one event_id.
+    content: int
 
 
 # --- parsing one line ---------------------------------------------------------------------------
 
 
-def parse_event(line: bytes) -> TelemetryEvent:
+def parse_event(line: bytes, values: GroupValues | None = None) -> TelemetryEvent:
     """One telemetry line to its allow-listed fields; MalformedRecord names the field, never the value."""
-    try:
-        # JSON lines are UTF-8 (RFC 8259); decoding first skips json's encoding sniffing per line.
-        decoded = json.loads(line.decode("utf-8"))
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise MalformedRecord("<line>", "not valid JSON") from None
-    decoded = require_object(decoded, "<line>")
+    # Strict JSON (SPEC §2.1): duplicate keys, NaN, lone surrogates and deep nesting are malformed.
+    decoded = require_object(load_json(line, "<line>"), "<line>")
     # Project onto the allow-list first (about 1 us a line): the code below cannot reach any other key,
     # even by mistake, and the rest of the event is garbage once this function returns.
     record = {name: decoded[name] for name in ALLOWED_FIELDS if name in decoded}
-    require_str(record, "event_id")  # required for traceability upstream; never kept
-    day = parse_timestamp(record.get("ts"), "ts").date()
+    event_id = require_str(record, "event_id")
+    instant = parse_content_timestamp(record.get("ts"), "ts")
     user_id = optional_str(record, "user_id")
+    raw = tuple(optional_str(record, name) for name in GROUP_FIELDS)
+    values = values or _DEFAULT_VALUES
     group = (
-        _group_key(record, "event_type"),
-        _group_key(record, "client_version"),
-        _group_key(record, "platform"),
-        _group_key(record, "region"),
+        values.bucket("event_type", raw[0]),
+        values.bucket("client_version", raw[1]),
+        values.bucket("platform", raw[2]),
+        values.bucket("region", raw[3]),
     )
-    return TelemetryEvent(day, group, user_id, _duration_ms(record))
-
-
-def _group_key(record: dict[str, Any], name: str) -> str:
-    """A group key value; missing, null and empty all mean UNKNOWN, a non-string is malformed."""
-    return optional_str(record, name) or UNKNOWN
+    duration = _duration_ms(record)
+    # The delivery's content as parsed: the instant (not its spelling), the raw key values, user, duration.
+    content = hash((instant, raw, user_id, duration))
+    return TelemetryEvent(event_id, instant.date(), group, user_id, duration, content)
 
 
 def _duration_ms(record: dict[str, Any]) -> float | None:
@@ -164,7 +204,7 @@ class _TelemetryFile:
     """The numbered lines of one gzip file; a read failure ends the lines and is kept in `error`.
 
     Catching the failure here, not around the caller's loop, keeps a bug in line handling from
-    being mistaken for a corrupt file.
+    being mistaken for a corrupt file. Local files are opened with O_NOFOLLOW (SPEC §2.1).
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any]) -> None:
@@ -172,10 +212,22 @@ class _TelemetryFile:
         self.storage_options = storage_options
         self.error: str | None = None
 
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[Any]:
+        protocol, path = fsspec.core.split_protocol(self.url)
+        if protocol in (None, "file", "local"):
+            from consent_gate.sources import open_no_follow
+
+            with open_no_follow(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as handle:
+                yield handle
+        else:
+            with fsspec.open(self.url, "rb", compression="gzip", **self.storage_options) as handle:
+                yield handle
+
     def lines(self) -> Iterator[tuple[int, bytes]]:
         number = 0
         try:
-            with fsspec.open(self.url, "rb", compression="gzip", **self.storage_options) as handle:
+            with self._open() as handle:
                 for number, line in enumerate(handle, start=1):
                     yield number, line
         except _READ_ERRORS as error:
@@ -203,96 +255,214 @@ def aggregate_telemetry(
     day: date,
     k: int,
     storage_options: dict[str, Any] | None = None,
+    values: GroupValues | None = None,
+    refused: Sequence[Quarantined] = (),
 ) -> TelemetryAggregate:
-    """Aggregate the day's telemetry files into published groups, counts and quarantined units."""
+    """Aggregate the day's telemetry files into published groups, counts and quarantined units.
+
+    `refused` are the day's telemetry entries the landing zone would not open (links, invalid names):
+    each is one unit read and quarantined, and, like a broken stream, an unreadable file (the day fails:
+    it may hold any number of events).
+    """
     if k < 1:  # k = 0 would publish groups with no user behind them: refuse rather than leak
         raise ValueError("k must be at least 1")
-    day_groups = _DayGroups(day)
-    for url in files:
-        day_groups.read_file(_TelemetryFile(url, storage_options or {}), relative_unit(url, landing_root))
-    table = _publish(day_groups.groups, day, k, day_groups.counts)
+    spill = tempfile.mkdtemp(prefix="consent-gate-telemetry-")
+    try:
+        day_groups = _DayGroups(day, values or _DEFAULT_VALUES, f"{spill}/events.parquet")
+        for unit in refused:  # never read: like a broken stream, it may hold any number of events
+            day_groups.counts.lines_read += 1
+            day_groups.counts.unreadable_files += 1
+            day_groups.quarantine_unit(unit.unit, unit.error)
+        units = [relative_unit(url, landing_root) for url in files]
+        for index, (url, unit) in enumerate(zip(files, units, strict=True)):
+            day_groups.read_file(_TelemetryFile(url, storage_options or {}), unit, index)
+        day_groups.close()
+        table = _publish_groups(day_groups, k, units, spill)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
     _check_accounting(day_groups.counts, table)
     return TelemetryAggregate(table, day_groups.counts, day_groups.quarantine)
 
 
-class _DayGroups:
-    """The running aggregation of one day: group states, counts and quarantined units."""
+_SPILL_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string()),
+        pa.field("content", pa.int64()),
+        pa.field("file", pa.int32()),
+        pa.field("line", pa.int64()),
+        pa.field("in_day", pa.bool_()),
+        pa.field("group_id", pa.int32()),  # index into _DayGroups.group_keys: 4 strings a line cost more
+        pa.field("user_id", pa.string()),
+        pa.field("duration_ms", pa.float64()),
+    ]
+)
+_SPILL_BATCH_ROWS = 100_000
 
-    def __init__(self, day: date) -> None:
+
+class _DayGroups:
+    """The parsed lines of one day, spilled in batches to Parquet; counts and quarantined units."""
+
+    def __init__(self, day: date, values: GroupValues, spill_path: str) -> None:
         self.day = day
-        self.groups: dict[tuple[str, str, str, str], _GroupState] = {}
+        self.values = values
         self.counts = TelemetryCounts()
         self.quarantine: list[Quarantined] = []
-        # One string per distinct user for the whole run: json.loads makes a new string per line, and a
-        # user active in many groups would otherwise be stored once per group.
-        self._user_ids: dict[str, str] = {}
+        self.spill_path = spill_path
+        self._writer = pq.ParquetWriter(spill_path, _SPILL_SCHEMA, compression="lz4")
+        self._columns: dict[str, list[Any]] = {name: [] for name in _SPILL_SCHEMA.names if name != "file"}
+        self._file = 0
+        # The day's distinct group keys (a few thousand at most: allow-listed values), by first appearance.
+        self.group_ids: dict[tuple[str, str, str, str], int] = {}
 
-    def read_file(self, source: _TelemetryFile, unit: str) -> None:
+    def read_file(self, source: _TelemetryFile, unit: str, index: int) -> None:
         counts = self.counts
+        in_day = self.day
+        group_ids = self.group_ids
+        self._file = index
+        # One bound append per column, looked up once: a line costs a few C calls, no tuple.
+        columns = self._columns
+        ids = columns["event_id"]
+        add_id, add_content, add_line = ids.append, columns["content"].append, columns["line"].append
+        add_in_day, add_group = columns["in_day"].append, columns["group_id"].append
+        add_user, add_duration = columns["user_id"].append, columns["duration_ms"].append
         for number, line in source.lines():
             if not line.strip():  # blank lines carry no event: not a unit
                 continue
             counts.lines_read += 1
             try:
-                event = parse_event(line)
+                event = parse_event(line, self.values)
             except MalformedRecord as error:
-                self._quarantine(f"{unit}:{number}", str(error))
+                self.quarantine_unit(f"{unit}:{number}", str(error))
                 continue
-            counts.telemetry_in += 1
-            if event.day != self.day:  # late or early events belong to another day's run
-                counts.out_of_partition += 1
-                continue
-            self._add(event)
+            group_id = group_ids.get(event.group)
+            if group_id is None:
+                group_id = group_ids[event.group] = len(group_ids)
+            add_id(event.event_id)
+            add_content(event.content)
+            add_line(number)
+            add_in_day(event.day == in_day)
+            add_group(group_id)
+            add_user(event.user_id)
+            add_duration(event.duration_ms)
+            if len(ids) >= _SPILL_BATCH_ROWS:
+                self._flush()
+        self._flush()  # the buffered rows are all of this file (the spill's `file` column is one value)
         if source.error is not None:
             # What was read before the break stays counted; the rest of the file is this one more unit.
             counts.lines_read += 1
-            self._quarantine(unit, source.error)
+            counts.unreadable_files += 1
+            self.quarantine_unit(unit, source.error)
 
-    def _quarantine(self, unit: str, error: str) -> None:
+    def quarantine_unit(self, unit: str, error: str) -> None:
         self.counts.quarantined += 1
         self.quarantine.append(Quarantined(unit, error))
 
-    def _add(self, event: TelemetryEvent) -> None:
-        state = self.groups.get(event.group)
-        if state is None:
-            state = self.groups[event.group] = _GroupState()
-        state.event_count += 1
-        if event.user_id is not None:
-            state.users.add(self._user_ids.setdefault(event.user_id, event.user_id))
-        if event.duration_ms is not None:
-            state.durations.append(event.duration_ms)
+    def _flush(self) -> None:
+        columns = self._columns
+        if columns["event_id"]:
+            rows = len(columns["event_id"])
+            arrays = [
+                pa.repeat(pa.scalar(self._file, pa.int32()), rows) if f.name == "file"
+                else pa.array(columns[f.name], type=f.type)
+                for f in _SPILL_SCHEMA
+            ]  # fmt: skip
+            self._writer.write_table(pa.Table.from_arrays(arrays, schema=_SPILL_SCHEMA))
+            for values in columns.values():  # emptied in place: read_file holds their append methods
+                values.clear()
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
 
 
-def _percentiles(durations: array) -> tuple[float | None, float | None]:
-    """p50 and p95 by linear interpolation between closest ranks; None when there is no duration."""
-    if not durations:
-        return None, None
-    p50, p95 = np.percentile(np.frombuffer(durations, dtype=np.float64), [50, 95])
-    return float(p50), float(p95)
+# One row per event_id: its deliveries, whether they differ, and the event's fields (all deliveries of
+# an event whose content hashes agree carry the same fields).
+_EVENTS_SQL = """
+CREATE TEMP TABLE events AS
+SELECT event_id,
+       count(*) AS deliveries,
+       -- whether the deliveries differ: min/max, not count(DISTINCT), which keeps a hash set per event
+       (min(content) <> max(content)) AS differ,
+       -- min() of equal values is that value (null when all are null); when the deliveries differ
+       -- (differ) they are all quarantined and these are never read.
+       bool_and(in_day) AS in_day,
+       min(group_id) AS group_id,
+       min(user_id) AS user_id,
+       min(duration_ms) AS duration_ms
+FROM read_parquet(?)
+GROUP BY event_id
+"""
+_COUNTS_SQL = """
+SELECT coalesce(sum(deliveries) FILTER (WHERE differ), 0),
+       coalesce(sum(deliveries - 1) FILTER (WHERE NOT differ), 0),
+       count(*) FILTER (WHERE NOT differ),
+       count(*) FILTER (WHERE NOT differ AND NOT in_day)
+FROM events
+"""
+# quantile_cont interpolates linearly between closest ranks over non-null values, as SPEC §4 asks.
+_GROUPS_SQL = """
+SELECT g.event_type, g.client_version, g.platform, g.region,
+       count(*) AS event_count,
+       count(DISTINCT e.user_id) AS distinct_users,
+       quantile_cont(e.duration_ms, 0.5) AS duration_ms_p50,
+       quantile_cont(e.duration_ms, 0.95) AS duration_ms_p95
+FROM events e JOIN group_keys g USING (group_id)
+WHERE NOT e.differ AND e.in_day
+GROUP BY ALL
+"""
+_CONFLICTS_SQL = """
+SELECT s.file, s.line FROM read_parquet(?) s JOIN events e USING (event_id)
+WHERE e.differ ORDER BY s.file, s.line
+"""
 
 
-def _publish(
-    groups: dict[tuple[str, str, str, str], _GroupState], day: date, k: int, counts: TelemetryCounts
-) -> pa.Table:
-    """Groups with at least k distinct users, as a table with no identifier; the rest only counted."""
-    rows: dict[str, list[Any]] = {name: [] for name in AGGREGATE_SCHEMA.names}
-    dt = day.isoformat()
-    for key in sorted(groups):  # dt is the same for all, so this is the order of the five keys
-        state = groups[key]
-        if len(state.users) < k:
-            counts.suppressed_groups += 1
-            counts.suppressed_events += state.event_count
-            continue
-        counts.aggregated += state.event_count
-        p50, p95 = _percentiles(state.durations)
-        rows["dt"].append(dt)
-        for name, value in zip(GROUP_FIELDS, key, strict=True):
-            rows[name].append(value)
-        rows["event_count"].append(state.event_count)
-        rows["distinct_users"].append(len(state.users))
-        rows["duration_ms_p50"].append(p50)
-        rows["duration_ms_p95"].append(p95)
-    return pa.table(rows, schema=AGGREGATE_SCHEMA)
+def _publish_groups(day_groups: _DayGroups, k: int, units: list[str], spill: str) -> pa.Table:
+    """Duplicates, conflicts and groups in DuckDB; groups with at least k distinct users, the rest counted."""
+    from consent_gate.verify import connect
+
+    counts = day_groups.counts
+    dt = day_groups.day.isoformat()
+    connection = connect(spill)
+    keys = list(day_groups.group_ids)
+    group_keys = pa.table(
+        {
+            "group_id": pa.array(range(len(keys)), pa.int32()),
+            **{name: pa.array([key[i] for key in keys], pa.string()) for i, name in enumerate(GROUP_FIELDS)},
+        }
+    )
+    try:
+        connection.register("group_keys", group_keys)
+        connection.execute(_EVENTS_SQL, [day_groups.spill_path]).fetchall()  # to the end: no pending result
+        [(conflicting, duplicate, unique, out_of_partition)] = connection.execute(_COUNTS_SQL).fetchall()
+        counts.duplicate += int(duplicate)
+        counts.telemetry_in += int(unique)
+        counts.out_of_partition += int(out_of_partition)
+        if conflicting:
+            reader = connection.sql(_CONFLICTS_SQL, params=[day_groups.spill_path]).to_arrow_reader(65_536)
+            for batch in reader:
+                lines = zip(batch.column("file").to_pylist(), batch.column("line").to_pylist(), strict=True)
+                for file, number in lines:
+                    day_groups.quarantine_unit(
+                        f"{units[file]}:{number}",
+                        "field 'event_id': delivered more than once with different content; every delivery "
+                        "is quarantined",
+                    )
+        groups = connection.sql(
+            f"SELECT ?::VARCHAR AS dt, * FROM ({_GROUPS_SQL}) ORDER BY event_type, client_version, platform, region",
+            params=[dt],
+        ).to_arrow_table()
+    finally:
+        connection.close()
+    keep = pc.greater_equal(groups.column("distinct_users"), k)
+    suppressed = groups.filter(pc.invert(keep))
+    counts.suppressed_groups += suppressed.num_rows
+    counts.suppressed_events += int(pc.sum(suppressed.column("event_count")).as_py() or 0)
+    published = groups.filter(keep).cast(AGGREGATE_SCHEMA)
+    counts.aggregated += int(pc.sum(published.column("event_count")).as_py() or 0)
+    return published
+
+
+_DEFAULT_VALUES = default_group_values()
 
 
 def _check_accounting(counts: TelemetryCounts, table: pa.Table) -> None:
@@ -303,9 +473,10 @@ def _check_accounting(counts: TelemetryCounts, table: pa.Table) -> None:
             f"telemetry_in {counts.telemetry_in} != aggregated {counts.aggregated} + suppressed "
             f"{counts.suppressed_events} + out_of_partition {counts.out_of_partition}"
         )
-    if counts.lines_read != counts.telemetry_in + counts.quarantined:
+    if counts.lines_read != counts.telemetry_in + counts.duplicate + counts.quarantined:
         raise TelemetryAccountingError(
-            f"lines_read {counts.lines_read} != telemetry_in {counts.telemetry_in} + quarantined {counts.quarantined}"
+            f"lines_read {counts.lines_read} != telemetry_in {counts.telemetry_in} + duplicate {counts.duplicate} "
+            f"+ quarantined {counts.quarantined}"
         )
     published = sum(table.column("event_count").to_pylist())
     if published != counts.aggregated:

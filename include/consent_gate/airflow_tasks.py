@@ -6,7 +6,7 @@ Stages travel between tasks as small dicts ({"day", "attempt"}): paths, never da
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -37,7 +37,10 @@ def snapshot_task(params: Any, interval_start: Any, interval_end: Any, run_id: s
     settings = settings_from_airflow()
     stage = pipeline.snapshot_consent(settings, day, as_of, run_id=run_id or "manual", dag_run_id=run_id)
     log.info("partition %s, consent as of %s, stage %s", day, as_of.isoformat(), stage.root)
-    return {"day": day.isoformat(), "attempt": stage.attempt, "shards": shards}
+    return {
+        "day": day.isoformat(), "attempt": stage.attempt, "shards": shards,
+        "allow_shrink": params.get("allow_shrink") is True,  # the operator's explicit choice only
+    }  # fmt: skip
 
 
 def gate_task(payload: dict[str, Any], shard: int = 0) -> dict[str, Any]:
@@ -68,13 +71,14 @@ def validate_task(payload: dict[str, str]) -> dict[str, str]:
     return payload
 
 
-def publish_task(payload: dict[str, str]) -> str:
+def publish_task(payload: dict[str, Any]) -> str:
     """Failed checks or an interrupted earlier try fail the task for good: a rerun needs a new snapshot."""
     from airflow.exceptions import AirflowFailException
 
     from consent_gate.publish import InterruptedPublication
 
-    settings, stage = settings_from_airflow(), _stage(payload)
+    settings = replace(settings_from_airflow(), allow_shrink=payload.get("allow_shrink") is True)
+    stage = _stage(payload)
     try:
         manifest = pipeline.publish_stage(settings, stage)
     except (pipeline.GateCheckFailed, InterruptedPublication) as error:

@@ -203,6 +203,7 @@ def render_day(
                     "suppressed_groups",
                     "suppressed_events",
                     "out_of_partition",
+                    "duplicate",
                     "quarantined",
                 )
             ],  # fmt: skip

@@ -16,7 +16,7 @@ from pathlib import Path
 from consent_gate.config import load_policy
 from consent_gate.consent import ConsentStoreError
 from consent_gate.keys import Keyer, MissingSecretError, create_secret_file, load_secret
-from consent_gate.pipeline import GateCheckFailed, RunSettings, project_var, run_day
+from consent_gate.pipeline import GateCheckFailed, RunRefused, RunSettings, os_reason, project_var, run_day
 from consent_gate.records import MalformedRecord, parse_timestamp
 
 
@@ -63,6 +63,11 @@ def _common(parser: argparse.ArgumentParser, *, consent: bool = True) -> None:
         help="HMAC secret file, used when $CONSENT_GATE_HMAC_KEY is unset (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--policy", default=None, help="policy YAML (default: the project's policy.yaml)")
+    _debug(parser)
+
+
+def _debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,10 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--meetings", type=int, default=40, help="meetings per day")
     sample.add_argument("--seed", type=int, default=7)
     sample.add_argument("--start", type=_day, default=None, help="first day (default: 2026-11-02)")
+    _debug(sample)
 
     run = commands.add_parser("run", help="gate one day and publish it if every check passes")
     run.add_argument("--date", type=_day, required=True)
     run.add_argument("--as-of", type=_instant, default=None, help="consent snapshot instant (default: now)")
+    run.add_argument(
+        "--allow-shrink", action="store_true",
+        help="let a rerun replace a published day with fewer than half of its units",
+    )  # fmt: skip
     _common(run)
 
     explain = commands.add_parser("explain", help="why an artifact was kept or dropped")
@@ -116,6 +126,7 @@ def settings_from(args: argparse.Namespace) -> RunSettings:
         consent_db=args.consent_db,
         policy=load_policy(args.policy),
         secret=load_secret(args.key_file),
+        allow_shrink=getattr(args, "allow_shrink", False),
     )
 
 
@@ -140,12 +151,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     _say(f"gating {args.date} with consent as of {as_of.isoformat()}")
     try:
         outcome = run_day(settings, args.date, as_of, run_id="cli", progress=_say)
-    except ConsentStoreError as error:
-        _say(f"FAILED, nothing published: {error}")
+    except (ConsentStoreError, RunRefused, OSError) as error:
+        _say(f"FAILED, nothing published: {one_line(error)}")
         return 1
     except GateCheckFailed as error:
-        _say(f"FAILED, nothing published: {error}")
-        print(f"failed attempt's evidence: {args.out}/_audit/dt={args.date}/attempts/", file=sys.stderr)
+        _say(f"FAILED, nothing published: {one_line(error)}")
+        if not getattr(error, "__notes__", None):  # a note says the evidence could not be written
+            print(f"failed attempt's evidence: {args.out}/_audit/dt={args.date}/attempts/", file=sys.stderr)
         return 1
     counts = outcome.manifest["counts"]
     content, telemetry = counts["content"], counts["telemetry"]
@@ -248,6 +260,14 @@ COMMANDS = {
 }  # fmt: skip
 
 
+def one_line(error: BaseException) -> str:
+    """The error and its notes (what cleanup could not do) on one line."""
+    # An OSError's text names paths (of the output, never content); its code says what happened.
+    first = os_reason(error) if isinstance(error, OSError) else str(error) or type(error).__name__
+    parts = [first, *getattr(error, "__notes__", ())]
+    return "; ".join(" ".join(part.split()) for part in parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -255,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     except MissingSecretError as error:
         print(f"consent-gate: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # one line for the operator; the traceback only with --debug
+        if getattr(args, "debug", False):
+            raise
+        detail = f"{type(error).__name__}: {one_line(error)}"
+        print(f"consent-gate: {args.command} failed: {detail} (--debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -18,14 +19,42 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_POLICY_FILE = PROJECT_ROOT / "policy.yaml"
 
 
+# SPEC §4 (revised): the telemetry group key values that may be published; anything else is "other".
+# The SPEC's minimum lists plus every value the sample writes.
+DEFAULT_EVENT_TYPES = (
+    "join", "leave", "quality_sample", "meeting_join", "meeting_leave", "audio_connect", "video_start",
+    "network_quality", "reaction", "screen_share", "chat_send", "recording_start", "app_open",
+    "settings_change", "calendar_sync",
+)  # fmt: skip
+DEFAULT_PLATFORMS = ("mac", "win", "linux", "web", "ios", "android", "macos", "windows")
+DEFAULT_REGIONS = (
+    "us", "eu", "ap", "ca", "sa", "me", "af", "au",
+    "us-east", "us-west", "eu-west", "eu-central", "ap-southeast", "sa-east",
+)  # fmt: skip
+DEFAULT_CLIENT_VERSION_PATTERN = r"[0-9]{1,9}(\.[0-9]{1,9}){0,3}"  # dot-separated numbers, at most four parts
+
+
 @dataclass(frozen=True)
 class Policy:
-    version: str = "builtin-1"
+    version: str = "builtin-2"
     max_quarantine_ratio: float = 0.01
     k_min_distinct_users: int = 10
     max_stage_age_hours: float = 24.0  # an unpublished stage older than this is abandoned: the sweep deletes it
+    telemetry_event_types: tuple[str, ...] = field(default=DEFAULT_EVENT_TYPES)
+    telemetry_platforms: tuple[str, ...] = field(default=DEFAULT_PLATFORMS)
+    telemetry_regions: tuple[str, ...] = field(default=DEFAULT_REGIONS)
+    telemetry_client_version_pattern: str = DEFAULT_CLIENT_VERSION_PATTERN
 
     def __post_init__(self) -> None:
+        for name in ("telemetry_event_types", "telemetry_platforms", "telemetry_regions"):
+            values = getattr(self, name)
+            if isinstance(values, str) or not all(isinstance(v, str) and v for v in values):
+                raise ValueError(f"policy {name} must be a list of non-empty strings")
+            object.__setattr__(self, name, tuple(sorted(set(values))))  # YAML lists; order is not policy
+        try:
+            re.compile(self.telemetry_client_version_pattern)
+        except (re.error, TypeError):
+            raise ValueError("policy telemetry_client_version_pattern must be a regular expression") from None
         if not 0 <= self.max_quarantine_ratio <= 1:
             raise ValueError("policy max_quarantine_ratio must lie in [0, 1]")
         if self.k_min_distinct_users < 1:

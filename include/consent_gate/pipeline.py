@@ -7,6 +7,7 @@ Nothing is published until every check has passed; a failed attempt leaves its e
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import subprocess
@@ -65,6 +66,19 @@ class GateCheckFailed(RuntimeError):
     """A check failed: nothing was published, the attempt's evidence is kept."""
 
 
+class RunRefused(RuntimeError):
+    """The run cannot go ahead at all (nothing arrived, the landing zone cannot be listed): the
+    published version stays as it is."""
+
+
+class AttemptNotRecorded(RuntimeError):
+    """A failed attempt's evidence could not be written (full disk, read-only output); says why."""
+
+
+class ShrinkRefused(GateCheckFailed):
+    """A rerun would replace a published day with less than half of its units (SPEC §6, revised)."""
+
+
 @dataclass(frozen=True)
 class RunSettings:
     raw: str
@@ -74,6 +88,9 @@ class RunSettings:
     secret: bytes = field(repr=False)
     storage_options: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 20_000
+    # A rerun may replace a published day with fewer than half of its units only when the operator
+    # says so (`--allow-shrink`, the DAG's `allow_shrink` param): a missing partition is not a day.
+    allow_shrink: bool = False
 
     def zone(self) -> LandingZone:
         return LandingZone(self.raw, self.storage_options)
@@ -124,24 +141,61 @@ def _now() -> str:
 def snapshot_consent(
     settings: RunSettings, day: date, as_of: datetime, *, run_id: str, dag_run_id: str | None = None
 ) -> Stage:
-    """Pin `as_of`, read the consent visible then, and open a stage recording it."""
+    """Pin `as_of`, read the consent visible then, and open a stage recording it.
+
+    Refused (RunRefused, nothing staged) when nothing arrived for the day: a wrong `--raw` or a partition
+    not delivered yet must not publish "0 of 0" over a published day.
+    """
+    require_arrivals(settings.zone(), day)
     stage = Stage(day, new_attempt_id(run_id))
     snapshot = take_snapshot(settings.consent_db, as_of)
     store = settings.store()
+    try:
+        _write_run_record(settings, store, stage, snapshot, run_id, dag_run_id)
+    except OSError as error:  # a full disk, a read-only output: no attempt began, so none is recorded
+        store.remove(stage.root)  # a half-written stage is not left behind
+        raise RunRefused(
+            f"cannot open a stage under {settings.out} ({os_reason(error)}); nothing staged, nothing published"
+        ) from None
+    except BaseException:
+        store.remove(stage.root)
+        raise
+    return stage
+
+
+def require_arrivals(zone: LandingZone, day: date) -> None:
+    """Raise RunRefused unless the day has at least one meeting folder entry or telemetry file."""
+    from consent_gate.sources import NotARegularFile
+
+    try:
+        meetings = zone.meeting_folders(day)
+        telemetry, refused = zone.telemetry_entries(day)
+    except NotARegularFile as error:
+        raise RunRefused(f"cannot read the landing zone for {day}: {error}") from None
+    if not (meetings or telemetry or refused):
+        raise RunRefused(
+            f"nothing arrived for {day}: no meeting folder under {zone.meetings_prefix(day)}/ and no telemetry "
+            f"file under {zone.telemetry_prefix(day)}/ of the landing zone; nothing published"
+        )
+
+
+def _write_run_record(
+    settings: RunSettings, store: OutputStore, stage: Stage, snapshot: ConsentSnapshot, run_id: str,
+    dag_run_id: str | None,
+) -> None:  # fmt: skip
     store.write_json(
         stage / "run.json",
         {
             "run_id": run_id,
             "dag_run_id": dag_run_id,
             "attempt": stage.attempt,
-            "partition": day.isoformat(),
+            "partition": stage.day.isoformat(),
             "started_at": _now(),
             "code_version": code_version(),
             "policy": {**asdict(settings.policy), "checksum": settings.policy.checksum},
             "consent": _snapshot_evidence(snapshot),
         },
     )
-    return stage
 
 
 def _snapshot_evidence(snapshot: ConsentSnapshot) -> dict[str, Any]:
@@ -295,16 +349,18 @@ def _inputs_table(files: list[InputFile]) -> pa.Table:
 
 def aggregate_day(settings: RunSettings, stage: Stage) -> dict[str, int]:
     """Aggregate the day's telemetry into staged groups; the counts go to the stage."""
-    from consent_gate.aggregates import AGGREGATE_SCHEMA, aggregate_telemetry
+    from consent_gate.aggregates import AGGREGATE_SCHEMA, GroupValues, aggregate_telemetry
 
     zone, store = settings.zone(), settings.store()
-    relative = zone.telemetry_files(stage.day)
+    relative, refused = zone.telemetry_entries(stage.day)
     result = aggregate_telemetry(
         [zone.url(r) for r in relative],
         landing_root=zone.root,
         day=stage.day,
         k=settings.policy.k_min_distinct_users,
         storage_options=settings.storage_options,
+        values=GroupValues.from_policy(settings.policy),
+        refused=refused,
     )
     groups = _ParquetSink(store, stage / "aggregates/part-0000.parquet", AGGREGATE_SCHEMA)
     quarantine = _ParquetSink(store, stage / "audit/quarantine/telemetry.parquet", QUARANTINE_SCHEMA)
@@ -324,7 +380,7 @@ def aggregate_day(settings: RunSettings, stage: Stage) -> dict[str, int]:
 def _hash_input(zone: LandingZone, relative: str) -> InputFile:
     digest = hashlib.sha256()
     size = 0
-    with zone.fs.open(f"{zone._root_path}/{relative}", "rb") as handle:
+    with zone.open_binary(relative) as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)
@@ -445,7 +501,7 @@ def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResu
                 aggregated += sum(batch.column("event_count").to_pylist())
     outcomes = (
         telemetry["aggregated"] + telemetry["suppressed_events"] + telemetry["out_of_partition"]
-        + telemetry["quarantined"]
+        + telemetry.get("duplicate", 0) + telemetry["quarantined"]
     )  # fmt: skip
     checks.append(
         CheckResult(
@@ -453,7 +509,8 @@ def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResu
             outcomes == telemetry["lines_read"] and aggregated == telemetry["aggregated"],
             f"lines read {telemetry['lines_read']} = aggregated {telemetry['aggregated']} (published groups "
             f"hold {aggregated}) + suppressed {telemetry['suppressed_events']} + out of partition "
-            f"{telemetry['out_of_partition']} + quarantined {telemetry['quarantined']}",
+            f"{telemetry['out_of_partition']} + duplicate {telemetry.get('duplicate', 0)} + quarantined "
+            f"{telemetry['quarantined']}",
         )
     )
     ratio, limit = counts["quarantine_ratio"], settings.policy.max_quarantine_ratio
@@ -465,22 +522,13 @@ def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResu
         )
     )
     # A telemetry file that breaks mid-way loses an unknown number of lines: no ratio can bound
-    # that loss, so the day is not published until the file is repaired or removed upstream.
-    broken = _rows_where(store, stage / "audit/quarantine/telemetry.parquet", lambda unit: ":" not in unit)
+    # that loss, so the day is not published until the file is repaired or removed upstream. Counted by
+    # the step itself, never inferred from unit names (a file name may hold ':').
+    broken = telemetry.get("unreadable_files", 0)
     checks.append(
         CheckResult("telemetry_files_complete", broken == 0, f"{broken} telemetry file(s) could not be read to the end")
     )
     return checks
-
-
-def _rows_where(store: OutputStore, relative: str, keep: Callable[[str], bool]) -> int:
-    if not store.exists(relative):
-        return 0
-    total = 0
-    with store.open(relative) as handle:
-        for batch in pq.ParquetFile(handle).iter_batches(columns=["unit"]):  # in batches: bounded memory
-            total += sum(1 for unit in batch.column("unit").to_pylist() if keep(unit.rsplit("/", 1)[-1]))
-    return total
 
 
 def validate_stage(settings: RunSettings, stage: Stage) -> list[CheckResult]:
@@ -556,6 +604,40 @@ def record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> s
     """End an attempt that will not publish: keep its evidence under `_audit/dt=D/attempts/` (once),
     then delete its stage, so no staged content outlives its run (a revocation could not reach it).
 
+    Returns the evidence path; None when the stage was already gone (published, or ended before). When
+    the output cannot be written (a full disk, a read-only mount) the stage is still deleted if it can
+    be, and AttemptNotRecorded says plainly what was and was not left behind; nothing half-written stays.
+    """
+    try:
+        return _record_failed_attempt(settings, stage, reason)
+    except Exception as error:  # noqa: BLE001  a full disk, a read-only mount, a stage cut short by either
+        store = settings.store()
+        store.remove(stage.root)
+        left = (
+            f"its stage {stage.root} could not be deleted either: delete it, or the sweep will once it is older "
+            "than max_stage_age_hours"
+            if store.exists(stage.root)
+            else "its stage was deleted"
+        )
+        raise AttemptNotRecorded(
+            f"the failed attempt's evidence could not be written under {settings.out} ({_why(error)}); {left}"
+        ) from None
+
+
+def _why(error: Exception) -> str:
+    return os_reason(error) if isinstance(error, OSError) else f"{type(error).__name__}: the stage is incomplete"
+
+
+def os_reason(error: OSError) -> str:
+    """An OSError in a few words, without the paths it names."""
+    code = errno.errorcode.get(error.errno or 0, type(error).__name__)
+    return f"{code}: {error.strerror}" if error.strerror else code
+
+
+def _record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> str | None:
+    """End an attempt that will not publish: keep its evidence under `_audit/dt=D/attempts/` (once),
+    then delete its stage, so no staged content outlives its run (a revocation could not reach it).
+
     Under the day lock an interrupted publication of the day is first finished or undone, so a stage
     is never deleted half-exchanged. Returns the evidence path; None when the stage was already gone
     (published, or ended before) and there is nothing to record.
@@ -608,6 +690,8 @@ def publish_stage(settings: RunSettings, stage: Stage) -> dict[str, Any]:
                 "the previous version stands; rerun the day for a new snapshot"
             )
         else:
+            if not settings.allow_shrink:
+                refuse_shrink(store, stage, staged_counts(settings, stage)["units_in"])
             begin_publication(store, stage.root)
             try:
                 manifest = _publish_locked(settings, stage)
@@ -616,6 +700,19 @@ def publish_stage(settings: RunSettings, stage: Stage) -> dict[str, Any]:
                 raise
     audit.write_index(store)
     return manifest
+
+
+def refuse_shrink(store: OutputStore, stage: Stage, units_in: int) -> None:
+    """ShrinkRefused when the published version of the day holds more than twice `units_in` units."""
+    published = f"_audit/dt={stage.day.isoformat()}/manifest.json"
+    if not store.exists(published):
+        return
+    previous = (store.read_json(published).get("counts") or {}).get("units_in") or 0
+    if units_in * 2 < previous:
+        raise ShrinkRefused(
+            f"refusing to replace the published {stage.day} ({previous} units) with {units_in} units, less than "
+            "half; if the day really shrank, rerun with --allow-shrink (DAG param allow_shrink)"
+        )
 
 
 def _abandon_publication(settings: RunSettings, stage: Stage, error: BaseException) -> None:
@@ -706,7 +803,10 @@ def run_day(
             raise GateCheckFailed(f"checks failed: {failed}")
         manifest = publish_stage(settings, stage)
     except BaseException as error:  # Ctrl-C too: no staged content outlives the run
-        record_failed_attempt(settings, stage, f"{type(error).__name__}: {error}")
+        try:
+            record_failed_attempt(settings, stage, f"{type(error).__name__}: {error}")
+        except AttemptNotRecorded as unrecorded:  # the run's own error stays the one raised
+            error.add_note(str(unrecorded))
         raise
     return RunOutcome(True, f"_audit/dt={day.isoformat()}/manifest.json", manifest, checks)
 

@@ -84,11 +84,16 @@ class OutputStore:
             target = self.path(relative)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             tmp = f"{target}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, target)
+            except BaseException:  # a full disk: no partial *.tmp-PID is left behind
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         else:  # an object store PUT is atomic per object
             self.fs.pipe_file(self.path(relative), data)
 

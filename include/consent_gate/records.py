@@ -6,6 +6,8 @@ meeting content or a raw personal id, and errors end up in logs and audit files.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +16,19 @@ from typing import Any
 # ISO-8601 with a mandatory offset. datetime.fromisoformat alone is too lenient (it takes dates
 # without a time, a space separator and offset-less values), so the shape is checked first.
 _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$")
+
+# SPEC §2.1 (revised 2026-11-28): a content timestamp outside this range is malformed. Beyond it
+# pandas/Arrow nanosecond timestamps overflow (2262) and a year-9999 value is a placeholder, not a time.
+EARLIEST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(2200, 1, 1, tzinfo=UTC)
+
+# SPEC §2.1: strict RFC 8259 JSON; nesting deeper than this is malformed (and never a RecursionError).
+MAX_JSON_DEPTH = 64
+# A landing-zone folder or file name; anything else is named in evidence only by its sha256.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_FIELD_NAME = re.compile(r"^[A-Za-z0-9_.\-\[\]]{1,64}$")
+# A \uD800-\uDFFF escape: the only way a lone surrogate gets into a str from UTF-8 input.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +89,139 @@ def require_object(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise MalformedRecord(what, "not a JSON object")
     return value
+
+
+def parse_content_timestamp(value: Any, field: str) -> datetime:
+    """A landing-zone timestamp: `parse_timestamp`, and within EARLIEST_INSTANT..LATEST_INSTANT."""
+    try:
+        parsed = parse_timestamp(value, field)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00 has no UTC datetime
+        raise MalformedRecord(field, "outside 1900-01-01..2200-01-01 UTC") from None
+    return check_instant_range(parsed, field)
+
+
+def check_instant_range(instant: datetime, field: str) -> datetime:
+    if not EARLIEST_INSTANT <= instant < LATEST_INSTANT:
+        raise MalformedRecord(field, "outside 1900-01-01..2200-01-01 UTC")
+    return instant
+
+
+def safe_name(name: str) -> str:
+    """A folder or file name fit for evidence: itself if `[A-Za-z0-9._-]{1,128}`, else its sha256.
+
+    A name may itself be personal data (a folder named like an e-mail address), so an invalid one is
+    never echoed into quarantine, inputs or reports.
+    """
+    if is_safe_name(name):
+        return name
+    # '<', ' ' and ':' are not valid name characters, so no real name can look like a hashed one.
+    return f"<name sha256:{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()}>"
+
+
+def is_safe_name(name: str) -> bool:
+    return bool(_SAFE_NAME.match(name)) and name not in (".", "..")
+
+
+def _field_label(key: str) -> str:
+    """A JSON key as an error may name it: schema-like keys by name, anything else not at all."""
+    return key if _FIELD_NAME.match(key) else "<key>"
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):  # never "last key wins": the record is ambiguous
+        seen: set[str] = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise MalformedRecord(_field_label(duplicate), "duplicate key in one JSON object")
+    return record
+
+
+class _NonFinite:
+    """What NaN/Infinity parse to: found afterwards, so the error can name its field."""
+
+
+_NON_FINITE = _NonFinite()
+
+
+def _refuse_constant(name: str) -> Any:
+    return _NON_FINITE
+
+
+# One decoder for every call: json.loads with hooks builds a new JSONDecoder each time.
+_DECODER = json.JSONDecoder(object_pairs_hook=_strict_object, parse_constant=_refuse_constant)
+
+
+def load_json(data: bytes | str, where: str = "<file>") -> Any:
+    """Parse strict RFC 8259 JSON (SPEC §2.1): the one JSON reader for every landing-zone record.
+
+    Refused, as MalformedRecord naming the field where it can (never the value): invalid UTF-8 or
+    syntax (with the line), a duplicate key in an object, NaN/Infinity, a lone surrogate, nesting deeper
+    than MAX_JSON_DEPTH.
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        value = _DECODER.decode(text)
+    except RecursionError:
+        raise MalformedRecord(where, f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except UnicodeDecodeError:
+        raise MalformedRecord(where, "not valid UTF-8") from None
+    except json.JSONDecodeError as error:
+        line = f" (line {error.lineno})" if "\n" in error.doc else ""
+        raise MalformedRecord(where, f"not valid JSON{line}") from None
+    raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+    # Both scans below are C-speed counts on the bytes; the walk runs only when they say it may be needed.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+        raise MalformedRecord(where, f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(raw):
+        field = _first_field(value, _is_lone_surrogate)
+        if field is not None:
+            raise MalformedRecord(field or where, "lone surrogate in a string")
+    if b"NaN" in raw or b"Infinity" in raw:
+        field = _first_field(value, lambda item: item is _NON_FINITE)
+        if field is not None:
+            raise MalformedRecord(field or where, "not a finite number (RFC 8259 has no non-finite numbers)")
+    return value
+
+
+def _depth(value: Any) -> int:
+    depth, level = 0, [value]
+    while level:  # breadth-first, so no recursion limit applies
+        depth += 1
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+    return depth
+
+
+def _first_field(value: Any, bad: Any) -> str | None:
+    """The path of the first value (or key) for which `bad` holds: '' for the document, None if none."""
+    stack = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if bad(item):
+            return where
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if _is_lone_surrogate(key):
+                    return f"{where}.<key>" if where else "<key>"
+                label = _field_label(key)
+                stack.append((child, f"{where}.{label}" if where else label))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+    return None
+
+
+def _is_lone_surrogate(item: Any) -> bool:
+    return isinstance(item, str) and not _is_unicode(item)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -6,9 +6,11 @@ Every file is read once: its bytes are hashed for the manifest and parsed from t
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import json
+import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,10 +23,13 @@ from consent_gate import webvtt_reader
 from consent_gate.records import (
     MalformedRecord,
     Quarantined,
+    is_safe_name,
+    load_json,
     optional_str,
-    parse_timestamp,
+    parse_content_timestamp,
     require_object,
     require_str,
+    safe_name,
 )
 from consent_gate.speakers import attribute, speakers_by_name
 
@@ -104,13 +109,47 @@ class MeetingRead:
     units_in: int = 0  # cues, chat lines, summaries, recordings read, and units quarantined whole
 
 
+NOT_FOLLOWED = "a symbolic link: never followed (SPEC §2.1)"
+BAD_NAME = "name is not [A-Za-z0-9._-]{1,128} (named here by its sha256)"
+
+
+class NotARegularFile(OSError):
+    """A landing-zone path that is a symlink, a folder or a device where a file was expected."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Entry:
+    """One name in a landing-zone folder, as listed, never following a link."""
+
+    name: str  # safe_name(): the name itself, or its sha256 when it is not a valid name
+    kind: str  # "file", "directory", "symlink" or "other"
+    valid_name: bool
+
+    def problem(self, expected: str) -> str | None:
+        """Why this entry cannot be read as `expected` ("file" or "directory"); None when it can."""
+        if not self.valid_name:
+            return BAD_NAME
+        if self.kind == "symlink":
+            return NOT_FOLLOWED
+        if self.kind != expected:
+            return "not a folder" if expected == "directory" else "not a regular file"
+        return None
+
+
 class LandingZone:
-    """A landing zone root (path or fsspec URI) and the day partitions below it."""
+    """A landing zone root (path or fsspec URI) and the day partitions below it.
+
+    Local zones are read without following symbolic links (SPEC §2.1): listings use lstat, and files
+    are opened component by component with O_NOFOLLOW, so a link swapped in after the listing is
+    refused too. Object stores have no links.
+    """
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
         self.root = root.rstrip("/")
         self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
         self._root_path = self._root_path.rstrip("/")
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.is_local = protocol in ("file", "local")
 
     def meetings_prefix(self, day: date) -> str:
         return f"meetings/dt={day.isoformat()}"
@@ -121,24 +160,64 @@ class LandingZone:
     def _abs(self, relative: str) -> str:
         return f"{self._root_path}/{relative}"
 
+    def entries(self, relative: str) -> list[Entry]:
+        """The names directly under `relative` (sorted; none when it does not exist), links not followed."""
+        if self.is_local:
+            try:
+                with os.scandir(self._open_path(relative, directory=True)) as listing:
+                    found = [(e.name, _local_kind(e)) for e in listing]
+            except FileNotFoundError:
+                return []
+            except NotARegularFile:
+                raise NotARegularFile(f"{relative}: {NOT_FOLLOWED}") from None
+        else:
+            base = self._abs(relative)
+            if not self.fs.exists(base):
+                return []
+            found = [
+                (e["name"].rstrip("/").rsplit("/", 1)[-1], "directory" if e["type"] == "directory" else "file")
+                for e in self.fs.ls(base, detail=True)
+            ]
+        return sorted(Entry(safe_name(name), kind, is_safe_name(name)) for name, kind in found)
+
+    def _open_path(self, relative: str, *, directory: bool = False) -> str:
+        """A local path whose every component below the root is checked not to be a link."""
+        path = self._root_path
+        for part in relative.split("/"):
+            path = f"{path}/{part}"
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                raise NotARegularFile(f"{relative}: {NOT_FOLLOWED}")
+        if directory and not stat.S_ISDIR(mode):
+            raise NotARegularFile(f"{relative}: not a folder")
+        return path
+
     def meeting_folders(self, day: date) -> list[str]:
-        """Relative paths of the day's meeting folders, sorted (a stable processing order)."""
+        """Relative paths of every entry of the day's meetings folder, sorted (a stable order).
+
+        Entries that are not readable meeting folders (links, files, invalid names) are listed too:
+        `read_meeting` quarantines each as one unit, so none is skipped silently.
+        """
         prefix = self.meetings_prefix(day)
-        base = self._abs(prefix)
-        if not self.fs.exists(base):
-            return []
-        entries = self.fs.ls(base, detail=True)
-        names = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
-        return [f"{prefix}/{name}" for name in names]
+        return [f"{prefix}/{entry.name}" for entry in self.entries(prefix)]
+
+    def telemetry_entries(self, day: date) -> tuple[list[str], list[Quarantined]]:
+        """The day's readable telemetry files (sorted), and the `*.jsonl.gz` entries that cannot be read."""
+        prefix = self.telemetry_prefix(day)
+        readable, refused = [], []
+        for entry in self.entries(prefix):
+            if not (entry.name.endswith(".jsonl.gz") or not entry.valid_name):
+                continue
+            problem = entry.problem("file")
+            if problem is None:
+                readable.append(f"{prefix}/{entry.name}")
+            else:
+                refused.append(Quarantined(f"{prefix}/{entry.name}", problem))
+        return readable, refused
 
     def telemetry_files(self, day: date) -> list[str]:
-        """Relative paths of the day's telemetry files, sorted."""
-        prefix = self.telemetry_prefix(day)
-        base = self._abs(prefix)
-        if not self.fs.exists(base):
-            return []
-        names = sorted(p.rsplit("/", 1)[-1] for p in self.fs.glob(f"{base}/*.jsonl.gz"))
-        return [f"{prefix}/{name}" for name in names]
+        """Relative paths of the day's readable telemetry files, sorted."""
+        return self.telemetry_entries(day)[0]
 
     def url(self, relative: str) -> str:
         """A URL fsspec opens with this zone's protocol."""
@@ -146,15 +225,43 @@ class LandingZone:
         path = self._abs(relative)
         return path if protocol in ("file", "local") else f"{protocol}://{path}"
 
+    def open_binary(self, relative: str) -> Any:
+        """A binary file object; locally opened with O_NOFOLLOW below a link-free folder path."""
+        if not self.is_local:
+            return self.fs.open(self._abs(relative), "rb")
+        return open_no_follow(self._open_path(relative))
+
     def read_bytes(self, relative: str) -> bytes | None:
-        """The file's bytes, or None when it does not exist."""
+        """The file's bytes, or None when it does not exist; NotARegularFile for a link or folder."""
         try:
-            return self.fs.cat_file(self._abs(relative))
+            if not self.is_local:
+                return self.fs.cat_file(self._abs(relative))
+            with self.open_binary(relative) as handle:
+                return handle.read()
         except FileNotFoundError:
             return None
 
-    def folder_files(self, relative: str) -> set[str]:
-        return {p.rsplit("/", 1)[-1] for p in self.fs.ls(self._abs(relative), detail=False)}
+
+def open_no_follow(path: str) -> Any:
+    """Open a local regular file for reading without following a link at its last component."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise NotARegularFile(NOT_FOLLOWED) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, FIFO or device named like a data file
+        os.close(fd)
+        raise NotARegularFile("not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _local_kind(entry: os.DirEntry[str]) -> str:
+    if entry.is_symlink():
+        return "symlink"
+    if entry.is_dir(follow_symlinks=False):
+        return "directory"
+    return "file" if entry.is_file(follow_symlinks=False) else "other"
 
 
 def input_file(path: str, data: bytes) -> InputFile:
@@ -165,20 +272,29 @@ def read_meeting(zone: LandingZone, folder: str, day: date) -> MeetingRead:
     """Read one meeting folder. Fails closed: an unreadable meeting.json quarantines the folder."""
     result = MeetingRead()
     meeting_id = folder.rsplit("/", 1)[-1]
-    present = zone.folder_files(folder)
-    raw = zone.read_bytes(f"{folder}/meeting.json") if "meeting.json" in present else None
+    try:
+        present = {entry.name: entry for entry in zone.entries(folder)} if is_safe_name(meeting_id) else None
+    except NotARegularFile:
+        present = None
+    if present is None:  # an invalid name, a link, or a file where the folder should be: one unit
+        problem = BAD_NAME if not is_safe_name(meeting_id) else _folder_problem(zone, folder)
+        return _whole_folder(result, folder, f"meeting folder {problem}; nothing in it is read")
+    entry = present.get("meeting.json")
+    if entry is None:
+        return _whole_folder(result, folder, "meeting.json is missing; no artifact of the folder is read")
+    raw, problem = _read_entry(zone, folder, entry)
     if raw is None:
-        result.quarantine.append(Quarantined(folder, "meeting.json is missing; no artifact of the folder is read"))
-        result.units_in = 1
-        return result
+        return _whole_folder(result, folder, f"meeting.json: {problem}; no artifact of the folder is read")
     result.files.append(input_file(f"{folder}/meeting.json", raw))
     try:
         meeting = parse_meeting(raw, meeting_id, day)
     except MalformedRecord as error:
-        result.quarantine.append(Quarantined(folder, f"meeting.json: {error}; no artifact of the folder is read"))
-        result.units_in = 1
-        return result
+        return _whole_folder(result, folder, f"meeting.json: {error}; no artifact of the folder is read")
 
+    for entry in present.values():  # an odd file name may itself be personal data: one unit, by its hash
+        if not entry.valid_name:
+            result.quarantine.append(Quarantined(f"{folder}/{entry.name}", f"file {BAD_NAME}; not read"))
+            result.units_in += 1
     readers = (
         ("transcript.vtt", read_transcript),
         ("chat.jsonl", read_chat),
@@ -188,9 +304,9 @@ def read_meeting(zone: LandingZone, folder: str, day: date) -> MeetingRead:
     for name, reader in readers:
         if name not in present:
             continue
-        data = zone.read_bytes(f"{folder}/{name}")
-        if data is None:  # vanished between listing and reading: fail closed, say so
-            result.quarantine.append(Quarantined(f"{folder}/{name}", "file disappeared while reading"))
+        data, problem = _read_entry(zone, folder, present[name])
+        if data is None:  # a link, a folder, or vanished between listing and reading: fail closed, say so
+            result.quarantine.append(Quarantined(f"{folder}/{name}", problem or "unreadable"))
             result.units_in += 1
             continue
         result.files.append(input_file(f"{folder}/{name}", data))
@@ -200,6 +316,32 @@ def read_meeting(zone: LandingZone, folder: str, day: date) -> MeetingRead:
         result.units_in += len(artifacts) + len(quarantined)
     _quarantine_duplicate_ids(result)
     return result
+
+
+def _whole_folder(result: MeetingRead, folder: str, error: str) -> MeetingRead:
+    result.quarantine.append(Quarantined(folder, error))
+    result.units_in += 1
+    return result
+
+
+def _folder_problem(zone: LandingZone, folder: str) -> str:
+    parent, name = folder.rsplit("/", 1)
+    entry = next((e for e in zone.entries(parent) if e.name == name), None)
+    return (entry.problem("directory") if entry else None) or "unreadable"
+
+
+def _read_entry(zone: LandingZone, folder: str, entry: Entry) -> tuple[bytes | None, str | None]:
+    """The bytes of a listed file, or None and why not (never following a link, never reading a folder)."""
+    problem = entry.problem("file")
+    if problem is not None:
+        return None, problem
+    try:
+        data = zone.read_bytes(f"{folder}/{entry.name}")
+    except NotARegularFile as error:
+        return None, str(error).rsplit(": ", 1)[-1]
+    except OSError as error:  # the error text holds the path, which is known; its type says what
+        return None, f"cannot be read ({type(error).__name__})"
+    return (data, None) if data is not None else (None, "file disappeared while reading")
 
 
 def _quarantine_duplicate_ids(result: MeetingRead) -> None:
@@ -219,23 +361,14 @@ def _quarantine_duplicate_ids(result: MeetingRead) -> None:
     result.artifacts = kept
 
 
-def _load_json(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        line = getattr(error, "lineno", None)
-        where = f" (line {line})" if line else ""
-        raise MalformedRecord("<file>", f"not valid JSON{where}") from None
-
-
 def parse_meeting(data: bytes, folder_meeting_id: str, day: date) -> Meeting:
-    record = require_object(_load_json(data), "<file>")
+    record = require_object(load_json(data), "<file>")
     meeting_id = require_str(record, "meeting_id")
     if meeting_id != folder_meeting_id:
         raise MalformedRecord("meeting_id", "does not match the folder name")
     account_id = require_str(record, "account_id")
-    started_at = parse_timestamp(record.get("started_at"), "started_at")
-    ended_at = parse_timestamp(record.get("ended_at"), "ended_at")
+    started_at = parse_content_timestamp(record.get("started_at"), "started_at")
+    ended_at = parse_content_timestamp(record.get("ended_at"), "ended_at")
     if ended_at < started_at:
         raise MalformedRecord("ended_at", "before started_at")
     if started_at.date() != day:
@@ -244,6 +377,8 @@ def parse_meeting(data: bytes, folder_meeting_id: str, day: date) -> Meeting:
     raw_participants = record.get("participants")
     if not isinstance(raw_participants, list):
         raise MalformedRecord("participants", "missing or not a list")
+    if not raw_participants:  # SPEC §2.1 (revised): somebody was there; consent cannot be decided
+        raise MalformedRecord("participants", "empty: a meeting has at least one participant")
     participants = tuple(_parse_participant(p, f"participants[{i}]") for i, p in enumerate(raw_participants))
     ids = Counter(p.participant_id for p in participants)
     if any(n > 1 for n in ids.values()):
@@ -260,9 +395,9 @@ def _parse_participant(value: Any, where: str) -> Participant:
             account_id=optional_str(record, "account_id"),
             display_name=optional_str(record, "display_name"),
         )
-        parse_timestamp(record.get("joined_at"), "joined_at")
+        parse_content_timestamp(record.get("joined_at"), "joined_at")
         if record.get("left_at") is not None:
-            parse_timestamp(record.get("left_at"), "left_at")
+            parse_content_timestamp(record.get("left_at"), "left_at")
     except MalformedRecord as error:
         raise MalformedRecord(f"{where}.{error.field}", error.problem) from None
     return participant
@@ -338,17 +473,13 @@ def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 def _parse_chat_line(line: bytes, meeting: Meeting, participants: dict[str, Participant], unit: str) -> Artifact:
-    try:
-        record = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise MalformedRecord("<line>", "not valid JSON") from None
-    record = require_object(record, "<line>")
+    record = require_object(load_json(line, "<line>"), "<line>")
     message_id = require_str(record, "message_id")
     sender_id = require_str(record, "sender_participant_id")
     sender = participants.get(sender_id)
     if sender is None:
         raise MalformedRecord("sender_participant_id", "not a participant of the meeting")
-    sent_at = parse_timestamp(record.get("sent_at"), "sent_at")
+    sent_at = parse_content_timestamp(record.get("sent_at"), "sent_at")
     recipient = require_str(record, "recipient")
     text = record.get("text")
     if not isinstance(text, str):
@@ -367,9 +498,9 @@ def _parse_chat_line(line: bytes, meeting: Meeting, participants: dict[str, Part
 
 def read_summary(data: bytes, meeting: Meeting, path: str) -> tuple[list[Artifact], list[Quarantined]]:
     try:
-        record = require_object(_load_json(data), "<file>")
+        record = require_object(load_json(data), "<file>")
         summary_id = require_str(record, "summary_id")
-        generated_at = parse_timestamp(record.get("generated_at"), "generated_at")
+        generated_at = parse_content_timestamp(record.get("generated_at"), "generated_at")
         text = record.get("text")
         if not isinstance(text, str):
             raise MalformedRecord("text", "missing or not a string")
@@ -389,7 +520,7 @@ def read_summary(data: bytes, meeting: Meeting, path: str) -> tuple[list[Artifac
 
 def read_recordings(data: bytes, meeting: Meeting, path: str) -> tuple[list[Artifact], list[Quarantined]]:
     try:
-        entries = _load_json(data)
+        entries = load_json(data)
         if not isinstance(entries, list):
             raise MalformedRecord("<file>", "not a JSON list")
     except MalformedRecord as error:
@@ -416,7 +547,7 @@ def _parse_recording(entry: Any, meeting: Meeting, unit: str) -> Artifact:
     size = record.get("bytes")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise MalformedRecord("bytes", "not a non-negative integer")
-    started_at = parse_timestamp(record.get("started_at"), "started_at")
+    started_at = parse_content_timestamp(record.get("started_at"), "started_at")
     return Artifact(
         artifact_id=f"{meeting.meeting_id}/recording/{recording_id}",
         artifact_type="recording",

@@ -312,7 +312,11 @@ def reconciliation_frame(store: OutputStore, stage_root: str, counts: dict[str, 
         (
             "telemetry",
             telemetry["lines_read"],
-            aggregated + telemetry["suppressed_events"] + telemetry["out_of_partition"] + telemetry_quarantined,
+            aggregated
+            + telemetry["suppressed_events"]
+            + telemetry["out_of_partition"]
+            + telemetry.get("duplicate", 0)
+            + telemetry_quarantined,
         ),
         ("telemetry_aggregated", telemetry["aggregated"], aggregated),
     ]

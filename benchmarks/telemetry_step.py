@@ -1,0 +1,63 @@
+"""The telemetry step alone: `aggregates.aggregate_telemetry` over one synthetic day, seconds and peak RSS.
+
+    .venv/bin/python benchmarks/telemetry_step.py [--events 1000000] [--work var/bench/telemetry]
+
+Writes the day once (4 gzip parts, 20k users, 720 groups, distinct event ids), then times one
+aggregation in this process. Printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import resource
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT / "include"))
+DAY = date(2026, 11, 2)
+
+
+def write_day(root: Path, events: int) -> list[str]:
+    folder = root / f"telemetry/dt={DAY}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        rng = random.Random(1)
+        for part in range(4):
+            with gzip.open(folder / f"part-{part}.jsonl.gz", "wt") as handle:
+                for n in range(events // 4):
+                    clock = f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:00Z"
+                    event = {
+                        "event_id": f"e{part}_{n}", "ts": f"{DAY}T{clock}", "account_id": "a1",
+                        "user_id": f"u{rng.randrange(20000)}", "meeting_id": "m1",
+                        "event_type": rng.choice(["join", "leave", "quality_sample", "screen_share"]),
+                        "client_version": f"5.{rng.randrange(10)}.1",
+                        "platform": rng.choice(["mac", "win", "linux", "web", "ios", "android"]),
+                        "region": rng.choice(["us", "eu", "ap"]), "duration_ms": rng.randrange(100000),
+                    }  # fmt: skip
+                    handle.write(json.dumps(event) + "\n")
+    return sorted(str(p) for p in folder.glob("*.jsonl.gz"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--work", type=Path, default=PROJECT / "var/bench/telemetry")
+    args = parser.parse_args()
+    files = write_day(args.work / str(args.events), args.events)
+    from consent_gate.aggregates import aggregate_telemetry
+
+    started = time.perf_counter()
+    result = aggregate_telemetry(files, landing_root=str(args.work / str(args.events)), day=DAY, k=10)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{args.events} events: {seconds:.1f} s, peak RSS {peak:.0f} MB, {result.groups.num_rows} groups")
+
+
+if __name__ == "__main__":
+    main()
