@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from consent_gate.records import MalformedRecord, parse_timestamp
+from consent_gate.consent_store import ConsentStoreError as ConsentStoreError  # re-exported: the run's error
+from consent_gate.consent_store import connect
+from consent_gate.records import MalformedRecord, in_range, parse_timestamp
 
 PURPOSE = "ai_training"
 CONTENT_TYPES = ("transcript", "chat", "summary", "recording")
@@ -32,10 +34,22 @@ COLUMNS = (
     "decision", "effective_at", "recorded_at", "terms_version",
 )  # fmt: skip
 GRANT, REVOKE, NONE = 1, 0, -1
+DUPLICATE_ERROR = "field 'event_id': duplicate event_id"
 
 
-class ConsentStoreError(RuntimeError):
-    """The consent store cannot be read well enough to decide anything: the run fails."""
+class FutureAsOf(ValueError):
+    """A consent instant later than now: refused (SPEC §3, revised 2026-11-28). Future-dated grants would
+    otherwise be in force at it and re-admit content whose consent was revoked."""
+
+
+def refuse_future_as_of(as_of: datetime, now: datetime, what: str = "as_of") -> datetime:
+    """`as_of` in UTC when it is not later than `now`; else FutureAsOf."""
+    if as_of.astimezone(UTC) > now.astimezone(UTC):
+        raise FutureAsOf(
+            f"{what} {as_of.astimezone(UTC).isoformat()} is later than now ({now.astimezone(UTC).isoformat()}): "
+            "a future consent instant is refused, since future-dated grants would re-admit revoked content"
+        )
+    return as_of.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +148,7 @@ def _cell_timestamp(value: Any, field_name: str) -> datetime:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise MalformedRecord(field_name, "timestamp without a UTC offset")
-        return value.astimezone(UTC)
+        return in_range(value, field_name)
     return parse_timestamp(value, field_name)
 
 
@@ -188,6 +202,7 @@ class _SnapshotBuilder:
         self.terms: list[str | None] = []
         self._last_event_id: str | None = None
         self._last_subject: str | None = None
+        self._last_listed = False
 
     def add(self, row: Sequence[Any]) -> None:
         purpose = row[3]
@@ -203,20 +218,27 @@ class _SnapshotBuilder:
         self.digest_sum = (self.digest_sum + _row_digest(row)) % (1 << 256)
         duplicate = row[0] is not None and row[0] == self._last_event_id
         if duplicate and self._last_subject is not None:
-            # Two rows claim one id: neither can be trusted, so both subjects fail closed.
+            # Two rows claim one id: neither can be trusted, so both subjects fail closed, both listed.
             self.failed_closed.add(self._last_subject)
+            if not self._last_listed:
+                self.unreadable.append(
+                    UnreadableConsentRow(str(row[0]), self._last_subject.split("\x1f", 1)[0], DUPLICATE_ERROR)
+                )
         readable_subject = row[1] in SUBJECT_TYPES and isinstance(row[2], str) and row[2]
         self._last_event_id = row[0]
         self._last_subject = subject_key(row[1], row[2]) if readable_subject else None
+        listed = len(self.unreadable)
         try:
-            if purpose is None:
-                raise MalformedRecord("purpose", "missing")
+            if not isinstance(purpose, str):
+                raise MalformedRecord("purpose", "missing or not text")
             if duplicate:
                 raise MalformedRecord("event_id", "duplicate event_id")
             event = parse_consent_row(row)
         except MalformedRecord as error:
             self._fail_closed(row, error)
+            self._last_listed = len(self.unreadable) > listed
             return
+        self._last_listed = False
         key = subject_key(event.subject_type, event.subject_id)
         for content_type in CONTENT_TYPES if event.content_type == "*" else (event.content_type,):
             self.subjects.append(key)
@@ -279,20 +301,16 @@ def snapshot_from_rows(rows: Iterable[Sequence[Any]], as_of: datetime) -> Consen
 
 
 def read_consent_rows(url: str, batch_size: int = 50_000) -> Iterator[tuple[Any, ...]]:
-    """Stream consent_events rows from a SQLAlchemy URL, ordered by event_id."""
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url)
-    query = sa.text(f"SELECT {', '.join(COLUMNS)} FROM consent_events ORDER BY event_id")
-    try:
-        with engine.connect() as connection:
-            result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(query)
-            for row in result:
-                yield tuple(row)
-    except sa.exc.SQLAlchemyError as error:
-        raise ConsentStoreError(f"cannot read consent_events from the consent store: {type(error).__name__}") from None
-    finally:
-        engine.dispose()
+    """Stream consent_events rows from a SQLAlchemy URL, ordered by event_id (the row-wise path)."""
+    query = f"SELECT {', '.join(COLUMNS)} FROM consent_events ORDER BY event_id"
+    with connect(url) as (address, connection):
+        cursor = connection.cursor("consent_rows") if address.backend == "postgresql" else connection.cursor()
+        try:
+            cursor.execute(query)
+            while chunk := cursor.fetchmany(batch_size):
+                yield from (tuple(row) for row in chunk)
+        finally:
+            cursor.close()
 
 
 def take_snapshot(url: str, as_of: datetime) -> ConsentSnapshot:

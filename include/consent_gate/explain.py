@@ -65,6 +65,7 @@ def explain(
     zone: LandingZone | None = None,
     consent_at: Callable[[datetime], ConsentSnapshot] | None = None,
     keyer: Keyer | None = None,
+    now: datetime | None = None,
 ) -> Explanation:
     """The evidence for one artifact; with the landing zone and the consent store (`consent_at(as_of)`
     gives the snapshot), each required subject's state at capture and at the deciding `as_of`: the
@@ -103,8 +104,15 @@ def explain(
         and keyer is not None
         and result.outcome in ("published", "excluded")
     ):
-        snapshot = consent_at(parse_timestamp(result.as_of, "as_of"))
-        result.subjects = _subject_detail(zone, day, artifact_id, snapshot, keyer)
+        deciding = parse_timestamp(result.as_of, "as_of")
+        if now is not None and deciding > now:  # evidence of an old run pinned in the future: never evaluated
+            result.facts["consent"] = (
+                f"as_of {deciding.isoformat()} is later than now: a future consent instant is refused "
+                "(future-dated grants would re-admit revoked content); rerun the day"
+            )
+        else:
+            snapshot = consent_at(deciding)
+            result.subjects = _subject_detail(zone, day, artifact_id, snapshot, keyer)
     return result
 
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import consent_gate
 from consent_gate import audit
 from consent_gate.config import PROJECT_ROOT, Policy
-from consent_gate.consent import ConsentSnapshot, take_snapshot
+from consent_gate.consent import ConsentSnapshot, refuse_future_as_of, take_snapshot
 from consent_gate.gate import (
     CONTENT_SCHEMA,
     EXCLUDED_SCHEMA,
@@ -120,7 +120,11 @@ def _now() -> str:
 def snapshot_consent(
     settings: RunSettings, day: date, as_of: datetime, *, run_id: str, dag_run_id: str | None = None
 ) -> Stage:
-    """Pin `as_of`, read the consent visible then, and open a stage recording it."""
+    """Pin `as_of`, read the consent visible then, and open a stage recording it.
+
+    A pin later than the moment of the snapshot is refused (FutureAsOf): SPEC §3, revised 2026-11-28.
+    """
+    as_of = refuse_future_as_of(as_of, datetime.now(UTC))
     stage = Stage(day, new_attempt_id(run_id))
     snapshot = take_snapshot(settings.consent_db, as_of)
     store = settings.store()

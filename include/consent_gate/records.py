@@ -14,6 +14,10 @@ from typing import Any
 # ISO-8601 with a mandatory offset. datetime.fromisoformat alone is too lenient (it takes dates
 # without a time, a space separator and offset-less values), so the shape is checked first.
 _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$")
+# SPEC §2.1 (revised 2026-11-28): an instant outside this range is malformed. Beyond it nanosecond
+# timestamps overflow (pandas, Arrow ns), and no meeting or consent decision can be dated there.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +53,18 @@ def parse_timestamp(value: Any, field: str) -> datetime:
         parsed = datetime.fromisoformat(f"{date}T{clock}.{micros}{offset}")
     except ValueError:
         raise MalformedRecord(field, "not a valid date or time") from None
-    return parsed.astimezone(UTC)
+    return in_range(parsed, field)
+
+
+def in_range(instant: datetime, field: str) -> datetime:
+    """The instant in UTC, if it lies within 1900-01-01..2200-01-01 UTC; else MalformedRecord."""
+    try:
+        utc = instant.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 shifted by its offset
+        raise MalformedRecord(field, "timestamp outside 1900-01-01..2200-01-01 UTC") from None
+    if not EARLIEST <= utc <= LATEST:
+        raise MalformedRecord(field, "timestamp outside 1900-01-01..2200-01-01 UTC")
+    return utc
 
 
 def require_str(record: dict[str, Any], field: str) -> str:

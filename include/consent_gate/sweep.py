@@ -41,8 +41,10 @@ from consent_gate.consent import (
     PURPOSE,
     SUBJECT_TYPES,
     ConsentSnapshot,
+    FutureAsOf,
     parse_consent_row,
     read_consent_rows,
+    refuse_future_as_of,
     snapshot_from_rows,
     subject_key,
 )
@@ -286,9 +288,29 @@ def abandoned_attempt_record(run: dict[str, Any], started_before: datetime) -> d
     }
 
 
-def discard_abandoned_stages(store: OutputStore, started_before: datetime) -> int:
+def stage_holds_withdrawn(store: OutputStore, root: str, snapshot: ConsentSnapshot) -> bool:
+    """Whether a stage's staged content holds a row that `snapshot` (current consent, keyed) no longer
+    allows. A part that cannot be read yet (a run still writing it) is left to its run or to the age rule."""
+    for path in store.files(f"{root}/content", ".parquet"):
+        try:
+            table = _read_table(store, path)
+        except (OSError, pa.ArrowException):
+            continue
+        try:
+            if any(reason is not None for reason in withdrawal_reasons(table, snapshot)):
+                return True
+        except SweepError:
+            return True  # rows the sweep cannot evaluate: fail closed
+    return False
+
+
+def discard_abandoned_stages(
+    store: OutputStore, started_before: datetime, current: ConsentSnapshot | None = None
+) -> int:
     """Delete the stages of runs that died without ending their attempt and started before
-    `started_before`; each keeps a failed-attempt record. Returns how many were deleted.
+    `started_before`, and (SPEC §7, revised 2026-11-28) every unpublished stage, whatever its age, whose
+    content holds rows that `current` consent no longer allows; each keeps a failed-attempt record.
+    Returns how many were deleted. A run whose stage is deleted this way fails ("rerun the day").
 
     Under each day's lock: a stage that died publishing (journaled) is finished or undone by
     `recover_day` first; a stage without `run.json` never got past its first write and holds nothing.
@@ -300,11 +322,19 @@ def discard_abandoned_stages(store: OutputStore, started_before: datetime) -> in
             for attempt in store.folders(f"_staging/dt={day}"):
                 root = f"_staging/dt={day}/{attempt}"
                 run = store.read_json(f"{root}/run.json") if store.exists(f"{root}/run.json") else None
-                if run is not None and parse_timestamp(run["started_at"], "started_at") >= started_before:
+                withdrawn = current is not None and stage_holds_withdrawn(store, root, current)
+                young = run is not None and parse_timestamp(run["started_at"], "started_at") >= started_before
+                if young and not withdrawn:
                     continue  # a run that may still be going: its own teardown or publication ends it
                 evidence = f"_audit/dt={day}/attempts/{attempt}.json"
                 if run is not None and not store.exists(evidence):
-                    store.write_json(evidence, abandoned_attempt_record(run, started_before))
+                    record = abandoned_attempt_record(run, started_before)
+                    if withdrawn:
+                        record["failure"] = (
+                            "its staged content holds rows whose consent was withdrawn; the revocation sweep "
+                            "deleted the stage (SPEC §7)"
+                        )
+                    store.write_json(evidence, record)
                 store.remove(root)
                 deleted += 1
             if not store.folders(f"_staging/dt={day}"):
@@ -333,10 +363,13 @@ def sweep(
 ) -> SweepOutcome:
     """Purge from every published day the rows that current consent (at `as_of`) no longer allows,
     and delete the stages of runs abandoned longer than `max_stage_age` ago."""
-    as_of = as_of.astimezone(UTC)
+    started_at = clock()
+    try:
+        as_of = refuse_future_as_of(as_of, started_at)
+    except FutureAsOf as error:
+        raise SweepError(str(error)) from None
     keyer = Keyer(secret)
     sweep_id = sweep_id or new_sweep_id(as_of)
-    started_at = clock()
     watermark = read_watermark(store)
     since: datetime | None = None
     why = "requested" if full else "no earlier sweep"
@@ -360,7 +393,7 @@ def sweep(
             purge = _sweep_day(store, day, consent, affected, sweep_id=sweep_id, clock=clock)
         if purge is not None:
             purges.append(purge)
-    abandoned = discard_abandoned_stages(store, clock() - max_stage_age)
+    abandoned = discard_abandoned_stages(store, clock() - max_stage_age, consent.snapshot)
     record = {
         "sweep_id": sweep_id,
         "as_of": as_of.isoformat(),
@@ -539,13 +572,17 @@ def withhold_withdrawn(
 ) -> dict[str, Any]:
     """Before a stage is published, drop the rows whose consent was withdrawn since its pinned as_of.
 
-    The stage keeps its pinned snapshot as evidence; what the consent of now (or of the pinned as_of
-    if that is later) no longer allows becomes excluded with its reason: the shard's excluded part
+    The stage keeps its pinned snapshot as evidence; what the consent of now no longer allows
+    becomes excluded with its reason: the shard's excluded part
     and count report are updated so every unit stays accounted for. Returns what was withheld.
     """
     run = store.read_json(f"{stage_root}/run.json")
     pinned = parse_timestamp(run["consent"]["as_of"], "as_of")
-    as_of = max(now.astimezone(UTC), pinned)
+    as_of = now.astimezone(UTC)
+    if pinned > as_of:  # never max(now, pinned): future-dated grants would be in force at a future pin
+        raise SweepError(
+            f"the stage's pinned as_of {pinned.isoformat()} is later than now; a future as_of is refused, rerun the day"
+        )
     consent = read_keyed_consent(consent_url, Keyer(secret), as_of, since=pinned)
     withheld: Counter[str] = Counter()
     if consent.affected:  # nothing came into force since the pin: the pinned decisions stand

@@ -93,19 +93,20 @@ def _cell_text(value: Any) -> str | None:
 
 def _consent_rows(url: str, keyer: Keyer, batch_size: int = 50_000) -> Iterator[list[dict[str, Any]]]:
     """The consent_events table in batches, each subject replaced by its keyed hash."""
-    import sqlalchemy as sa
+    from consent_gate.consent_store import ConsentStoreError, connect
 
-    engine = sa.create_engine(url)
-    query = sa.text(f"SELECT {', '.join(CONSENT_COLUMNS)} FROM consent_events")
+    query = f"SELECT {', '.join(CONSENT_COLUMNS)} FROM consent_events"
     try:
-        with engine.connect() as connection:
-            result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(query)
-            while chunk := result.fetchmany(batch_size):
-                yield [_keyed(dict(zip(CONSENT_COLUMNS, row, strict=True)), keyer) for row in chunk]
-    except sa.exc.SQLAlchemyError as error:
-        raise VerificationError(f"cannot read consent_events: {type(error).__name__}") from None
-    finally:
-        engine.dispose()
+        with connect(url) as (address, connection):  # read-only; PostgreSQL columns must be text
+            cursor = connection.cursor("verify_rows") if address.backend == "postgresql" else connection.cursor()
+            try:
+                cursor.execute(query)
+                while chunk := cursor.fetchmany(batch_size):
+                    yield [_keyed(dict(zip(CONSENT_COLUMNS, row, strict=True)), keyer) for row in chunk]
+            finally:
+                cursor.close()
+    except ConsentStoreError as error:
+        raise VerificationError(str(error)) from None
 
 
 def _keyed(row: dict[str, Any], keyer: Keyer) -> dict[str, Any]:
@@ -144,13 +145,20 @@ def _load_consent(connection: Any, url: str, keyer: Keyer) -> None:
 _TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
 _INTERVALS_SQL = f"""
 CREATE TABLE parsed AS
-SELECT *,
-  CASE WHEN regexp_full_match(recorded_at, '{_TIMESTAMP_RE}')
-       THEN try_cast(regexp_replace(recorded_at, '(\\.\\d{{6}})\\d+', '\\1') AS TIMESTAMPTZ) END AS rec,
-  CASE WHEN regexp_full_match(effective_at, '{_TIMESTAMP_RE}')
-       THEN try_cast(regexp_replace(effective_at, '(\\.\\d{{6}})\\d+', '\\1') AS TIMESTAMPTZ) END AS eff
-FROM consent_raw
-WHERE purpose IS NULL OR purpose = 'ai_training';
+SELECT * REPLACE (
+  CASE WHEN rec BETWEEN TIMESTAMPTZ '1900-01-01 00:00:00+00' AND TIMESTAMPTZ '2200-01-01 00:00:00+00'
+       THEN rec END AS rec,
+  CASE WHEN eff BETWEEN TIMESTAMPTZ '1900-01-01 00:00:00+00' AND TIMESTAMPTZ '2200-01-01 00:00:00+00'
+       THEN eff END AS eff)
+FROM (
+  SELECT *,
+    CASE WHEN regexp_full_match(recorded_at, '{_TIMESTAMP_RE}')
+         THEN try_cast(regexp_replace(recorded_at, '(\\.\\d{{6}})\\d+', '\\1') AS TIMESTAMPTZ) END AS rec,
+    CASE WHEN regexp_full_match(effective_at, '{_TIMESTAMP_RE}')
+         THEN try_cast(regexp_replace(effective_at, '(\\.\\d{{6}})\\d+', '\\1') AS TIMESTAMPTZ) END AS eff
+  FROM consent_raw
+  WHERE purpose IS NULL OR purpose = 'ai_training'
+);  -- SPEC §2.1: an instant outside 1900..2200 is unreadable
 
 CREATE TABLE visible AS
 SELECT *,
@@ -244,6 +252,8 @@ def verify_files(
     of a published day against today's consent).
     """
     as_of = as_of.astimezone(UTC)
+    if as_of > datetime.now(UTC):  # a future instant would see future-dated grants in force
+        raise VerificationError(f"as_of {as_of.isoformat()} is later than now: a future consent instant is refused")
     with tempfile.TemporaryDirectory(prefix="consent-gate-verify-") as spill:
         connection = connect(spill)
         try:
