@@ -179,9 +179,17 @@ def parse_consent_row(row: Sequence[Any]) -> ConsentEvent:
     )
 
 
-def _row_digest(row: Sequence[Any]) -> int:
+def row_digest_parts(row: Sequence[Any]) -> tuple[int, int, int, int]:
+    """A row's sha256 as four 64-bit words: the checksum sums each word over the visible rows."""
     canonical = "\x1e".join("" if v is None else str(v) for v in row)
-    return int.from_bytes(hashlib.sha256(canonical.encode()).digest(), "big")
+    digest = hashlib.sha256(canonical.encode()).digest()
+    return tuple(int.from_bytes(digest[i : i + 8], "big") for i in range(0, 32, 8))  # type: ignore[return-value]
+
+
+def checksum_of(visible: int, sums: Sequence[int]) -> str:
+    """The checksum of the visible rows: order-independent (a sum per digest word, exact, no modulus),
+    so rows can stream in any order, and the vectorized path computes it in SQL."""
+    return hashlib.sha256(f"{visible}:{':'.join(str(s) for s in sums)}".encode()).hexdigest()
 
 
 class _SnapshotBuilder:
@@ -189,7 +197,7 @@ class _SnapshotBuilder:
 
     def __init__(self, as_of: datetime) -> None:
         self.as_of = as_of
-        self.digest_sum = 0
+        self.digest_sums = [0, 0, 0, 0]
         self.visible = 0
         self.unreadable: list[UnreadableConsentRow] = []
         self.failed_closed: set[str] = set()
@@ -215,7 +223,8 @@ class _SnapshotBuilder:
         except MalformedRecord:
             pass  # cannot tell when it was recorded: treat as visible, and unreadable below
         self.visible += 1
-        self.digest_sum = (self.digest_sum + _row_digest(row)) % (1 << 256)
+        for i, word in enumerate(row_digest_parts(row)):
+            self.digest_sums[i] += word
         duplicate = row[0] is not None and row[0] == self._last_event_id
         if duplicate and self._last_subject is not None:
             # Two rows claim one id: neither can be trusted, so both subjects fail closed, both listed.
@@ -260,36 +269,63 @@ class _SnapshotBuilder:
         self.unreadable.append(UnreadableConsentRow(str(row[0]), subject_type, str(error)))
 
     def build(self) -> ConsentSnapshot:
-        subjects = pd.Index(sorted(set(self.subjects) | self.failed_closed), dtype=object)
-        failed = np.zeros(len(subjects), dtype=bool)
-        if self.failed_closed:
-            failed[subjects.get_indexer(sorted(self.failed_closed))] = True
-        codes = subjects.get_indexer(pd.Index(self.subjects, dtype=object)).astype(np.int64)
-        ct = np.array([CONTENT_TYPES.index(c) for c in self.content_types], dtype=np.int64)
-        slot = codes * len(CONTENT_TYPES) + ct
-        effective = np.array(self.effective, dtype=np.int64)
-        recorded = np.array(self.recorded, dtype=np.int64)
-        decision = np.array(self.decisions, dtype=np.int8)
-        event_rank = pd.factorize(pd.Index(self.event_ids, dtype=object), sort=True)[0]
-        # np.lexsort sorts by the last key first: slot, then effective_at, recorded_at,
-        # revoke after grant (grant=1 sorts after revoke=0, so rank on 1 - decision), event_id.
-        order = np.lexsort((event_rank, 1 - decision, recorded, effective, slot))
-        times = np.unique(effective)
-        n_times = max(len(times), 1)
-        time_rank = np.searchsorted(times, effective)
-        checksum = hashlib.sha256(f"{self.visible}:{self.digest_sum:064x}".encode()).hexdigest()
-        return ConsentSnapshot(
+        return assemble_snapshot(
             as_of=self.as_of,
-            checksum=checksum,
-            visible_events=self.visible,
+            checksum=checksum_of(self.visible, self.digest_sums),
+            visible=self.visible,
             unreadable=self.unreadable,
-            _subjects=subjects,
-            _failed_closed=failed,
-            _event_slot=(slot * n_times + time_rank)[order],
-            _event_decision=decision[order],
-            _event_terms=np.array(self.terms, dtype=object)[order],
-            _times=times,
+            failed_closed=self.failed_closed,
+            subjects=np.array(self.subjects, dtype=object),
+            content_types=np.array([CONTENT_TYPES.index(c) for c in self.content_types], dtype=np.int64),
+            decisions=np.array(self.decisions, dtype=np.int8),
+            effective=np.array(self.effective, dtype=np.int64),
+            recorded=np.array(self.recorded, dtype=np.int64),
+            event_ids=np.array(self.event_ids, dtype=object),
+            terms=np.array(self.terms, dtype=object),
         )
+
+
+def assemble_snapshot(
+    *,
+    as_of: datetime,
+    checksum: str,
+    visible: int,
+    unreadable: list[UnreadableConsentRow],
+    failed_closed: set[str],
+    subjects: np.ndarray,
+    content_types: np.ndarray,
+    decisions: np.ndarray,
+    effective: np.ndarray,
+    recorded: np.ndarray,
+    event_ids: np.ndarray,
+    terms: np.ndarray,
+) -> ConsentSnapshot:
+    """Index readable events (one per concrete content type) for batched state look-ups."""
+    index = pd.Index(sorted(set(subjects.tolist()) | failed_closed), dtype=object)
+    failed = np.zeros(len(index), dtype=bool)
+    if failed_closed:
+        failed[index.get_indexer(sorted(failed_closed))] = True
+    codes = index.get_indexer(pd.Index(subjects, dtype=object)).astype(np.int64)
+    slot = codes * len(CONTENT_TYPES) + content_types.astype(np.int64)
+    event_rank = pd.factorize(pd.Index(event_ids, dtype=object), sort=True)[0]
+    # np.lexsort sorts by the last key first: slot, then effective_at, recorded_at,
+    # revoke after grant (grant=1 sorts after revoke=0, so rank on 1 - decision), event_id.
+    order = np.lexsort((event_rank, 1 - decisions, recorded, effective, slot))
+    times = np.unique(effective)
+    n_times = max(len(times), 1)
+    time_rank = np.searchsorted(times, effective)
+    return ConsentSnapshot(
+        as_of=as_of,
+        checksum=checksum,
+        visible_events=visible,
+        unreadable=unreadable,
+        _subjects=index,
+        _failed_closed=failed,
+        _event_slot=(slot * n_times + time_rank)[order],
+        _event_decision=decisions[order],
+        _event_terms=terms[order],
+        _times=times,
+    )
 
 
 def snapshot_from_rows(rows: Iterable[Sequence[Any]], as_of: datetime) -> ConsentSnapshot:
@@ -313,8 +349,17 @@ def read_consent_rows(url: str, batch_size: int = 50_000) -> Iterator[tuple[Any,
             cursor.close()
 
 
-def take_snapshot(url: str, as_of: datetime) -> ConsentSnapshot:
-    """The consent visible at `as_of` in the store at `url`."""
+def take_snapshot(url: str, as_of: datetime, *, purpose: str = "snapshot") -> ConsentSnapshot:
+    """The consent visible at `as_of` in the store at `url`, read column-wise and judged vectorized."""
+    from consent_gate.consent_store import consent_batches
+    from consent_gate.consent_vector import snapshot_from_table
+
+    with consent_batches(url, purpose=purpose) as batches:
+        return snapshot_from_table(batches, as_of)
+
+
+def take_snapshot_rowwise(url: str, as_of: datetime) -> ConsentSnapshot:
+    """The row-wise reference path (tests compare the vectorized snapshot with it)."""
     # Closed even when a row fails the run, so the store's connection is released at once.
     with closing(read_consent_rows(url)) as rows:
         return snapshot_from_rows(rows, as_of)

@@ -14,9 +14,9 @@
   nulled and flagged in `nontext`, a bit per column, so the rules can fail them closed.
 
 Indexes the gate expects (created by `consent-gate sample` and `create_consent_indexes`):
-`consent_events(subject_type, subject_id)` for look-ups of named subjects (re-verification,
-explain, the no-resurrection step), `consent_events(recorded_at)` and `consent_events(effective_at)`
-for what changed after an instant (the no-resurrection step, the sweep).
+`consent_events(subject_id)` and `consent_events(event_id)` for look-ups of named subjects and of the
+rows sharing their event_ids (re-verification, the no-resurrection step), `consent_events(recorded_at)`
+and `consent_events(effective_at)` for what changed after an instant (the no-resurrection step).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.request import pathname2url
@@ -39,10 +40,12 @@ COLUMNS = (
 )  # fmt: skip
 TEXT_TYPES = ("text", "character varying", "character")
 INDEXES = {
-    "consent_events_subject": "subject_type, subject_id",
+    "consent_events_subject": "subject_id",
+    "consent_events_event_id": "event_id",
     "consent_events_recorded_at": "recorded_at",
     "consent_events_effective_at": "effective_at",
 }
+IN_CHUNK = 2_000  # placeholders per look-up query (SQLite allows 32766)
 ARROW_SCHEMA = pa.schema([*((c, pa.string()) for c in COLUMNS), ("nontext", pa.int32())])
 SQLITE_BATCH = 100_000
 
@@ -99,7 +102,9 @@ def connect(url: str) -> Iterator[tuple[StoreAddress, Any]]:
         assert address.sqlite_path is not None
         uri = f"file:{pathname2url(str(address.sqlite_path.resolve()))}?mode=ro"
         try:
-            connection = sqlite3.connect(uri, uri=True)
+            connection = sqlite3.connect(
+                uri, uri=True, check_same_thread=False
+            )  # DuckDB pulls batches on its own thread
         except sqlite3.Error as error:
             raise ConsentStoreError(f"cannot open the SQLite consent store {address.sqlite_path}: {error}") from None
         try:
@@ -166,81 +171,144 @@ def _require_text_columns(connection: Any) -> None:
 
 
 def _sqlite_select(where: str) -> str:
+    where = where.replace("/*C*/", "")
     cells = ", ".join(f"CASE WHEN typeof({c}) = 'text' THEN {c} END" for c in COLUMNS)
     flags = " | ".join(f"((typeof({c}) NOT IN ('text', 'null')) << {i})" for i, c in enumerate(COLUMNS))
     return f"SELECT {cells}, {flags} FROM consent_events {where}"
 
 
-def read_consent_table(
-    url: str,
-    where: str = "",
-    params: Sequence[Any] = (),
-    *,
-    progress: Progress | None = None,
-    counter: Callable[[str, int], None] | None = None,
-    purpose: str = "read",
-) -> pa.Table:
-    """`consent_events` (optionally `where`, with `?` placeholders) as an Arrow table of text columns
-    plus `nontext`. `counter(purpose, rows)` is told how many rows each read returned (tests count
-    what each step reads); `progress` gets rows read and the rate."""
+_observers: list[list[tuple[str, int]]] = []
+
+
+@contextmanager
+def observe_reads() -> Iterator[list[tuple[str, int]]]:
+    """Record (purpose, rows returned) for every read of the store in the block: tests count what each
+    step reads (after the snapshot, no step may read the whole store again)."""
+    log: list[tuple[str, int]] = []
+    _observers.append(log)
+    try:
+        yield log
+    finally:
+        _observers.remove(log)
+
+
+@contextmanager
+def consent_batches(
+    url: str, where: str = "", params: Sequence[Any] = (), *, purpose: str = "read", progress: Progress | None = None
+) -> Iterator[pa.RecordBatchReader]:
+    """`consent_events` (optionally `where`, with `?` placeholders) streamed as Arrow record batches of
+    text columns plus `nontext`; the store stays open while the reader is consumed."""
     started = time.monotonic()
+    counted = [0]
+
+    def report(batch: pa.RecordBatch) -> pa.RecordBatch:
+        before = counted[0]
+        counted[0] += batch.num_rows
+        if progress is not None and counted[0] // 1_000_000 > before // 1_000_000:
+            rate = counted[0] / max(time.monotonic() - started, 1e-9)
+            progress(f"consent store: {counted[0]:,} rows read ({rate:,.0f} rows/s)")
+        return batch
+
     with connect(url) as (address, connection):
         if address.backend == "sqlite":
-            table = _read_sqlite(connection, where, params, progress, started)
+            batches = _sqlite_batches(connection, where, params)
+            yield pa.RecordBatchReader.from_batches(ARROW_SCHEMA, (report(b) for b in batches))
         else:
-            table = _read_postgresql(connection, where, params)
-    if counter is not None:
-        counter(purpose, table.num_rows)
+            with _postgresql_reader(connection, where, params) as reader:
+                yield pa.RecordBatchReader.from_batches(ARROW_SCHEMA, (report(b) for b in reader))
+    for log in _observers:
+        log.append((purpose, counted[0]))
     if progress is not None:
         elapsed = max(time.monotonic() - started, 1e-9)
-        progress(
-            f"consent store: {table.num_rows:,} rows read in {elapsed:.1f} s ({table.num_rows / elapsed:,.0f} rows/s)"
-        )
-    return table
+        progress(f"consent store: {counted[0]:,} rows read in {elapsed:.1f} s ({counted[0] / elapsed:,.0f} rows/s)")
 
 
-def _read_sqlite(
-    connection: Any, where: str, params: Sequence[Any], progress: Progress | None, started: float
+def read_consent_table(
+    url: str, where: str = "", params: Sequence[Any] = (), *, purpose: str = "read", progress: Progress | None = None
 ) -> pa.Table:
+    """The whole result of `consent_batches` as one Arrow table."""
+    with consent_batches(url, where, params, purpose=purpose, progress=progress) as reader:
+        return reader.read_all()
+
+
+def _sqlite_batches(connection: Any, where: str, params: Sequence[Any]) -> Iterator[pa.RecordBatch]:
     cursor = connection.execute(_sqlite_select(where), tuple(params))
-    batches: list[pa.RecordBatch] = []
-    read = 0
     while rows := cursor.fetchmany(SQLITE_BATCH):
-        columns = list(zip(*rows, strict=True))
+        columns = list(zip(*rows, strict=True))  # transposed in C: no Python code per row
         arrays = [pa.array(columns[i], pa.string()) for i in range(len(COLUMNS))]
         arrays.append(pa.array(columns[len(COLUMNS)], pa.int32()))
-        batches.append(pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA))
-        read += len(rows)
-        if progress is not None and read % (10 * SQLITE_BATCH) == 0:
-            rate = read / max(time.monotonic() - started, 1e-9)
-            progress(f"consent store: {read:,} rows read ({rate:,.0f} rows/s)")
-    return pa.Table.from_batches(batches, schema=ARROW_SCHEMA)
+        yield pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA)
 
 
-def _read_postgresql(connection: Any, where: str, params: Sequence[Any]) -> pa.Table:
+@contextmanager
+def _postgresql_reader(connection: Any, where: str, params: Sequence[Any]) -> Iterator[Iterator[pa.RecordBatch]]:
     import pyarrow.csv as pacsv
 
-    with connection.cursor() as cursor:
-        select = f"SELECT {', '.join(COLUMNS)}, 0 FROM consent_events {where.replace('?', '%s')}"
+    with connection.cursor() as cursor, tempfile.TemporaryDirectory(prefix="consent-gate-copy-") as spool:
+        # Text ranges compare bytes, as SQLite does: PostgreSQL's default collation may not (the indexes
+        # on recorded_at/effective_at are created COLLATE "C" for these comparisons).
+        where = where.replace("?", "%s").replace("/*C*/", ' COLLATE "C"')
+        select = f"SELECT {', '.join(COLUMNS)}, 0 FROM consent_events {where}"
         query = cursor.mogrify(select, tuple(params)).decode()
-        with tempfile.TemporaryDirectory(prefix="consent-gate-copy-") as spool:
-            path = os.path.join(spool, "consent.csv")
-            with open(path, "wb") as handle:
-                cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)", handle)
-            connection.rollback()  # read-only transaction: nothing to keep
-            if os.path.getsize(path) == 0:
-                return ARROW_SCHEMA.empty_table()
-            return pacsv.read_csv(
-                path,
-                read_options=pacsv.ReadOptions(column_names=list(ARROW_SCHEMA.names), block_size=64 << 20),
-                convert_options=pacsv.ConvertOptions(
-                    column_types=ARROW_SCHEMA,
-                    null_values=[""],  # COPY writes NULL unquoted and empty text as ""
-                    strings_can_be_null=True,
-                    quoted_strings_can_be_null=False,
-                ),
-                parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            )
+        path = os.path.join(spool, "consent.csv")
+        with open(path, "wb") as handle:
+            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)", handle)
+        connection.rollback()  # a read-only transaction: nothing to keep
+        if os.path.getsize(path) == 0:
+            yield iter(())
+            return
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=list(ARROW_SCHEMA.names), block_size=16 << 20),
+            convert_options=pacsv.ConvertOptions(
+                column_types=ARROW_SCHEMA,
+                null_values=[""],  # COPY writes NULL unquoted and empty text as ""
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        )
+        yield (batch.cast(ARROW_SCHEMA) if batch.schema != ARROW_SCHEMA else batch for batch in reader)
+
+
+def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start : start + IN_CHUNK]
+
+
+def read_subject_rows(url: str, subject_ids: Iterable[str], *, purpose: str) -> pa.Table:
+    """Every row of the named subject ids, plus every other row sharing an event_id with one of them
+    (a duplicated event_id fails both claimants closed): indexed look-ups, never a pass over the store."""
+    import pyarrow.compute as pc
+
+    wanted = sorted(set(subject_ids))
+    parts = [
+        read_consent_table(url, f"WHERE subject_id IN ({', '.join('?' * len(chunk))})", chunk, purpose=purpose)
+        for chunk in _chunks(wanted)
+    ]
+    named = pa.concat_tables(parts) if parts else ARROW_SCHEMA.empty_table()
+    event_ids = sorted(set(pc.drop_null(named.column("event_id")).to_pylist()))
+    others = []
+    for chunk in _chunks(event_ids):
+        rows = read_consent_table(url, f"WHERE event_id IN ({', '.join('?' * len(chunk))})", chunk, purpose=purpose)
+        keep = pc.invert(
+            pc.fill_null(pc.is_in(rows.column("subject_id"), value_set=pa.array(wanted, pa.string())), False)
+        )
+        others.append(rows.filter(keep))
+    return pa.concat_tables([named, *others])
+
+
+def read_changed_rows(url: str, since: datetime, *, purpose: str) -> pa.Table:
+    """The rows that may have changed consent after `since`: recorded or effective after it (text
+    compared with a day's margin, since offsets shift local text by up to 24 h; indexed ranges), plus rows
+    whose recorded_at cannot be an instant at all (missing, or sorting before any year 1900)."""
+    lower = (since - timedelta(days=1)).strftime("%Y-%m-%d")
+    return read_consent_table(
+        url,
+        "WHERE recorded_at/*C*/ >= ? OR effective_at/*C*/ >= ? OR recorded_at/*C*/ < '1900' OR recorded_at IS NULL",
+        (lower, lower),
+        purpose=purpose,
+    )
 
 
 def create_consent_indexes(url: str) -> None:
@@ -248,9 +316,12 @@ def create_consent_indexes(url: str) -> None:
     import sqlalchemy as sa
 
     engine = sa.create_engine(url)
+    collate = ' COLLATE "C"' if engine.dialect.name == "postgresql" else ""
     try:
         with engine.begin() as connection:
             for name, columns in INDEXES.items():
-                connection.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {name} ON consent_events ({columns})"))
+                ranged = columns.endswith("_at")  # compared as text ranges: byte order on either backend
+                spec = f"{columns}{collate}" if ranged else columns
+                connection.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {name} ON consent_events ({spec})"))
     finally:
         engine.dispose()

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from consent_gate import audit as audit_pages
 from consent_gate.consent import (
+    COLUMNS,
     PURPOSE,
     SUBJECT_TYPES,
     ConsentSnapshot,
@@ -175,11 +176,12 @@ def read_keyed_consent(url: str, keyer: Keyer, as_of: datetime, since: datetime 
 # --- re-evaluating published rows ---------------------------------------------------------------
 
 
-def withdrawal_reasons(table: pa.Table, snapshot: ConsentSnapshot) -> list[str | None]:
+def withdrawal_reasons(table: pa.Table, snapshot: ConsentSnapshot, only: set[str] | None = None) -> list[str | None]:
     """Per published row: None if still eligible under `snapshot` (keyed), else the SPEC §3 reason.
 
     A row's required subjects are its account_keys and user_keys; each must be granted both at
     `captured_at` and at the snapshot's `as_of`. A row without any account key fails closed.
+    `only`: evaluate just these (keyed) subjects; the others' consent did not change since the row was gated.
     """
     n = table.num_rows
     if n == 0:
@@ -202,6 +204,8 @@ def withdrawal_reasons(table: pa.Table, snapshot: ConsentSnapshot) -> list[str |
         if flat:
             subjects = [subject_key(kind, str(k)) for k in flat]
             ok, _ = snapshot.consented(subjects, list(content_types[owners]), captured[owners])
+            if only is not None:
+                ok |= ~np.fromiter((s in only for s in subjects), dtype=bool, count=len(subjects))
             not_ok[owners[~ok]] = True
             present[owners] = True
         return not_ok, present
@@ -583,12 +587,12 @@ def withhold_withdrawn(
         raise SweepError(
             f"the stage's pinned as_of {pinned.isoformat()} is later than now; a future as_of is refused, rerun the day"
         )
-    consent = read_keyed_consent(consent_url, Keyer(secret), as_of, since=pinned)
+    consent = _consent_changed_since(consent_url, Keyer(secret), pinned, as_of)
     withheld: Counter[str] = Counter()
     if consent.affected:  # nothing came into force since the pin: the pinned decisions stand
         by = f"publication of attempt {run['attempt']}"
         for path in store.files(f"{stage_root}/content", ".parquet"):
-            withheld.update(_withhold_part(store, stage_root, path, consent.snapshot, by))
+            withheld.update(_withhold_part(store, stage_root, path, consent.snapshot, by, consent.affected))
     return {
         "pinned_as_of": pinned.isoformat(),
         "as_of": as_of.isoformat(),
@@ -597,11 +601,40 @@ def withhold_withdrawn(
     }
 
 
+def _consent_changed_since(url: str, keyer: Keyer, since: datetime, as_of: datetime) -> KeyedConsent:
+    """The keyed consent at `as_of` of the subjects whose consent may have changed after `since`: rows
+    recorded or effective after it (an indexed range), then all rows of those subjects (by index). Never a
+    pass over the store; `affected` names who may have lost consent."""
+    from consent_gate.consent_store import read_changed_rows, read_subject_rows
+
+    changed = read_changed_rows(url, since, purpose="no-resurrection: changed rows")
+    relevant = changed.filter(pc.fill_null(pc.invert(pc.and_(
+        pc.is_valid(changed.column("purpose")), pc.not_equal(changed.column("purpose"), PURPOSE)
+    )), True))  # fmt: skip
+    subject_ok = pc.and_(
+        pc.fill_null(pc.is_in(relevant.column("subject_type"), value_set=pa.array(SUBJECT_TYPES)), False),
+        pc.fill_null(pc.greater(pc.utf8_length(relevant.column("subject_id")), 0), False),
+    )
+    if not pc.all(subject_ok).as_py() and relevant.num_rows:
+        raise SweepError("a consent row recorded since the pinned as_of has no readable subject; refusing to publish")
+    subject_ids = set(relevant.column("subject_id").to_pylist())
+    if not subject_ids:
+        return KeyedConsent(snapshot_from_rows([], as_of), since)
+    table = read_subject_rows(url, subject_ids, purpose="no-resurrection: subjects' rows")
+    rows = sorted((tuple(r[c] for c in COLUMNS) for r in table.to_pylist()), key=lambda r: "" if r[0] is None else r[0])
+    return keyed_consent(rows, keyer, as_of, since)
+
+
 def _withhold_part(
-    store: OutputStore, stage_root: str, path: str, snapshot: ConsentSnapshot, withdrawn_by: str
+    store: OutputStore,
+    stage_root: str,
+    path: str,
+    snapshot: ConsentSnapshot,
+    withdrawn_by: str,
+    only: set[str] | None = None,
 ) -> Counter[str]:
     table = _read_table(store, path)
-    reasons = withdrawal_reasons(table, snapshot)
+    reasons = withdrawal_reasons(table, snapshot, only)
     dropped = Counter(r for r in reasons if r is not None)
     if not dropped:
         return dropped
