@@ -165,13 +165,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from consent_gate.consent import take_snapshot
+    from consent_gate.consent import take_subject_snapshot
     from consent_gate.explain import explain
 
     settings = settings_from(args)
     result = explain(
         settings.store(), args.date, args.artifact, zone=settings.zone(),
-        consent_at=lambda as_of: take_snapshot(settings.consent_db, as_of), keyer=Keyer(settings.secret),
+        consent_at=lambda as_of, ids: take_subject_snapshot(settings.consent_db, as_of, ids, purpose="explain"),
+        keyer=Keyer(settings.secret),
         now=datetime.now(UTC),
     )  # fmt: skip
     print(result.render())

@@ -358,6 +358,15 @@ def take_snapshot(url: str, as_of: datetime, *, purpose: str = "snapshot") -> Co
         return snapshot_from_table(batches, as_of)
 
 
+def take_subject_snapshot(url: str, as_of: datetime, subject_ids: set[str], *, purpose: str) -> ConsentSnapshot:
+    """The consent of the named subject ids only (an indexed look-up, with every row sharing one of their
+    event_ids), judged like the whole store; rows of other subjects are never read."""
+    from consent_gate.consent_store import read_subject_rows
+    from consent_gate.consent_vector import snapshot_from_table
+
+    return snapshot_from_table(read_subject_rows(url, subject_ids, purpose=purpose), as_of)
+
+
 def take_snapshot_rowwise(url: str, as_of: datetime) -> ConsentSnapshot:
     """The row-wise reference path (tests compare the vectorized snapshot with it)."""
     # Closed even when a row fails the run, so the store's connection is released at once.
