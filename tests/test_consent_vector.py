@@ -143,3 +143,26 @@ def test_the_store_reader_and_the_reference_agree_on_a_real_sqlite_store(tmp_pat
     keys = [subject_key(t, s) for t, s in SUBJECTS]
     moment = np.full(len(keys), to_ns(at(0)), dtype=np.int64)
     assert np.array_equal(vectorized.consented(keys, "chat", moment)[0], reference.consented(keys, "chat", moment)[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=consent_tables(), as_of=instants, since=st.one_of(st.none(), instants))
+def test_the_vectorized_keyed_consent_of_the_sweep_equals_the_row_wise_one(rows, as_of, since):
+    from consent_gate.keys import Keyer
+    from consent_gate.sweep import keyed_consent, keyed_consent_table
+
+    keyer = Keyer(b"k" * 32)
+    try:
+        reference = keyed_consent(sorted(rows, key=lambda r: str(r[0])), keyer, as_of, since)
+    except ConsentStoreError:
+        reference = None
+    try:
+        vectorized = keyed_consent_table(_arrow(rows), keyer, as_of, since)
+    except ConsentStoreError:
+        vectorized = None
+    assert (reference is None) == (vectorized is None)
+    if reference is None:
+        return
+    assert vectorized.snapshot.checksum == reference.snapshot.checksum
+    assert vectorized.fail_closed == reference.fail_closed
+    assert sorted(vectorized.revocations, key=repr) == sorted(reference.revocations, key=repr)

@@ -257,15 +257,24 @@ def file_sha256(path: str) -> str:
 
 def snapshot_from_table(batches: pa.RecordBatchReader | pa.Table, as_of: datetime) -> ConsentSnapshot:
     """The whole snapshot in memory (explain, tests): the same file's rows, assembled."""
+    return judged_snapshot(batches, as_of, {})[0]
+
+
+def judged_snapshot(
+    batches: pa.RecordBatchReader | pa.Table, as_of: datetime, queries: dict[str, str]
+) -> tuple[ConsentSnapshot, dict[str, list[tuple[Any, ...]]]]:
+    """The snapshot, and the rows of extra `queries` over the judged rows (table `judged`: the visible
+    rows with `error`, `subject_ok`, `subject_key`, `eff_us`, `rec_us`, `id_count`)."""
     as_of = as_of.astimezone(UTC)
     with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as spill:
         connection = connect_duckdb(spill)
         try:
             summary = _judge(connection, batches, as_of)
             events = connection.sql(_EVENTS_SQL.replace("SUBJECT", "subject_key")).to_arrow_table()
+            answers = {name: connection.execute(sql).fetchall() for name, sql in queries.items()}
         finally:
             connection.close()
-    return snapshot_from_events(events, summary)
+    return snapshot_from_events(events, summary), answers
 
 
 def snapshot_from_events(

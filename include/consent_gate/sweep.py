@@ -26,7 +26,6 @@ import json
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,15 +38,16 @@ import pyarrow.parquet as pq
 from consent_gate import audit as audit_pages
 from consent_gate.consent import (
     COLUMNS,
+    DUPLICATE_ERROR,
     PURPOSE,
     SUBJECT_TYPES,
     ConsentSnapshot,
     FutureAsOf,
     parse_consent_row,
-    read_consent_rows,
     refuse_future_as_of,
     snapshot_from_rows,
     subject_key,
+    to_ns,
 )
 from consent_gate.gate import EXCLUDED_SCHEMA, WITHDRAWN_SCHEMA
 from consent_gate.keys import Keyer
@@ -169,8 +169,57 @@ def keyed_consent(rows: Iterable[Sequence[Any]], keyer: Keyer, as_of: datetime, 
 
 
 def read_keyed_consent(url: str, keyer: Keyer, as_of: datetime, since: datetime | None) -> KeyedConsent:
-    with closing(read_consent_rows(url)) as rows:  # released at once, even when a row fails the sweep
-        return keyed_consent(rows, keyer, as_of, since)
+    """`keyed_consent` of the whole store, read column-wise and judged vectorized (no Python per row
+    but one keyed hash per distinct subject)."""
+    from consent_gate.consent_store import read_consent_table
+
+    return keyed_consent_table(read_consent_table(url, purpose="sweep"), keyer, as_of, since)
+
+
+def keyed_consent_table(table: pa.Table, keyer: Keyer, as_of: datetime, since: datetime | None) -> KeyedConsent:
+    """The vectorized `keyed_consent`: the same snapshot, revocations in force in (`since`, `as_of`] and
+    subjects failed closed by unreadable rows recorded then (or unreadable when), by duplicated ids always."""
+    from consent_gate.consent_vector import judged_snapshot
+
+    as_of = as_of.astimezone(UTC)
+    types, ids = table.column("subject_type"), table.column("subject_id")
+    readable = pc.fill_null(
+        pc.and_(pc.is_in(types, value_set=pa.array(SUBJECT_TYPES)), pc.greater(pc.utf8_length(ids), 0)), False
+    )
+    combined = pc.binary_join_element_wise(types, ids, "\x1f")
+    distinct = pc.unique(pc.filter(combined, readable))
+    keys = pa.array([keyer.key(*pair.split("\x1f", 1)) for pair in distinct.to_pylist()], pa.string())
+    keyed_ids = pc.take(keys, pc.index_in(combined, value_set=distinct))
+    keyed = table.set_column(
+        table.schema.get_field_index("subject_id"), "subject_id", pc.if_else(readable, keyed_ids, ids)
+    )
+    as_of_us = to_ns(as_of) // 1000
+    since_us = "NULL" if since is None else str(to_ns(since.astimezone(UTC)) // 1000)
+    changed = f"(x <= {as_of_us} AND ({since_us} IS NULL OR x > {since_us}))"
+    in_force = "greatest(rec_us, eff_us)"
+    duplicate = "'" + DUPLICATE_ERROR.replace("'", "''") + "'"
+    snapshot, answers = judged_snapshot(
+        keyed,
+        as_of,
+        {
+            "revocations": f"SELECT subject_key, subject_type, content_type, rec_us, {in_force} FROM judged "
+            # the first row of a duplicated id reads well on its own: its revocation counts (its subject
+            # fails closed as well), as in the row-wise reading
+            f"WHERE (error IS NULL OR (error = {duplicate} AND id_rank = 1)) AND decision = 'revoke' "
+            f"AND {changed.replace('x', in_force)} ORDER BY event_id, rn",
+            "fail_closed": "SELECT DISTINCT subject_key FROM judged WHERE error IS NOT NULL AND subject_ok "
+            f"AND (id_count > 1 OR rec_us IS NULL OR {changed.replace('x', 'rec_us')})",
+        },
+    )
+
+    def instant(us: int) -> datetime:
+        return datetime.fromtimestamp(0, UTC) + timedelta(microseconds=us)
+
+    revocations = [
+        Revocation(key, kind, content_type, instant(recorded), instant(force))
+        for key, kind, content_type, recorded, force in answers["revocations"]
+    ]
+    return KeyedConsent(snapshot, since, revocations, {row[0] for row in answers["fail_closed"]})
 
 
 # --- re-evaluating published rows ---------------------------------------------------------------
