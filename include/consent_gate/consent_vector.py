@@ -126,7 +126,11 @@ SELECT *,
 FROM parsed WHERE rec_us IS NULL OR rec_us <= {as_of_us};
 CREATE TEMP TABLE judged AS
 SELECT *,
-  CASE WHEN purpose IS NULL THEN 'field ''purpose'': missing or not text'
+  CASE WHEN purpose IS NOT NULL AND id_count = 1 AND event_id <> '' AND subject_type IN ('account', 'user')
+            AND subject_id <> '' AND content_type IN ('transcript', 'chat', 'summary', 'recording', '*')
+            AND decision IN ('grant', 'revoke') AND nontext & {bit["terms_version"]} = 0
+            AND eff_us IS NOT NULL AND rec_us IS NOT NULL THEN NULL  -- reads well: no check below can fail
+       WHEN purpose IS NULL THEN 'field ''purpose'': missing or not text'
        WHEN id_rank > 1 THEN {_quoted(DUPLICATE_ERROR)}
        {" ".join(checks)}
        WHEN id_count > 1 THEN {_quoted(DUPLICATE_ERROR)}
