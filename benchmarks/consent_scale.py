@@ -41,8 +41,11 @@ def sample(work: Path, meetings: int) -> Path:
 
 def store_of(sample_dir: Path, work: Path, events: int) -> Path:
     """The sample's store plus enough events of other subjects to hold `events` in all (cached)."""
+    from consent_gate.consent_store import create_consent_indexes
+
     target = work / f"consent-{sample_dir.name}-{events}.db"
     if target.exists():
+        create_consent_indexes(f"sqlite:///{target}")  # the indexes this version expects
         return target
     partial = target.with_suffix(".partial")
     shutil.copyfile(sample_dir / "consent.db", partial)
@@ -62,6 +65,7 @@ def store_of(sample_dir: Path, work: Path, events: int) -> Path:
                 ),
             )  # fmt: skip
         connection.commit()
+    create_consent_indexes(f"sqlite:///{partial}")
     os.replace(partial, target)
     return target
 

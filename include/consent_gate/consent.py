@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from consent_gate.consent_store import ConsentStoreError as ConsentStoreError  # re-exported: the run's error
 from consent_gate.consent_store import connect
@@ -292,22 +294,31 @@ def assemble_snapshot(
     visible: int,
     unreadable: list[UnreadableConsentRow],
     failed_closed: set[str],
-    subjects: np.ndarray,
+    subjects: np.ndarray | pa.Array,
     content_types: np.ndarray,
     decisions: np.ndarray,
     effective: np.ndarray,
     recorded: np.ndarray,
-    event_ids: np.ndarray,
+    event_ids: np.ndarray | pa.Array,
     terms: np.ndarray,
 ) -> ConsentSnapshot:
-    """Index readable events (one per concrete content type) for batched state look-ups."""
-    index = pd.Index(sorted(set(subjects.tolist()) | failed_closed), dtype=object)
+    """Index readable events (one per concrete content type) for batched state look-ups. Subjects and
+    event ids are coded in Arrow (sorted distinct values, dense ranks): no Python object per event."""
+    subjects = pa.array(subjects, pa.string()) if not isinstance(subjects, pa.Array) else subjects
+    event_ids = pa.array(event_ids, pa.string()) if not isinstance(event_ids, pa.Array) else event_ids
+    distinct = pc.unique(pa.concat_arrays([subjects, pa.array(sorted(failed_closed), pa.string())]))
+    distinct = pc.take(distinct, pc.sort_indices(distinct))
+    index = pd.Index(distinct.to_pylist(), dtype=object)
     failed = np.zeros(len(index), dtype=bool)
     if failed_closed:
         failed[index.get_indexer(sorted(failed_closed))] = True
-    codes = index.get_indexer(pd.Index(subjects, dtype=object)).astype(np.int64)
+    codes = pc.index_in(subjects, value_set=distinct).to_numpy(zero_copy_only=False).astype(np.int64)
     slot = codes * len(CONTENT_TYPES) + content_types.astype(np.int64)
-    event_rank = pd.factorize(pd.Index(event_ids, dtype=object), sort=True)[0]
+    event_rank = (
+        pc.rank(event_ids, sort_keys="ascending", tiebreaker="dense").to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(event_ids)
+        else np.zeros(0, dtype=np.int64)
+    )
     # np.lexsort sorts by the last key first: slot, then effective_at, recorded_at,
     # revoke after grant (grant=1 sorts after revoke=0, so rank on 1 - decision), event_id.
     order = np.lexsort((event_rank, 1 - decisions, recorded, effective, slot))

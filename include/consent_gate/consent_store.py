@@ -40,7 +40,7 @@ COLUMNS = (
 )  # fmt: skip
 TEXT_TYPES = ("text", "character varying", "character")
 INDEXES = {
-    "consent_events_subject": "subject_id",
+    "consent_events_subject_id": "subject_id",
     "consent_events_event_id": "event_id",
     "consent_events_recorded_at": "recorded_at",
     "consent_events_effective_at": "effective_at",

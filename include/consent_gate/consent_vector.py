@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from consent_gate.consent import (
     CONTENT_TYPES,
@@ -287,9 +288,13 @@ def snapshot_from_events(
     """A ConsentSnapshot of snapshot-file rows (all of them, or the semi-join's); `names` maps the file's
     pseudonyms back to the subject_keys the caller asks about."""
     failed_mask = events.column("failed_closed").to_numpy(zero_copy_only=False).astype(bool)
-    stored = events.column("subject_key").to_pylist()
-    keys = np.asarray([names[k] for k in stored] if names is not None else stored, dtype=object)
+    stored = events.column("subject_key").combine_chunks()
+    if names is not None:  # pseudonyms back to subject_keys (the day's subjects: a small table)
+        pseudonyms = pa.array(list(names), pa.string())
+        stored = pc.take(pa.array(list(names.values()), pa.string()), pc.index_in(stored, value_set=pseudonyms))
     ready = ~failed_mask
+    failed_keys = set(pc.filter(stored, pa.array(failed_mask)).to_pylist())
+    ready_mask = pa.array(ready)
 
     def column(name: str, dtype: Any) -> np.ndarray:
         return events.column(name).to_numpy(zero_copy_only=False)[ready].astype(dtype)
@@ -299,14 +304,14 @@ def snapshot_from_events(
         checksum=summary.checksum,
         visible=summary.visible_events,
         unreadable=summary.unreadable,
-        failed_closed=set(keys[failed_mask].tolist()),
-        subjects=keys[ready],
+        failed_closed=failed_keys,
+        subjects=pc.filter(stored, ready_mask),
         content_types=column("content_type", np.int64),
         decisions=column("decision", np.int8),
         effective=column("effective_ns", np.int64),
         recorded=column("recorded_ns", np.int64),
-        event_ids=np.asarray(events.column("event_id").to_pylist(), dtype=object)[ready],
-        terms=np.asarray(events.column("terms_version").to_pylist(), dtype=object)[ready],
+        event_ids=pc.filter(events.column("event_id").combine_chunks(), ready_mask),
+        terms=pc.filter(events.column("terms_version").combine_chunks(), ready_mask).to_numpy(zero_copy_only=False),
     )
 
 
