@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.request import pathname2url
 
+import numpy as np
 import pyarrow as pa
 
 COLUMNS = (
@@ -171,10 +172,19 @@ def _require_text_columns(connection: Any) -> None:
 
 
 def _sqlite_select(where: str) -> str:
-    where = where.replace("/*C*/", "")
-    cells = ", ".join(f"CASE WHEN typeof({c}) = 'text' THEN {c} END" for c in COLUMNS)
-    flags = " | ".join(f"((typeof({c}) NOT IN ('text', 'null')) << {i})" for i, c in enumerate(COLUMNS))
-    return f"SELECT {cells}, {flags} FROM consent_events {where}"
+    return f"SELECT {', '.join(COLUMNS)} FROM consent_events {where.replace('/*C*/', '')}"
+
+
+def _text_column(values: Sequence[Any], bit: int, nontext: np.ndarray) -> pa.Array:
+    """A column of text cells as Arrow; a cell of another type (SQLite lets any column hold one) is
+    nulled and flagged. The common all-text batch converts in C; only a batch holding such a cell is
+    walked in Python."""
+    try:
+        return pa.array(list(values), pa.string())  # from a list: ten times faster than from a tuple
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        odd = np.fromiter((v is not None and not isinstance(v, str) for v in values), dtype=bool, count=len(values))
+        nontext[odd] |= bit
+        return pa.array([None if o else v for v, o in zip(values, odd, strict=True)], pa.string())
 
 
 _observers: list[list[tuple[str, int]]] = []
@@ -235,8 +245,9 @@ def _sqlite_batches(connection: Any, where: str, params: Sequence[Any]) -> Itera
     cursor = connection.execute(_sqlite_select(where), tuple(params))
     while rows := cursor.fetchmany(SQLITE_BATCH):
         columns = list(zip(*rows, strict=True))  # transposed in C: no Python code per row
-        arrays = [pa.array(columns[i], pa.string()) for i in range(len(COLUMNS))]
-        arrays.append(pa.array(columns[len(COLUMNS)], pa.int32()))
+        nontext = np.zeros(len(rows), dtype=np.int32)
+        arrays = [_text_column(columns[i], 1 << i, nontext) for i in range(len(COLUMNS))]
+        arrays.append(pa.array(nontext, pa.int32()))
         yield pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA)
 
 
