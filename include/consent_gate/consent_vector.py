@@ -311,8 +311,17 @@ def snapshot_from_events(
         effective=column("effective_ns", np.int64),
         recorded=column("recorded_ns", np.int64),
         event_ids=pc.filter(events.column("event_id").combine_chunks(), ready_mask),
-        terms=pc.filter(events.column("terms_version").combine_chunks(), ready_mask).to_numpy(zero_copy_only=False),
+        terms=_shared_strings(pc.filter(events.column("terms_version").combine_chunks(), ready_mask)),
     )
+
+
+def _shared_strings(values: pa.Array) -> np.ndarray:
+    """An object array of `values` whose equal strings are one Python object (a handful of terms
+    versions over millions of events), not one object per element."""
+    encoded = pc.dictionary_encode(values)
+    distinct = np.array([*encoded.dictionary.to_pylist(), None], dtype=object)
+    codes = pc.fill_null(encoded.indices, len(distinct) - 1).to_numpy(zero_copy_only=False)
+    return distinct[codes]
 
 
 def read_snapshot_events(path: str, subjects: Iterable[str] | None) -> pa.Table:
