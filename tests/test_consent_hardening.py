@@ -79,6 +79,16 @@ def _busiest_user(sample: Path, out: Path, keyer: Keyer) -> str:
     return max(counts, key=lambda u: (counts[u], u))
 
 
+def _published(sample_dir: Path, tmp_path: Path) -> tuple[Path, Path, RunSettings, Keyer, str]:
+    """A published day on a copy of the sample store, and the user with the most published rows."""
+    db = _copy_store(sample_dir, tmp_path)
+    out = tmp_path / "out"
+    settings = _settings(sample_dir, db, out)
+    keyer = Keyer(settings.secret)
+    run_day(settings, DAY, AS_OF)
+    return db, out, settings, keyer, _busiest_user(sample_dir, out, keyer)
+
+
 # --- item 1: a future as_of is refused everywhere -----------------------------------------------
 
 
@@ -109,12 +119,7 @@ def test_a_future_as_of_is_refused_by_run_day_and_the_dag_param(sample_dir, tmp_
 def test_a_revoked_subject_with_a_future_dated_grant_is_never_published(sample_dir, tmp_path):
     """The issue's attack: revoke now, grant dated 2030. A stage pinned in the future (written by an
     older version) is refused at publication; the no-resurrection step compares against now only."""
-    db = _copy_store(sample_dir, tmp_path)
-    out = tmp_path / "out"
-    settings = _settings(sample_dir, db, out)
-    keyer = Keyer(settings.secret)
-    run_day(settings, DAY, AS_OF)
-    user = _busiest_user(sample_dir, out, keyer)
+    db, out, settings, keyer, user = _published(sample_dir, tmp_path)
     now = _stamp(datetime.now(UTC) - timedelta(seconds=1))
     _append(db, [
         ("zz_revoke_now", "user", user, "ai_training", "*", "revoke", now, now, "2026-01"),
@@ -213,12 +218,7 @@ def test_an_out_of_range_consent_instant_fails_its_subject_closed_and_revocation
 
 
 def test_the_sweep_deletes_a_young_stage_holding_a_withdrawn_subjects_rows(sample_dir, tmp_path):
-    db = _copy_store(sample_dir, tmp_path)
-    out = tmp_path / "out"
-    settings = _settings(sample_dir, db, out)
-    keyer = Keyer(settings.secret)
-    run_day(settings, DAY, AS_OF)
-    user = _busiest_user(sample_dir, out, keyer)
+    db, out, settings, keyer, user = _published(sample_dir, tmp_path)
     killed = snapshot_consent(settings, DAY, AS_OF, run_id="killed")  # a run killed after gating
     gate_content(settings, killed)
     other_day = date(2026, 11, 3)
