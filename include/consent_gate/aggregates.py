@@ -43,7 +43,7 @@ from consent_gate.records import (
     Quarantined,
     load_json,
     optional_str,
-    parse_content_timestamp,
+    parse_timestamp,
     require_object,
     require_str,
 )
@@ -162,7 +162,7 @@ def parse_event(line: bytes, values: GroupValues | None = None) -> TelemetryEven
     # even by mistake, and the rest of the event is garbage once this function returns.
     record = {name: decoded[name] for name in ALLOWED_FIELDS if name in decoded}
     event_id = require_str(record, "event_id")
-    instant = parse_content_timestamp(record.get("ts"), "ts")
+    instant = parse_timestamp(record.get("ts"), "ts")
     user_id = optional_str(record, "user_id")
     raw = tuple(optional_str(record, name) for name in GROUP_FIELDS)
     values = values or _DEFAULT_VALUES

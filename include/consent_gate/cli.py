@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from consent_gate.config import load_policy
-from consent_gate.consent import ConsentStoreError
+from consent_gate.consent import ConsentStoreError, FutureAsOf, refuse_future_as_of
 from consent_gate.keys import Keyer, MissingSecretError, create_secret_file, load_secret
 from consent_gate.pipeline import GateCheckFailed, RunRefused, RunSettings, os_reason, project_var, run_day
 from consent_gate.records import MalformedRecord, parse_timestamp
@@ -147,7 +147,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    as_of = args.as_of or datetime.now(UTC)
+    as_of = refuse_future_as_of(args.as_of, datetime.now(UTC), "--as-of") if args.as_of else datetime.now(UTC)
     _say(f"gating {args.date} with consent as of {as_of.isoformat()}")
     try:
         outcome = run_day(settings, args.date, as_of, run_id="cli", progress=_say)
@@ -177,13 +177,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from consent_gate.consent import take_snapshot
+    from consent_gate.consent import take_subject_snapshot
     from consent_gate.explain import explain
 
     settings = settings_from(args)
     result = explain(
         settings.store(), args.date, args.artifact, zone=settings.zone(),
-        consent_at=lambda as_of: take_snapshot(settings.consent_db, as_of), keyer=Keyer(settings.secret),
+        consent_at=lambda as_of, ids: take_subject_snapshot(settings.consent_db, as_of, ids, purpose="explain"),
+        keyer=Keyer(settings.secret),
+        now=datetime.now(UTC),
     )  # fmt: skip
     print(result.render())
     return 0 if result.outcome != "unknown" else 2
@@ -194,7 +196,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from consent_gate.sweep import SweepError, sweep
 
     settings = settings_from(args)
-    as_of = args.as_of or datetime.now(UTC)
+    as_of = refuse_future_as_of(args.as_of, datetime.now(UTC), "--as-of") if args.as_of else datetime.now(UTC)
     _say(f"sweeping {args.out} against consent as of {as_of.isoformat()}")
     try:
         outcome = sweep(
@@ -275,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     except MissingSecretError as error:
         print(f"consent-gate: {error}", file=sys.stderr)
         return 2
+    except FutureAsOf as error:
+        print(f"consent-gate: {error}", file=sys.stderr)
+        return 2
+    except ConsentStoreError as error:  # a bad --consent-db, a missing or unreadable store: one line
+        print(f"consent-gate: {error}", file=sys.stderr)
+        return 1
     except Exception as error:  # one line for the operator; the traceback only with --debug
         if getattr(args, "debug", False):
             raise

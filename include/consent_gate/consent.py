@@ -20,8 +20,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from consent_gate.records import MalformedRecord, parse_timestamp
+from consent_gate.consent_store import ConsentStoreError as ConsentStoreError  # re-exported: the run's error
+from consent_gate.consent_store import connect
+from consent_gate.records import MalformedRecord, in_range, parse_timestamp
 
 PURPOSE = "ai_training"
 CONTENT_TYPES = ("transcript", "chat", "summary", "recording")
@@ -32,10 +36,22 @@ COLUMNS = (
     "decision", "effective_at", "recorded_at", "terms_version",
 )  # fmt: skip
 GRANT, REVOKE, NONE = 1, 0, -1
+DUPLICATE_ERROR = "field 'event_id': duplicate event_id"
 
 
-class ConsentStoreError(RuntimeError):
-    """The consent store cannot be read well enough to decide anything: the run fails."""
+class FutureAsOf(ValueError):
+    """A consent instant later than now: refused (SPEC §3, revised 2026-11-28). Future-dated grants would
+    otherwise be in force at it and re-admit content whose consent was revoked."""
+
+
+def refuse_future_as_of(as_of: datetime, now: datetime, what: str = "as_of") -> datetime:
+    """`as_of` in UTC when it is not later than `now`; else FutureAsOf."""
+    if as_of.astimezone(UTC) > now.astimezone(UTC):
+        raise FutureAsOf(
+            f"{what} {as_of.astimezone(UTC).isoformat()} is later than now ({now.astimezone(UTC).isoformat()}): "
+            "a future consent instant is refused, since future-dated grants would re-admit revoked content"
+        )
+    return as_of.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +150,7 @@ def _cell_timestamp(value: Any, field_name: str) -> datetime:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise MalformedRecord(field_name, "timestamp without a UTC offset")
-        return value.astimezone(UTC)
+        return in_range(value, field_name)
     return parse_timestamp(value, field_name)
 
 
@@ -165,9 +181,17 @@ def parse_consent_row(row: Sequence[Any]) -> ConsentEvent:
     )
 
 
-def _row_digest(row: Sequence[Any]) -> int:
+def row_digest_parts(row: Sequence[Any]) -> tuple[int, int, int, int]:
+    """A row's sha256 as four 64-bit words: the checksum sums each word over the visible rows."""
     canonical = "\x1e".join("" if v is None else str(v) for v in row)
-    return int.from_bytes(hashlib.sha256(canonical.encode()).digest(), "big")
+    digest = hashlib.sha256(canonical.encode()).digest()
+    return tuple(int.from_bytes(digest[i : i + 8], "big") for i in range(0, 32, 8))  # type: ignore[return-value]
+
+
+def checksum_of(visible: int, sums: Sequence[int]) -> str:
+    """The checksum of the visible rows: order-independent (a sum per digest word, exact, no modulus),
+    so rows can stream in any order, and the vectorized path computes it in SQL."""
+    return hashlib.sha256(f"{visible}:{':'.join(str(s) for s in sums)}".encode()).hexdigest()
 
 
 class _SnapshotBuilder:
@@ -175,7 +199,7 @@ class _SnapshotBuilder:
 
     def __init__(self, as_of: datetime) -> None:
         self.as_of = as_of
-        self.digest_sum = 0
+        self.digest_sums = [0, 0, 0, 0]
         self.visible = 0
         self.unreadable: list[UnreadableConsentRow] = []
         self.failed_closed: set[str] = set()
@@ -188,6 +212,7 @@ class _SnapshotBuilder:
         self.terms: list[str | None] = []
         self._last_event_id: str | None = None
         self._last_subject: str | None = None
+        self._last_listed = False
 
     def add(self, row: Sequence[Any]) -> None:
         purpose = row[3]
@@ -200,23 +225,31 @@ class _SnapshotBuilder:
         except MalformedRecord:
             pass  # cannot tell when it was recorded: treat as visible, and unreadable below
         self.visible += 1
-        self.digest_sum = (self.digest_sum + _row_digest(row)) % (1 << 256)
+        for i, word in enumerate(row_digest_parts(row)):
+            self.digest_sums[i] += word
         duplicate = row[0] is not None and row[0] == self._last_event_id
         if duplicate and self._last_subject is not None:
-            # Two rows claim one id: neither can be trusted, so both subjects fail closed.
+            # Two rows claim one id: neither can be trusted, so both subjects fail closed, both listed.
             self.failed_closed.add(self._last_subject)
+            if not self._last_listed:
+                self.unreadable.append(
+                    UnreadableConsentRow(str(row[0]), self._last_subject.split("\x1f", 1)[0], DUPLICATE_ERROR)
+                )
         readable_subject = row[1] in SUBJECT_TYPES and isinstance(row[2], str) and row[2]
         self._last_event_id = row[0]
         self._last_subject = subject_key(row[1], row[2]) if readable_subject else None
+        listed = len(self.unreadable)
         try:
-            if purpose is None:
-                raise MalformedRecord("purpose", "missing")
+            if not isinstance(purpose, str):
+                raise MalformedRecord("purpose", "missing or not text")
             if duplicate:
                 raise MalformedRecord("event_id", "duplicate event_id")
             event = parse_consent_row(row)
         except MalformedRecord as error:
             self._fail_closed(row, error)
+            self._last_listed = len(self.unreadable) > listed
             return
+        self._last_listed = False
         key = subject_key(event.subject_type, event.subject_id)
         for content_type in CONTENT_TYPES if event.content_type == "*" else (event.content_type,):
             self.subjects.append(key)
@@ -238,36 +271,72 @@ class _SnapshotBuilder:
         self.unreadable.append(UnreadableConsentRow(str(row[0]), subject_type, str(error)))
 
     def build(self) -> ConsentSnapshot:
-        subjects = pd.Index(sorted(set(self.subjects) | self.failed_closed), dtype=object)
-        failed = np.zeros(len(subjects), dtype=bool)
-        if self.failed_closed:
-            failed[subjects.get_indexer(sorted(self.failed_closed))] = True
-        codes = subjects.get_indexer(pd.Index(self.subjects, dtype=object)).astype(np.int64)
-        ct = np.array([CONTENT_TYPES.index(c) for c in self.content_types], dtype=np.int64)
-        slot = codes * len(CONTENT_TYPES) + ct
-        effective = np.array(self.effective, dtype=np.int64)
-        recorded = np.array(self.recorded, dtype=np.int64)
-        decision = np.array(self.decisions, dtype=np.int8)
-        event_rank = pd.factorize(pd.Index(self.event_ids, dtype=object), sort=True)[0]
-        # np.lexsort sorts by the last key first: slot, then effective_at, recorded_at,
-        # revoke after grant (grant=1 sorts after revoke=0, so rank on 1 - decision), event_id.
-        order = np.lexsort((event_rank, 1 - decision, recorded, effective, slot))
-        times = np.unique(effective)
-        n_times = max(len(times), 1)
-        time_rank = np.searchsorted(times, effective)
-        checksum = hashlib.sha256(f"{self.visible}:{self.digest_sum:064x}".encode()).hexdigest()
-        return ConsentSnapshot(
+        return assemble_snapshot(
             as_of=self.as_of,
-            checksum=checksum,
-            visible_events=self.visible,
+            checksum=checksum_of(self.visible, self.digest_sums),
+            visible=self.visible,
             unreadable=self.unreadable,
-            _subjects=subjects,
-            _failed_closed=failed,
-            _event_slot=(slot * n_times + time_rank)[order],
-            _event_decision=decision[order],
-            _event_terms=np.array(self.terms, dtype=object)[order],
-            _times=times,
+            failed_closed=self.failed_closed,
+            subjects=np.array(self.subjects, dtype=object),
+            content_types=np.array([CONTENT_TYPES.index(c) for c in self.content_types], dtype=np.int64),
+            decisions=np.array(self.decisions, dtype=np.int8),
+            effective=np.array(self.effective, dtype=np.int64),
+            recorded=np.array(self.recorded, dtype=np.int64),
+            event_ids=np.array(self.event_ids, dtype=object),
+            terms=np.array(self.terms, dtype=object),
         )
+
+
+def assemble_snapshot(
+    *,
+    as_of: datetime,
+    checksum: str,
+    visible: int,
+    unreadable: list[UnreadableConsentRow],
+    failed_closed: set[str],
+    subjects: np.ndarray | pa.Array,
+    content_types: np.ndarray,
+    decisions: np.ndarray,
+    effective: np.ndarray,
+    recorded: np.ndarray,
+    event_ids: np.ndarray | pa.Array,
+    terms: np.ndarray,
+) -> ConsentSnapshot:
+    """Index readable events (one per concrete content type) for batched state look-ups. Subjects and
+    event ids are coded in Arrow (sorted distinct values, dense ranks): no Python object per event."""
+    subjects = pa.array(subjects, pa.string()) if not isinstance(subjects, pa.Array) else subjects
+    event_ids = pa.array(event_ids, pa.string()) if not isinstance(event_ids, pa.Array) else event_ids
+    distinct = pc.unique(pa.concat_arrays([subjects, pa.array(sorted(failed_closed), pa.string())]))
+    distinct = pc.take(distinct, pc.sort_indices(distinct))
+    index = pd.Index(distinct.to_pylist(), dtype=object)
+    failed = np.zeros(len(index), dtype=bool)
+    if failed_closed:
+        failed[index.get_indexer(sorted(failed_closed))] = True
+    codes = pc.index_in(subjects, value_set=distinct).to_numpy(zero_copy_only=False).astype(np.int64)
+    slot = codes * len(CONTENT_TYPES) + content_types.astype(np.int64)
+    event_rank = (
+        pc.rank(event_ids, sort_keys="ascending", tiebreaker="dense").to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(event_ids)
+        else np.zeros(0, dtype=np.int64)
+    )
+    # np.lexsort sorts by the last key first: slot, then effective_at, recorded_at,
+    # revoke after grant (grant=1 sorts after revoke=0, so rank on 1 - decision), event_id.
+    order = np.lexsort((event_rank, 1 - decisions, recorded, effective, slot))
+    times = np.unique(effective)
+    n_times = max(len(times), 1)
+    time_rank = np.searchsorted(times, effective)
+    return ConsentSnapshot(
+        as_of=as_of,
+        checksum=checksum,
+        visible_events=visible,
+        unreadable=unreadable,
+        _subjects=index,
+        _failed_closed=failed,
+        _event_slot=(slot * n_times + time_rank)[order],
+        _event_decision=decisions[order],
+        _event_terms=terms[order],
+        _times=times,
+    )
 
 
 def snapshot_from_rows(rows: Iterable[Sequence[Any]], as_of: datetime) -> ConsentSnapshot:
@@ -279,24 +348,38 @@ def snapshot_from_rows(rows: Iterable[Sequence[Any]], as_of: datetime) -> Consen
 
 
 def read_consent_rows(url: str, batch_size: int = 50_000) -> Iterator[tuple[Any, ...]]:
-    """Stream consent_events rows from a SQLAlchemy URL, ordered by event_id."""
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url)
-    query = sa.text(f"SELECT {', '.join(COLUMNS)} FROM consent_events ORDER BY event_id")
-    try:
-        with engine.connect() as connection:
-            result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(query)
-            for row in result:
-                yield tuple(row)
-    except sa.exc.SQLAlchemyError as error:
-        raise ConsentStoreError(f"cannot read consent_events from the consent store: {type(error).__name__}") from None
-    finally:
-        engine.dispose()
+    """Stream consent_events rows from a SQLAlchemy URL, ordered by event_id (the row-wise path)."""
+    query = f"SELECT {', '.join(COLUMNS)} FROM consent_events ORDER BY event_id"
+    with connect(url) as (address, connection):
+        cursor = connection.cursor("consent_rows") if address.backend == "postgresql" else connection.cursor()
+        try:
+            cursor.execute(query)
+            while chunk := cursor.fetchmany(batch_size):
+                yield from (tuple(row) for row in chunk)
+        finally:
+            cursor.close()
 
 
-def take_snapshot(url: str, as_of: datetime) -> ConsentSnapshot:
-    """The consent visible at `as_of` in the store at `url`."""
+def take_snapshot(url: str, as_of: datetime, *, purpose: str = "snapshot") -> ConsentSnapshot:
+    """The consent visible at `as_of` in the store at `url`, read column-wise and judged vectorized."""
+    from consent_gate.consent_store import consent_batches
+    from consent_gate.consent_vector import snapshot_from_table
+
+    with consent_batches(url, purpose=purpose) as batches:
+        return snapshot_from_table(batches, as_of)
+
+
+def take_subject_snapshot(url: str, as_of: datetime, subject_ids: set[str], *, purpose: str) -> ConsentSnapshot:
+    """The consent of the named subject ids only (an indexed look-up, with every row sharing one of their
+    event_ids), judged like the whole store; rows of other subjects are never read."""
+    from consent_gate.consent_store import read_subject_rows
+    from consent_gate.consent_vector import snapshot_from_table
+
+    return snapshot_from_table(read_subject_rows(url, subject_ids, purpose=purpose), as_of)
+
+
+def take_snapshot_rowwise(url: str, as_of: datetime) -> ConsentSnapshot:
+    """The row-wise reference path (tests compare the vectorized snapshot with it)."""
     # Closed even when a row fails the run, so the store's connection is released at once.
     with closing(read_consent_rows(url)) as rows:
         return snapshot_from_rows(rows, as_of)

@@ -63,12 +63,14 @@ def explain(
     artifact_id: str,
     *,
     zone: LandingZone | None = None,
-    consent_at: Callable[[datetime], ConsentSnapshot] | None = None,
+    consent_at: Callable[[datetime, set[str]], ConsentSnapshot] | None = None,
     keyer: Keyer | None = None,
+    now: datetime | None = None,
 ) -> Explanation:
-    """The evidence for one artifact; with the landing zone and the consent store (`consent_at(as_of)`
-    gives the snapshot), each required subject's state at capture and at the deciding `as_of`: the
-    run's, or for a row withdrawn after its gating (a sweep, a later publication) the withdrawal's."""
+    """The evidence for one artifact; with the landing zone and the consent store (`consent_at(as_of,
+    subject_ids)` gives the snapshot of those subjects), each required subject's state at capture and
+    at the deciding `as_of`: the run's, or for a row withdrawn after its gating (a sweep, a later
+    publication) the withdrawal's."""
     partition = day.isoformat()
     manifest_path = f"_audit/dt={partition}/manifest.json"
     if not store.exists(manifest_path):
@@ -105,8 +107,14 @@ def explain(
         and keyer is not None
         and result.outcome in ("published", "excluded")
     ):
-        snapshot = consent_at(parse_timestamp(result.as_of, "as_of"))
-        result.subjects = _subject_detail(zone, day, artifact_id, snapshot, keyer)
+        deciding = parse_timestamp(result.as_of, "as_of")
+        if now is not None and deciding > now:  # evidence of an old run pinned in the future: never evaluated
+            result.facts["consent"] = (
+                f"as_of {deciding.isoformat()} is later than now: a future consent instant is refused "
+                "(future-dated grants would re-admit revoked content); rerun the day"
+            )
+        else:
+            result.subjects = _subject_detail(zone, day, artifact_id, lambda ids: consent_at(deciding, ids), keyer)
     return result
 
 
@@ -136,7 +144,11 @@ _UNIDENTIFIED = {
 
 
 def _subject_detail(
-    zone: LandingZone, day: date, artifact_id: str, snapshot: ConsentSnapshot, keyer: Keyer
+    zone: LandingZone,
+    day: date,
+    artifact_id: str,
+    consent_of: Callable[[set[str]], ConsentSnapshot],
+    keyer: Keyer,
 ) -> list[dict[str, str]]:
     meeting_id = artifact_id.split("/", 1)[0]
     read = read_meeting(zone, f"{zone.meetings_prefix(day)}/{meeting_id}", day)
@@ -144,6 +156,7 @@ def _subject_detail(
     if artifact is None or structural_reason(artifact) is not None:
         return []
     subjects = required_subjects(artifact)
+    snapshot = consent_of({sid for _, sid in subjects})  # only these subjects' rows are read
     keys = [subject_key(kind, sid) for kind, sid in subjects]
     captured = np.full(len(keys), to_ns(artifact.captured_at), dtype=np.int64)
     at_capture, _ = snapshot.states(keys, artifact.content_type, captured)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import subprocess
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +28,7 @@ import pyarrow.parquet as pq
 import consent_gate
 from consent_gate import audit
 from consent_gate.config import PROJECT_ROOT, Policy
-from consent_gate.consent import ConsentSnapshot, take_snapshot
+from consent_gate.consent import ConsentSnapshot, refuse_future_as_of, subject_key
 from consent_gate.gate import (
     CONTENT_SCHEMA,
     EXCLUDED_SCHEMA,
@@ -138,20 +140,31 @@ def _now() -> str:
 # --- step 1: consent snapshot -------------------------------------------------------------------
 
 
-def snapshot_consent(
-    settings: RunSettings, day: date, as_of: datetime, *, run_id: str, dag_run_id: str | None = None
-) -> Stage:
-    """Pin `as_of`, read the consent visible then, and open a stage recording it.
+SNAPSHOT_FILE = "consent/snapshot.parquet"
 
+
+def snapshot_consent(
+    settings: RunSettings,
+    day: date,
+    as_of: datetime,
+    *,
+    run_id: str,
+    dag_run_id: str | None = None,
+    progress: Progress | None = None,
+) -> Stage:
+    """Pin `as_of`, read the consent store once (column-wise), judge it vectorized and write the
+    snapshot file into a new stage with its checksum; every later step reads that file, not the store.
+
+    A pin later than the moment of the snapshot is refused (FutureAsOf): SPEC §3, revised 2026-11-28.
     Refused (RunRefused, nothing staged) when nothing arrived for the day: a wrong `--raw` or a partition
     not delivered yet must not publish "0 of 0" over a published day.
     """
+    as_of = refuse_future_as_of(as_of, datetime.now(UTC))
     require_arrivals(settings.zone(), day)
     stage = Stage(day, new_attempt_id(run_id))
-    snapshot = take_snapshot(settings.consent_db, as_of)
     store = settings.store()
     try:
-        _write_run_record(settings, store, stage, snapshot, run_id, dag_run_id)
+        _write_run_record(settings, store, stage, as_of, run_id, dag_run_id, progress)
     except OSError as error:  # a full disk, a read-only output: no attempt began, so none is recorded
         store.remove(stage.root)  # a half-written stage is not left behind
         raise RunRefused(
@@ -180,9 +193,21 @@ def require_arrivals(zone: LandingZone, day: date) -> None:
 
 
 def _write_run_record(
-    settings: RunSettings, store: OutputStore, stage: Stage, snapshot: ConsentSnapshot, run_id: str,
-    dag_run_id: str | None,
+    settings: RunSettings, store: OutputStore, stage: Stage, as_of: datetime, run_id: str,
+    dag_run_id: str | None, progress: Progress | None,
 ) -> None:  # fmt: skip
+    import tempfile
+
+    from consent_gate.consent_store import consent_batches
+    from consent_gate.consent_vector import pseudonym_pepper, write_snapshot_file
+
+    with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as local:
+        path = f"{local}/snapshot.parquet"
+        with consent_batches(settings.consent_db, purpose="snapshot", progress=progress) as batches:
+            summary, sha256 = write_snapshot_file(batches, as_of, path, pseudonym_pepper(settings.secret))
+        with open(path, "rb") as source, store.open(stage / SNAPSHOT_FILE, "wb") as target:
+            while chunk := source.read(8 << 20):
+                target.write(chunk)
     store.write_json(
         stage / "run.json",
         {
@@ -193,31 +218,89 @@ def _write_run_record(
             "started_at": _now(),
             "code_version": code_version(),
             "policy": {**asdict(settings.policy), "checksum": settings.policy.checksum},
-            "consent": _snapshot_evidence(snapshot),
+            "consent": {
+                "as_of": summary.as_of.isoformat(),
+                "checksum": summary.checksum,
+                "visible_events": summary.visible_events,
+                "failed_closed_subjects": summary.failed_closed_subjects,
+                "unreadable_rows": [asdict(row) for row in summary.unreadable],
+                "snapshot_file": {"path": SNAPSHOT_FILE, "sha256": sha256, "events": summary.events},
+            },
         },
     )
 
 
-def _snapshot_evidence(snapshot: ConsentSnapshot) -> dict[str, Any]:
-    return {
-        "as_of": snapshot.as_of.isoformat(),
-        "checksum": snapshot.checksum,
-        "visible_events": snapshot.visible_events,
-        "failed_closed_subjects": snapshot.failed_closed_subjects,
-        "unreadable_rows": [asdict(row) for row in snapshot.unreadable],
-    }
+def load_snapshot(settings: RunSettings, stage: Stage, subjects: set[str]) -> ConsentSnapshot:
+    """The stage's snapshot file, for `subjects` only (a semi-join: memory follows the day, not the
+    store). The file must be the one the snapshot step wrote (its sha256 is in run.json)."""
+    import tempfile
+
+    from consent_gate.consent import UnreadableConsentRow
+    from consent_gate.consent_vector import (
+        SnapshotSummary,
+        file_sha256,
+        pseudonym,
+        pseudonym_pepper,
+        read_snapshot_events,
+        snapshot_from_events,
+    )
+
+    store = settings.store()
+    recorded = store.read_json(stage / "run.json")["consent"]
+    written = recorded.get("snapshot_file")
+    if written is None:
+        raise GateCheckFailed("the stage has no consent snapshot file (made by an older version); rerun the day")
+    pepper = pseudonym_pepper(settings.secret)
+    names = {pseudonym(pepper, key): key for key in subjects}
+    with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as local:
+        if store.is_local:
+            path = store.path(stage / written["path"])
+        else:
+            path = f"{local}/snapshot.parquet"
+            with store.open(stage / written["path"]) as source, open(path, "wb") as target:
+                while chunk := source.read(8 << 20):
+                    target.write(chunk)
+        if file_sha256(path) != written["sha256"]:
+            raise GateCheckFailed("the stage's consent snapshot file changed since it was written; refusing to gate")
+        events = read_snapshot_events(path, names)
+    summary = SnapshotSummary(
+        as_of=parse_timestamp(recorded["as_of"], "as_of"),
+        checksum=recorded["checksum"],
+        visible_events=recorded["visible_events"],
+        unreadable=[UnreadableConsentRow(**row) for row in recorded["unreadable_rows"]],
+        failed_closed_subjects=recorded["failed_closed_subjects"],
+        events=written["events"],
+    )
+    return snapshot_from_events(events, summary, names)
 
 
-def load_snapshot(settings: RunSettings, stage: Stage) -> ConsentSnapshot:
-    """The stage's snapshot, read again at its pinned `as_of`; it must match what was recorded."""
-    recorded = settings.store().read_json(stage / "run.json")["consent"]
-    snapshot = take_snapshot(settings.consent_db, parse_timestamp(recorded["as_of"], "as_of"))
-    if snapshot.checksum != recorded["checksum"]:
-        raise GateCheckFailed(
-            "the consent visible at the pinned as_of changed since the snapshot (rows were edited or "
-            "back-dated); refusing to gate against a moving consent record"
-        )
-    return snapshot
+def day_subjects(zone: LandingZone, folders: list[str]) -> set[str]:
+    """Every subject_key the folders' meetings can ask consent for (the meeting's account, each
+    participant's user and account): a lenient superset read from meeting.json, so the gate keeps only
+    their consent in memory. An unreadable meeting.json is skipped: its folder is quarantined anyway.
+    Symbolic links are never followed."""
+    keys: set[str] = set()
+    local = zone.url("") == zone._abs("")  # a local path: links can be seen (object stores have none)
+    for folder in folders:
+        relative = f"{folder}/meeting.json"
+        try:
+            if local and (os.path.islink(zone.url(folder)) or os.path.islink(zone.url(relative))):
+                continue
+            record = json.loads(zone.read_bytes(relative) or b"null")
+        except Exception:  # noqa: BLE001 (any unreadable file: the gate itself quarantines it)
+            continue
+        if not isinstance(record, dict):
+            continue
+        if isinstance(record.get("account_id"), str):
+            keys.add(subject_key("account", record["account_id"]))
+        participants = record.get("participants")
+        for participant in participants if isinstance(participants, list) else []:
+            if not isinstance(participant, dict):
+                continue
+            for kind, name in (("user", "user_id"), ("account", "account_id")):
+                if isinstance(participant.get(name), str):
+                    keys.add(subject_key(kind, participant[name]))
+    return keys
 
 
 # --- step 2: content ----------------------------------------------------------------------------
@@ -290,10 +373,10 @@ def gate_content(
     settings: RunSettings, stage: Stage, *, shard: int = 0, shards: int = 1, progress: Progress | None = None
 ) -> ContentReport:
     """Gate the day's meetings of one shard into staged content, exclusions and quarantine."""
-    snapshot = load_snapshot(settings, stage)
     zone, store = settings.zone(), settings.store()
     keyer = Keyer(settings.secret)
     folders = [f for f in zone.meeting_folders(stage.day) if shard_of(f, shards) == shard]
+    snapshot = load_snapshot(settings, stage, day_subjects(zone, folders))
     content = _ParquetSink(store, stage / f"content/part-{shard:04d}.parquet", CONTENT_SCHEMA)
     excluded = _ParquetSink(store, stage / f"audit/excluded/part-{shard:04d}.parquet", EXCLUDED_SCHEMA)
     quarantine = _ParquetSink(store, stage / f"audit/quarantine/content-{shard:04d}.parquet", QUARANTINE_SCHEMA)
@@ -792,16 +875,28 @@ def run_day(
     dag_run_id: str | None = None,
     progress: Progress | None = None,
 ) -> RunOutcome:
-    """All steps for one day in this process. Raises GateCheckFailed after keeping the evidence."""
-    stage = snapshot_consent(settings, day, as_of, run_id=run_id, dag_run_id=dag_run_id)
+    """All steps for one day in this process. Raises GateCheckFailed after keeping the evidence.
+    `progress` hears each step's time (and the snapshot's rows read and rate)."""
+    say = progress or (lambda _message: None)
+
+    def timed(name: str, step: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        result = step()
+        say(f"step {name}: {time.monotonic() - started:.1f} s")
+        return result
+
+    stage = timed(
+        "snapshot_consent",
+        lambda: snapshot_consent(settings, day, as_of, run_id=run_id, dag_run_id=dag_run_id, progress=progress),
+    )
     try:
-        gate_content(settings, stage, progress=progress)
-        aggregate_day(settings, stage)
-        checks = validate_stage(settings, stage)
+        timed("gate_content", lambda: gate_content(settings, stage, progress=progress))
+        timed("aggregate_telemetry", lambda: aggregate_day(settings, stage))
+        checks = timed("validate", lambda: validate_stage(settings, stage))
         if not all(c.passed for c in checks):
             failed = ", ".join(c.name for c in checks if not c.passed)
             raise GateCheckFailed(f"checks failed: {failed}")
-        manifest = publish_stage(settings, stage)
+        manifest = timed("publish", lambda: publish_stage(settings, stage))
     except BaseException as error:  # Ctrl-C too: no staged content outlives the run
         try:
             record_failed_attempt(settings, stage, f"{type(error).__name__}: {error}")

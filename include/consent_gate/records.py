@@ -16,11 +16,10 @@ from typing import Any
 # ISO-8601 with a mandatory offset. datetime.fromisoformat alone is too lenient (it takes dates
 # without a time, a space separator and offset-less values), so the shape is checked first.
 _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$")
-
-# SPEC §2.1 (revised 2026-11-28): a content timestamp outside this range is malformed. Beyond it
-# pandas/Arrow nanosecond timestamps overflow (2262) and a year-9999 value is a placeholder, not a time.
-EARLIEST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC)
-LATEST_INSTANT = datetime(2200, 1, 1, tzinfo=UTC)
+# SPEC §2.1 (revised 2026-11-28): an instant outside this range is malformed. Beyond it nanosecond
+# timestamps overflow (pandas, Arrow ns), and no meeting or consent decision can be dated there.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 # SPEC §2.1: strict RFC 8259 JSON; nesting deeper than this is malformed (and never a RecursionError).
 MAX_JSON_DEPTH = 64
@@ -64,7 +63,18 @@ def parse_timestamp(value: Any, field: str) -> datetime:
         parsed = datetime.fromisoformat(f"{date}T{clock}.{micros}{offset}")
     except ValueError:
         raise MalformedRecord(field, "not a valid date or time") from None
-    return parsed.astimezone(UTC)
+    return in_range(parsed, field)
+
+
+def in_range(instant: datetime, field: str) -> datetime:
+    """The instant in UTC, if it lies within 1900-01-01..2200-01-01 UTC; else MalformedRecord."""
+    try:
+        utc = instant.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 shifted by its offset
+        raise MalformedRecord(field, "timestamp outside 1900-01-01..2200-01-01 UTC") from None
+    if not EARLIEST <= utc <= LATEST:
+        raise MalformedRecord(field, "timestamp outside 1900-01-01..2200-01-01 UTC")
+    return utc
 
 
 def require_str(record: dict[str, Any], field: str) -> str:
@@ -89,21 +99,6 @@ def require_object(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise MalformedRecord(what, "not a JSON object")
     return value
-
-
-def parse_content_timestamp(value: Any, field: str) -> datetime:
-    """A landing-zone timestamp: `parse_timestamp`, and within EARLIEST_INSTANT..LATEST_INSTANT."""
-    try:
-        parsed = parse_timestamp(value, field)
-    except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00 has no UTC datetime
-        raise MalformedRecord(field, "outside 1900-01-01..2200-01-01 UTC") from None
-    return check_instant_range(parsed, field)
-
-
-def check_instant_range(instant: datetime, field: str) -> datetime:
-    if not EARLIEST_INSTANT <= instant < LATEST_INSTANT:
-        raise MalformedRecord(field, "outside 1900-01-01..2200-01-01 UTC")
-    return instant
 
 
 def safe_name(name: str) -> str:

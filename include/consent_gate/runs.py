@@ -67,8 +67,15 @@ def partition_for_run(
 
 
 def as_of_for_run(requested_as_of: str | None, now: datetime) -> datetime:
-    """The consent snapshot instant: the `as_of` param when pinned, else the snapshot moment."""
-    return parse_timestamp(requested_as_of, "as_of") if requested_as_of else now
+    """The consent snapshot instant: the `as_of` param when pinned, else the snapshot moment.
+
+    A pin later than `now` is refused (FutureAsOf): future-dated grants would re-admit revoked content.
+    """
+    from consent_gate.consent import refuse_future_as_of
+
+    if not requested_as_of:
+        return now
+    return refuse_future_as_of(parse_timestamp(requested_as_of, "as_of"), now, "param 'as_of'")
 
 
 def _utc() -> Any:

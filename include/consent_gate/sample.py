@@ -30,6 +30,8 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
 
+from consent_gate.consent_store import create_consent_indexes
+
 __all__ = [
     "CONSENT_EVENTS_COLUMNS",
     "DEFAULT_SAMPLE_START",
@@ -282,6 +284,7 @@ def write_sample(
     url = f"sqlite:///{consent_db}"
     create_consent_table(url)
     consent_events = write_consent_events(url, _consent_rows(population, day_list, random.Random(f"{seed}/consent")))
+    create_consent_indexes(url)  # the look-ups by subject and by recorded_at/effective_at the gate makes
     report(f"consent: {consent_events} events")
     return SampleSummary(raw_dir, consent_db, day_list, meetings, events, consent_events)
 

@@ -26,7 +26,7 @@ from consent_gate.records import (
     is_safe_name,
     load_json,
     optional_str,
-    parse_content_timestamp,
+    parse_timestamp,
     require_object,
     require_str,
     safe_name,
@@ -367,8 +367,8 @@ def parse_meeting(data: bytes, folder_meeting_id: str, day: date) -> Meeting:
     if meeting_id != folder_meeting_id:
         raise MalformedRecord("meeting_id", "does not match the folder name")
     account_id = require_str(record, "account_id")
-    started_at = parse_content_timestamp(record.get("started_at"), "started_at")
-    ended_at = parse_content_timestamp(record.get("ended_at"), "ended_at")
+    started_at = parse_timestamp(record.get("started_at"), "started_at")
+    ended_at = parse_timestamp(record.get("ended_at"), "ended_at")
     if ended_at < started_at:
         raise MalformedRecord("ended_at", "before started_at")
     if started_at.date() != day:
@@ -395,9 +395,9 @@ def _parse_participant(value: Any, where: str) -> Participant:
             account_id=optional_str(record, "account_id"),
             display_name=optional_str(record, "display_name"),
         )
-        parse_content_timestamp(record.get("joined_at"), "joined_at")
+        parse_timestamp(record.get("joined_at"), "joined_at")
         if record.get("left_at") is not None:
-            parse_content_timestamp(record.get("left_at"), "left_at")
+            parse_timestamp(record.get("left_at"), "left_at")
     except MalformedRecord as error:
         raise MalformedRecord(f"{where}.{error.field}", error.problem) from None
     return participant
@@ -479,7 +479,7 @@ def _parse_chat_line(line: bytes, meeting: Meeting, participants: dict[str, Part
     sender = participants.get(sender_id)
     if sender is None:
         raise MalformedRecord("sender_participant_id", "not a participant of the meeting")
-    sent_at = parse_content_timestamp(record.get("sent_at"), "sent_at")
+    sent_at = parse_timestamp(record.get("sent_at"), "sent_at")
     recipient = require_str(record, "recipient")
     text = record.get("text")
     if not isinstance(text, str):
@@ -500,7 +500,7 @@ def read_summary(data: bytes, meeting: Meeting, path: str) -> tuple[list[Artifac
     try:
         record = require_object(load_json(data), "<file>")
         summary_id = require_str(record, "summary_id")
-        generated_at = parse_content_timestamp(record.get("generated_at"), "generated_at")
+        generated_at = parse_timestamp(record.get("generated_at"), "generated_at")
         text = record.get("text")
         if not isinstance(text, str):
             raise MalformedRecord("text", "missing or not a string")
@@ -547,7 +547,7 @@ def _parse_recording(entry: Any, meeting: Meeting, unit: str) -> Artifact:
     size = record.get("bytes")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise MalformedRecord("bytes", "not a non-negative integer")
-    started_at = parse_content_timestamp(record.get("started_at"), "started_at")
+    started_at = parse_timestamp(record.get("started_at"), "started_at")
     return Artifact(
         artifact_id=f"{meeting.meeting_id}/recording/{recording_id}",
         artifact_type="recording",

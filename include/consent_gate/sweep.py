@@ -26,7 +26,6 @@ import json
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,13 +37,17 @@ import pyarrow.parquet as pq
 
 from consent_gate import audit as audit_pages
 from consent_gate.consent import (
+    COLUMNS,
+    DUPLICATE_ERROR,
     PURPOSE,
     SUBJECT_TYPES,
     ConsentSnapshot,
+    FutureAsOf,
     parse_consent_row,
-    read_consent_rows,
+    refuse_future_as_of,
     snapshot_from_rows,
     subject_key,
+    to_ns,
 )
 from consent_gate.gate import EXCLUDED_SCHEMA, WITHDRAWN_SCHEMA
 from consent_gate.keys import Keyer
@@ -166,18 +169,68 @@ def keyed_consent(rows: Iterable[Sequence[Any]], keyer: Keyer, as_of: datetime, 
 
 
 def read_keyed_consent(url: str, keyer: Keyer, as_of: datetime, since: datetime | None) -> KeyedConsent:
-    with closing(read_consent_rows(url)) as rows:  # released at once, even when a row fails the sweep
-        return keyed_consent(rows, keyer, as_of, since)
+    """`keyed_consent` of the whole store, read column-wise and judged vectorized (no Python per row
+    but one keyed hash per distinct subject)."""
+    from consent_gate.consent_store import read_consent_table
+
+    return keyed_consent_table(read_consent_table(url, purpose="sweep"), keyer, as_of, since)
+
+
+def keyed_consent_table(table: pa.Table, keyer: Keyer, as_of: datetime, since: datetime | None) -> KeyedConsent:
+    """The vectorized `keyed_consent`: the same snapshot, revocations in force in (`since`, `as_of`] and
+    subjects failed closed by unreadable rows recorded then (or unreadable when), by duplicated ids always."""
+    from consent_gate.consent_vector import judged_snapshot
+
+    as_of = as_of.astimezone(UTC)
+    types, ids = table.column("subject_type"), table.column("subject_id")
+    readable = pc.fill_null(
+        pc.and_(pc.is_in(types, value_set=pa.array(SUBJECT_TYPES)), pc.greater(pc.utf8_length(ids), 0)), False
+    )
+    combined = pc.binary_join_element_wise(types, ids, "\x1f")
+    distinct = pc.unique(pc.filter(combined, readable))
+    keys = pa.array([keyer.key(*pair.split("\x1f", 1)) for pair in distinct.to_pylist()], pa.string())
+    keyed_ids = pc.take(keys, pc.index_in(combined, value_set=distinct))
+    keyed = table.set_column(
+        table.schema.get_field_index("subject_id"), "subject_id", pc.if_else(readable, keyed_ids, ids)
+    )
+    as_of_us = to_ns(as_of) // 1000
+    since_us = "NULL" if since is None else str(to_ns(since.astimezone(UTC)) // 1000)
+    changed = f"(x <= {as_of_us} AND ({since_us} IS NULL OR x > {since_us}))"
+    in_force = "greatest(rec_us, eff_us)"
+    duplicate = "'" + DUPLICATE_ERROR.replace("'", "''") + "'"
+    snapshot, answers = judged_snapshot(
+        keyed,
+        as_of,
+        {
+            "revocations": f"SELECT subject_key, subject_type, content_type, rec_us, {in_force} FROM judged "
+            # the first row of a duplicated id reads well on its own: its revocation counts (its subject
+            # fails closed as well), as in the row-wise reading
+            f"WHERE (error IS NULL OR (error = {duplicate} AND id_rank = 1)) AND decision = 'revoke' "
+            f"AND {changed.replace('x', in_force)} ORDER BY event_id, rn",
+            "fail_closed": "SELECT DISTINCT subject_key FROM judged WHERE error IS NOT NULL AND subject_ok "
+            f"AND (id_count > 1 OR rec_us IS NULL OR {changed.replace('x', 'rec_us')})",
+        },
+    )
+
+    def instant(us: int) -> datetime:
+        return datetime.fromtimestamp(0, UTC) + timedelta(microseconds=us)
+
+    revocations = [
+        Revocation(key, kind, content_type, instant(recorded), instant(force))
+        for key, kind, content_type, recorded, force in answers["revocations"]
+    ]
+    return KeyedConsent(snapshot, since, revocations, {row[0] for row in answers["fail_closed"]})
 
 
 # --- re-evaluating published rows ---------------------------------------------------------------
 
 
-def withdrawal_reasons(table: pa.Table, snapshot: ConsentSnapshot) -> list[str | None]:
+def withdrawal_reasons(table: pa.Table, snapshot: ConsentSnapshot, only: set[str] | None = None) -> list[str | None]:
     """Per published row: None if still eligible under `snapshot` (keyed), else the SPEC §3 reason.
 
     A row's required subjects are its account_keys and user_keys; each must be granted both at
     `captured_at` and at the snapshot's `as_of`. A row without any account key fails closed.
+    `only`: evaluate just these (keyed) subjects; the others' consent did not change since the row was gated.
     """
     n = table.num_rows
     if n == 0:
@@ -200,6 +253,8 @@ def withdrawal_reasons(table: pa.Table, snapshot: ConsentSnapshot) -> list[str |
         if flat:
             subjects = [subject_key(kind, str(k)) for k in flat]
             ok, _ = snapshot.consented(subjects, list(content_types[owners]), captured[owners])
+            if only is not None:
+                ok |= ~np.fromiter((s in only for s in subjects), dtype=bool, count=len(subjects))
             not_ok[owners[~ok]] = True
             present[owners] = True
         return not_ok, present
@@ -286,9 +341,29 @@ def abandoned_attempt_record(run: dict[str, Any], started_before: datetime) -> d
     }
 
 
-def discard_abandoned_stages(store: OutputStore, started_before: datetime) -> int:
+def stage_holds_withdrawn(store: OutputStore, root: str, snapshot: ConsentSnapshot) -> bool:
+    """Whether a stage's staged content holds a row that `snapshot` (current consent, keyed) no longer
+    allows. A part that cannot be read yet (a run still writing it) is left to its run or to the age rule."""
+    for path in store.files(f"{root}/content", ".parquet"):
+        try:
+            table = _read_table(store, path)
+        except (OSError, pa.ArrowException):
+            continue
+        try:
+            if any(reason is not None for reason in withdrawal_reasons(table, snapshot)):
+                return True
+        except SweepError:
+            return True  # rows the sweep cannot evaluate: fail closed
+    return False
+
+
+def discard_abandoned_stages(
+    store: OutputStore, started_before: datetime, current: ConsentSnapshot | None = None
+) -> int:
     """Delete the stages of runs that died without ending their attempt and started before
-    `started_before`; each keeps a failed-attempt record. Returns how many were deleted.
+    `started_before`, and (SPEC §7, revised 2026-11-28) every unpublished stage, whatever its age, whose
+    content holds rows that `current` consent no longer allows; each keeps a failed-attempt record.
+    Returns how many were deleted. A run whose stage is deleted this way fails ("rerun the day").
 
     Under each day's lock: a stage that died publishing (journaled) is finished or undone by
     `recover_day` first; a stage without `run.json` never got past its first write and holds nothing.
@@ -300,11 +375,19 @@ def discard_abandoned_stages(store: OutputStore, started_before: datetime) -> in
             for attempt in store.folders(f"_staging/dt={day}"):
                 root = f"_staging/dt={day}/{attempt}"
                 run = store.read_json(f"{root}/run.json") if store.exists(f"{root}/run.json") else None
-                if run is not None and parse_timestamp(run["started_at"], "started_at") >= started_before:
+                withdrawn = current is not None and stage_holds_withdrawn(store, root, current)
+                young = run is not None and parse_timestamp(run["started_at"], "started_at") >= started_before
+                if young and not withdrawn:
                     continue  # a run that may still be going: its own teardown or publication ends it
                 evidence = f"_audit/dt={day}/attempts/{attempt}.json"
                 if run is not None and not store.exists(evidence):
-                    store.write_json(evidence, abandoned_attempt_record(run, started_before))
+                    record = abandoned_attempt_record(run, started_before)
+                    if withdrawn:
+                        record["failure"] = (
+                            "its staged content holds rows whose consent was withdrawn; the revocation sweep "
+                            "deleted the stage (SPEC §7)"
+                        )
+                    store.write_json(evidence, record)
                 store.remove(root)
                 deleted += 1
             if not store.folders(f"_staging/dt={day}"):
@@ -333,10 +416,13 @@ def sweep(
 ) -> SweepOutcome:
     """Purge from every published day the rows that current consent (at `as_of`) no longer allows,
     and delete the stages of runs abandoned longer than `max_stage_age` ago."""
-    as_of = as_of.astimezone(UTC)
+    started_at = clock()
+    try:
+        as_of = refuse_future_as_of(as_of, started_at)
+    except FutureAsOf as error:
+        raise SweepError(str(error)) from None
     keyer = Keyer(secret)
     sweep_id = sweep_id or new_sweep_id(as_of)
-    started_at = clock()
     watermark = read_watermark(store)
     since: datetime | None = None
     why = "requested" if full else "no earlier sweep"
@@ -360,7 +446,7 @@ def sweep(
             purge = _sweep_day(store, day, consent, affected, sweep_id=sweep_id, clock=clock)
         if purge is not None:
             purges.append(purge)
-    abandoned = discard_abandoned_stages(store, clock() - max_stage_age)
+    abandoned = discard_abandoned_stages(store, clock() - max_stage_age, consent.snapshot)
     record = {
         "sweep_id": sweep_id,
         "as_of": as_of.isoformat(),
@@ -539,19 +625,23 @@ def withhold_withdrawn(
 ) -> dict[str, Any]:
     """Before a stage is published, drop the rows whose consent was withdrawn since its pinned as_of.
 
-    The stage keeps its pinned snapshot as evidence; what the consent of now (or of the pinned as_of
-    if that is later) no longer allows becomes excluded with its reason: the shard's excluded part
+    The stage keeps its pinned snapshot as evidence; what the consent of now no longer allows
+    becomes excluded with its reason: the shard's excluded part
     and count report are updated so every unit stays accounted for. Returns what was withheld.
     """
     run = store.read_json(f"{stage_root}/run.json")
     pinned = parse_timestamp(run["consent"]["as_of"], "as_of")
-    as_of = max(now.astimezone(UTC), pinned)
-    consent = read_keyed_consent(consent_url, Keyer(secret), as_of, since=pinned)
+    as_of = now.astimezone(UTC)
+    if pinned > as_of:  # never max(now, pinned): future-dated grants would be in force at a future pin
+        raise SweepError(
+            f"the stage's pinned as_of {pinned.isoformat()} is later than now; a future as_of is refused, rerun the day"
+        )
+    consent = _consent_changed_since(consent_url, Keyer(secret), pinned, as_of)
     withheld: Counter[str] = Counter()
     if consent.affected:  # nothing came into force since the pin: the pinned decisions stand
         by = f"publication of attempt {run['attempt']}"
         for path in store.files(f"{stage_root}/content", ".parquet"):
-            withheld.update(_withhold_part(store, stage_root, path, consent.snapshot, by))
+            withheld.update(_withhold_part(store, stage_root, path, consent.snapshot, by, consent.affected))
     return {
         "pinned_as_of": pinned.isoformat(),
         "as_of": as_of.isoformat(),
@@ -560,11 +650,40 @@ def withhold_withdrawn(
     }
 
 
+def _consent_changed_since(url: str, keyer: Keyer, since: datetime, as_of: datetime) -> KeyedConsent:
+    """The keyed consent at `as_of` of the subjects whose consent may have changed after `since`: rows
+    recorded or effective after it (an indexed range), then all rows of those subjects (by index). Never a
+    pass over the store; `affected` names who may have lost consent."""
+    from consent_gate.consent_store import read_changed_rows, read_subject_rows
+
+    changed = read_changed_rows(url, since, purpose="no-resurrection: changed rows")
+    relevant = changed.filter(pc.fill_null(pc.invert(pc.and_(
+        pc.is_valid(changed.column("purpose")), pc.not_equal(changed.column("purpose"), PURPOSE)
+    )), True))  # fmt: skip
+    subject_ok = pc.and_(
+        pc.fill_null(pc.is_in(relevant.column("subject_type"), value_set=pa.array(SUBJECT_TYPES)), False),
+        pc.fill_null(pc.greater(pc.utf8_length(relevant.column("subject_id")), 0), False),
+    )
+    if not pc.all(subject_ok).as_py() and relevant.num_rows:
+        raise SweepError("a consent row recorded since the pinned as_of has no readable subject; refusing to publish")
+    subject_ids = set(relevant.column("subject_id").to_pylist())
+    if not subject_ids:
+        return KeyedConsent(snapshot_from_rows([], as_of), since)
+    table = read_subject_rows(url, subject_ids, purpose="no-resurrection: subjects' rows")
+    rows = sorted((tuple(r[c] for c in COLUMNS) for r in table.to_pylist()), key=lambda r: "" if r[0] is None else r[0])
+    return keyed_consent(rows, keyer, as_of, since)
+
+
 def _withhold_part(
-    store: OutputStore, stage_root: str, path: str, snapshot: ConsentSnapshot, withdrawn_by: str
+    store: OutputStore,
+    stage_root: str,
+    path: str,
+    snapshot: ConsentSnapshot,
+    withdrawn_by: str,
+    only: set[str] | None = None,
 ) -> Counter[str]:
     table = _read_table(store, path)
-    reasons = withdrawal_reasons(table, snapshot)
+    reasons = withdrawal_reasons(table, snapshot, only)
     dropped = Counter(r for r in reasons if r is not None)
     if not dropped:
         return dropped

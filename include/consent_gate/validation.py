@@ -502,7 +502,7 @@ def evidence_checks(settings: RunSettings, stage: Stage) -> list[CheckResult]:
     """
     from dataclasses import asdict
 
-    from consent_gate.pipeline import CheckResult, staged_counts
+    from consent_gate.pipeline import CheckResult, day_subjects, staged_counts
     from consent_gate.verify import verify_stage
 
     store = settings.store()
@@ -515,7 +515,9 @@ def evidence_checks(settings: RunSettings, stage: Stage) -> list[CheckResult]:
     except Exception as error:  # noqa: BLE001  (any failure to validate is a failed check, named by type only)
         checks.append(CheckResult("gx_suites", False, f"validation could not run: {type(error).__name__}"))
     try:
-        verification = verify_stage(store, stage.root, settings.consent_db, settings.secret)
+        zone = settings.zone()  # the subjects the day's meetings name, read from the landing zone itself
+        subject_ids = {key.split("\x1f", 1)[1] for key in day_subjects(zone, zone.meeting_folders(stage.day))}
+        verification = verify_stage(store, stage.root, settings.consent_db, settings.secret, subject_ids)
         store.write_json(stage / "audit/validation/independent_verification.json", asdict(verification))
         checks.append(CheckResult("independent_verification", verification.passed, verification.detail()))
     except Exception as error:  # noqa: BLE001

@@ -91,21 +91,24 @@ def _cell_text(value: Any) -> str | None:
     return str(value) if isinstance(value, str) else repr(type(value))
 
 
-def _consent_rows(url: str, keyer: Keyer, batch_size: int = 50_000) -> Iterator[list[dict[str, Any]]]:
-    """The consent_events table in batches, each subject replaced by its keyed hash."""
-    import sqlalchemy as sa
+def _consent_rows(
+    url: str, keyer: Keyer, subject_ids: set[str] | None, batch_size: int = 50_000
+) -> Iterator[list[dict[str, Any]]]:
+    """consent_events in batches, each subject replaced by its keyed hash: only the rows of `subject_ids`
+    (and rows sharing their event_ids: an indexed look-up) when given, else the whole table."""
+    from consent_gate.consent_store import ConsentStoreError, consent_batches, read_subject_rows
 
-    engine = sa.create_engine(url)
-    query = sa.text(f"SELECT {', '.join(CONSENT_COLUMNS)} FROM consent_events")
     try:
-        with engine.connect() as connection:
-            result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(query)
-            while chunk := result.fetchmany(batch_size):
-                yield [_keyed(dict(zip(CONSENT_COLUMNS, row, strict=True)), keyer) for row in chunk]
-    except sa.exc.SQLAlchemyError as error:
-        raise VerificationError(f"cannot read consent_events: {type(error).__name__}") from None
-    finally:
-        engine.dispose()
+        if subject_ids is not None:
+            table = read_subject_rows(url, subject_ids, purpose="verify")
+            for batch in table.to_batches(batch_size):
+                yield [_keyed(row, keyer) for row in batch.to_pylist()]
+            return
+        with consent_batches(url, purpose="verify (whole store)") as batches:
+            for batch in batches:
+                yield [_keyed(row, keyer) for row in batch.to_pylist()]
+    except ConsentStoreError as error:
+        raise VerificationError(str(error)) from None
 
 
 def _keyed(row: dict[str, Any], keyer: Keyer) -> dict[str, Any]:
@@ -129,13 +132,13 @@ _CONSENT_SCHEMA = (
 )  # fmt: skip
 
 
-def _load_consent(connection: Any, url: str, keyer: Keyer) -> None:
+def _load_consent(connection: Any, url: str, keyer: Keyer, subject_ids: set[str] | None) -> None:
     import pyarrow as pa
 
     schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in _CONSENT_SCHEMA])
     columns = ", ".join(f"{name} {'BOOLEAN' if kind == 'bool_' else 'VARCHAR'}" for name, kind in _CONSENT_SCHEMA)
     connection.execute(f"CREATE TABLE consent_raw ({columns})")
-    for rows in _consent_rows(url, keyer):
+    for rows in _consent_rows(url, keyer, subject_ids):
         batch = pa.Table.from_pylist(rows, schema=schema)  # noqa: F841  (read by name in the SQL below)
         connection.execute("INSERT INTO consent_raw SELECT * FROM batch")
 
@@ -144,13 +147,20 @@ def _load_consent(connection: Any, url: str, keyer: Keyer) -> None:
 _TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
 _INTERVALS_SQL = f"""
 CREATE TABLE parsed AS
-SELECT *,
-  CASE WHEN regexp_full_match(recorded_at, '{_TIMESTAMP_RE}')
-       THEN try_cast(regexp_replace(recorded_at, '(\\.\\d{{6}})\\d+', '\\1') AS TIMESTAMPTZ) END AS rec,
-  CASE WHEN regexp_full_match(effective_at, '{_TIMESTAMP_RE}')
-       THEN try_cast(regexp_replace(effective_at, '(\\.\\d{{6}})\\d+', '\\1') AS TIMESTAMPTZ) END AS eff
-FROM consent_raw
-WHERE purpose IS NULL OR purpose = 'ai_training';
+SELECT * REPLACE (
+  CASE WHEN rec BETWEEN TIMESTAMPTZ '1900-01-01 00:00:00+00' AND TIMESTAMPTZ '2200-01-01 00:00:00+00'
+       THEN rec END AS rec,
+  CASE WHEN eff BETWEEN TIMESTAMPTZ '1900-01-01 00:00:00+00' AND TIMESTAMPTZ '2200-01-01 00:00:00+00'
+       THEN eff END AS eff)
+FROM (
+  SELECT *,
+    CASE WHEN regexp_full_match(recorded_at, '{_TIMESTAMP_RE}')
+         THEN try_cast(regexp_replace(recorded_at, '(\\.\\d{{6}})\\d+', '\\1') AS TIMESTAMPTZ) END AS rec,
+    CASE WHEN regexp_full_match(effective_at, '{_TIMESTAMP_RE}')
+         THEN try_cast(regexp_replace(effective_at, '(\\.\\d{{6}})\\d+', '\\1') AS TIMESTAMPTZ) END AS eff
+  FROM consent_raw
+  WHERE purpose IS NULL OR purpose = 'ai_training'
+);  -- SPEC §2.1: an instant outside 1900..2200 is unreadable
 
 CREATE TABLE visible AS
 SELECT *,
@@ -237,6 +247,7 @@ def verify_files(
     keyer: Keyer,
     *,
     check_as_of: bool = True,
+    subject_ids: set[str] | None = None,
 ) -> Verification:
     """Re-derive consent for every row of `content_files` (paths relative to `store`) at `as_of`.
 
@@ -244,10 +255,12 @@ def verify_files(
     of a published day against today's consent).
     """
     as_of = as_of.astimezone(UTC)
+    if as_of > datetime.now(UTC):  # a future instant would see future-dated grants in force
+        raise VerificationError(f"as_of {as_of.isoformat()} is later than now: a future consent instant is refused")
     with tempfile.TemporaryDirectory(prefix="consent-gate-verify-") as spill:
         connection = connect(spill)
         try:
-            return _verify(connection, store, content_files, consent_db, as_of, keyer, check_as_of)
+            return _verify(connection, store, content_files, consent_db, as_of, keyer, check_as_of, subject_ids)
         finally:
             connection.close()
 
@@ -260,8 +273,9 @@ def _verify(
     as_of: datetime,
     keyer: Keyer,
     check_as_of: bool,
+    subject_ids: set[str] | None,
 ) -> Verification:
-    _load_consent(connection, consent_db, keyer)
+    _load_consent(connection, consent_db, keyer, subject_ids)
     for statement in _split(_INTERVALS_SQL):
         connection.execute(statement, {"as_of": as_of} if "$as_of" in statement else None)
     lost = _scalar(connection, "SELECT count(*) FROM visible WHERE unreadable AND subject_key IS NULL")
@@ -316,13 +330,18 @@ def _readable_path(store: OutputStore, relative: str) -> str:
 # --- entry points ---------------------------------------------------------------------------------
 
 
-def verify_stage(store: OutputStore, stage_root: str, consent_db: str, secret: bytes) -> Verification:
-    """The staged content of one attempt, at the stage's pinned `as_of`."""
+def verify_stage(
+    store: OutputStore, stage_root: str, consent_db: str, secret: bytes, subject_ids: set[str] | None = None
+) -> Verification:
+    """The staged content of one attempt, at the stage's pinned `as_of`: against the rows of
+    `subject_ids` only when given (the subjects the landing zone's meetings name; a row needing anyone
+    else finds no grant and fails), else the whole store. A row whose own subject cannot be read is not
+    found by subject: the run's snapshot, which read every row, has already failed on it."""
     from consent_gate.records import parse_timestamp
 
     as_of = parse_timestamp(store.read_json(f"{stage_root}/run.json")["consent"]["as_of"], "as_of")
     files = store.files(f"{stage_root}/content", ".parquet")
-    return verify_files(store, files, consent_db, as_of, Keyer(secret))
+    return verify_files(store, files, consent_db, as_of, Keyer(secret), subject_ids=subject_ids)
 
 
 def verify_published_day(store: OutputStore, day: date, consent_db: str, secret: bytes, now: datetime) -> Verification:

@@ -1,0 +1,131 @@
+"""Benchmark: consent stores of growing size against the same day (issue 10).
+
+Generates one sample day (`--meetings`, cached under --work), then for each store size (`--events`)
+a copy of the sample's SQLite consent store with extra events of subjects that have no meeting (three
+per subject, grants and revocations, all visible at as_of), indexed as `consent-gate sample` indexes it.
+Each case runs `consent-gate run` in its own process (wall time, peak RSS via wait4, the per-step times
+it prints), then a first and a second `consent-gate sweep` with no new revocation. The published rows
+must be the same for every store (compared by sha256 of the sorted content table).
+
+    .venv/bin/python benchmarks/consent_scale.py --meetings 2000 --events 1000,2000000
+
+Numbers are printed, never asserted. See benchmarks/README.md for the recorded figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT / "include"))
+
+DAY = "2026-11-02"
+AS_OF = "2026-11-20T00:00:00Z"
+CLI = [sys.executable, "-m", "consent_gate.cli"]
+
+
+def sample(work: Path, meetings: int) -> Path:
+    folder = work / f"sample-{meetings}"
+    if not (folder / "consent.db").exists():
+        subprocess.run([*CLI, "sample", "--out", str(folder), "--days", "1", "--meetings", str(meetings)], check=True)
+    return folder
+
+
+def store_of(sample_dir: Path, work: Path, events: int) -> Path:
+    """The sample's store plus enough events of other subjects to hold `events` in all (cached)."""
+    from consent_gate.consent_store import create_consent_indexes
+
+    target = work / f"consent-{sample_dir.name}-{events}.db"
+    if target.exists():
+        create_consent_indexes(f"sqlite:///{target}")  # the indexes this version expects
+        return target
+    partial = target.with_suffix(".partial")
+    shutil.copyfile(sample_dir / "consent.db", partial)
+    with sqlite3.connect(partial) as connection:
+        have = connection.execute("SELECT count(*) FROM consent_events").fetchone()[0]
+        extra = max(events - have, 0)
+        batch = 200_000
+        for start in range(0, extra, batch):
+            connection.executemany(
+                "INSERT INTO consent_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (f"bench_{n:09d}", "user" if n % 5 else "account", f"bench_subject_{n // 3:09d}", "ai_training",
+                     "*" if n % 4 else "chat", "revoke" if n % 3 == 2 else "grant",
+                     f"2026-{1 + n % 10:02d}-{1 + n % 28:02d}T{n % 24:02d}:00:00Z",
+                     f"2026-{1 + n % 10:02d}-{1 + n % 28:02d}T{n % 24:02d}:00:01Z", "2026-01")
+                    for n in range(start, min(start + batch, extra))
+                ),
+            )  # fmt: skip
+        connection.commit()
+    create_consent_indexes(f"sqlite:///{partial}")
+    os.replace(partial, target)
+    return target
+
+
+def timed_process(argv: list[str], log: Path) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS (bytes) and exit code of one child process; its stderr goes to `log`."""
+    started = time.monotonic()
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(argv, stdout=stderr, stderr=stderr, cwd=PROJECT)
+        _, status, usage = os.wait4(process.pid, 0)
+    return time.monotonic() - started, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status)
+
+
+def published_digest(out: Path) -> tuple[int, str]:
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(out / f"content/dt={DAY}", format="parquet").to_table().sort_by("artifact_id")
+    digest = hashlib.sha256()
+    for column in ("artifact_id", "text", "user_keys", "account_keys"):
+        digest.update(str(table.column(column).to_pylist()).encode())
+    return table.num_rows, digest.hexdigest()[:16]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--meetings", type=int, default=2000)
+    parser.add_argument("--events", default="1000,2000000")
+    parser.add_argument("--work", type=Path, default=PROJECT / "var/bench-consent")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    sample_dir = sample(args.work, args.meetings)
+    rows = []
+    for events in [int(e) for e in args.events.split(",")]:
+        db = store_of(sample_dir, args.work, events)
+        with sqlite3.connect(db) as connection:
+            count = connection.execute("SELECT count(*) FROM consent_events").fetchone()[0]
+        out = args.work / f"out-{events}"
+        shutil.rmtree(out, ignore_errors=True)
+        common = ["--consent-db", f"sqlite:///{db}", "--out", str(out), "--key-file", str(sample_dir / "hmac.key")]
+        run_log = args.work / f"run-{events}.log"
+        wall, rss, code = timed_process(
+            [*CLI, "run", "--date", DAY, "--as-of", AS_OF, "--raw", str(sample_dir / "raw"), *common], run_log
+        )
+        steps = [line.split("] ", 1)[-1] for line in run_log.read_text().splitlines() if "step " in line]
+        published = published_digest(out) if code == 0 else (0, "FAILED")
+        sweeps = []
+        for _ in range(2):
+            sweeps.append(timed_process([*CLI, "sweep", *common], args.work / f"sweep-{events}.log"))
+        rows.append((count, wall, rss, published, steps, sweeps))
+        print(f"{count:,} events: run {wall:.1f} s, {rss / 1e6:.0f} MB, published {published}; {'; '.join(steps)}")
+        print("  sweeps: " + "; ".join(f"{w:.1f} s, {r / 1e6:.0f} MB (exit {c})" for w, r, c in sweeps), flush=True)
+    print("\n| consent events | run wall | run peak RSS | published rows (digest) | steps | sweep 1st / 2nd |")
+    print("|---|---|---|---|---|---|")
+    for count, wall, rss, published, steps, sweeps in rows:
+        sweep_text = " / ".join(f"{w:.1f} s, {r / 1e9:.2f} GB" for w, r, _ in sweeps)
+        print(
+            f"| {count:,} | {wall:.1f} s | {rss / 1e9:.2f} GB | {published[0]} ({published[1]}) | "
+            f"{', '.join(s.removeprefix('step ') for s in steps)} | {sweep_text} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""The consent store itself: opening it safely, and reading `consent_events` column-wise.
+
+- A URL is checked before anything connects: a string that is not a SQLAlchemy URL, a backend other
+  than SQLite or PostgreSQL, or a missing driver is one clear error (no traceback, no host echoed).
+- A SQLite store is opened read-only (`mode=ro` URI): a missing file is an error naming the path,
+  and nothing is ever created at that path.
+- PostgreSQL: every column of `consent_events` must be text. A `timestamptz` column silently turns an
+  offset-less input into an instant in the session's time zone, so the gate could no longer see that
+  the row was malformed (SPEC §2.2: an offset is required); the same logical rows would then publish
+  differently on SQLite and PostgreSQL. Such a table is refused, naming the column and its type.
+- Reads are column-wise: SQLite rows are fetched in large batches and turned into Arrow columns;
+  PostgreSQL streams `COPY (SELECT ...) TO STDOUT` as CSV into a spool file that Arrow parses. No
+  Python code runs per row. Cells that are not text (SQLite lets any column hold any type) are
+  nulled and flagged in `nontext`, a bit per column, so the rules can fail them closed.
+
+Indexes the gate expects (created by `consent-gate sample` and `create_consent_indexes`):
+`consent_events(subject_id)` and `consent_events(event_id)` for look-ups of named subjects and of the
+rows sharing their event_ids (re-verification, the no-resurrection step), `consent_events(recorded_at)`
+and `consent_events(effective_at)` for what changed after an instant (the no-resurrection step).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.request import pathname2url
+
+import numpy as np
+import pyarrow as pa
+
+COLUMNS = (
+    "event_id", "subject_type", "subject_id", "purpose", "content_type",
+    "decision", "effective_at", "recorded_at", "terms_version",
+)  # fmt: skip
+TEXT_TYPES = ("text", "character varying", "character")
+INDEXES = {
+    "consent_events_subject_id": "subject_id",
+    "consent_events_event_id": "event_id",
+    "consent_events_recorded_at": "recorded_at",
+    "consent_events_effective_at": "effective_at",
+}
+IN_CHUNK = 2_000  # placeholders per look-up query (SQLite allows 32766)
+ARROW_SCHEMA = pa.schema([*((c, pa.string()) for c in COLUMNS), ("nontext", pa.int32())])
+SQLITE_BATCH = 100_000
+
+Progress = Callable[[str], None]
+
+
+class ConsentStoreError(RuntimeError):
+    """The consent store cannot be read well enough to decide anything: the run fails."""
+
+
+@dataclass(frozen=True)
+class StoreAddress:
+    backend: str  # sqlite | postgresql
+    url: Any  # sqlalchemy URL
+    sqlite_path: Path | None = None
+
+
+def store_address(url: str) -> StoreAddress:
+    """Check a consent store URL without connecting; errors never echo credentials or hosts."""
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        raise ConsentStoreError(
+            "the consent store URL is not a SQLAlchemy URL (e.g. sqlite:///var/consent.db or "
+            "postgresql+psycopg2://user@host/db)"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if not database or database == ":memory:" or database.startswith("file:"):
+            raise ConsentStoreError("a SQLite consent store URL must name a file: sqlite:///path/to/consent.db")
+        path = Path(database)
+        if not path.is_file():
+            raise ConsentStoreError(f"the SQLite consent store {path} does not exist (nothing was created there)")
+        return StoreAddress("sqlite", parsed, path)
+    if backend == "postgresql":
+        try:
+            parsed.get_dialect().import_dbapi()
+        except (ImportError, sa.exc.NoSuchModuleError):
+            raise ConsentStoreError(f"no driver for the consent store URL scheme {parsed.drivername!r}") from None
+        return StoreAddress("postgresql", parsed)
+    raise ConsentStoreError(f"unsupported consent store backend {backend!r}: use sqlite or postgresql")
+
+
+@contextmanager
+def connect(url: str) -> Iterator[tuple[StoreAddress, Any]]:
+    """A DB-API connection to the store, read-only where the backend allows it."""
+    import sqlite3
+
+    address = store_address(url)
+    if address.backend == "sqlite":
+        assert address.sqlite_path is not None
+        uri = f"file:{pathname2url(str(address.sqlite_path.resolve()))}?mode=ro"
+        try:
+            connection = sqlite3.connect(
+                uri, uri=True, check_same_thread=False
+            )  # DuckDB pulls batches on its own thread
+        except sqlite3.Error as error:
+            raise ConsentStoreError(f"cannot open the SQLite consent store {address.sqlite_path}: {error}") from None
+        try:
+            yield address, connection
+        except sqlite3.Error as error:
+            raise ConsentStoreError(
+                f"cannot read consent_events from the consent store: {type(error).__name__}"
+            ) from None
+        finally:
+            connection.close()
+        return
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(address.url, poolclass=sa.pool.NullPool)
+    try:
+        raw = engine.raw_connection()
+    except Exception as error:  # the driver's own error, unwrapped: its class name only, never its text
+        engine.dispose()
+        if not isinstance(error, sa.exc.SQLAlchemyError) and not _is_driver_error(error):
+            raise
+        raise ConsentStoreError(f"cannot read consent_events from the consent store: {type(error).__name__}") from None
+    dbapi = raw.driver_connection
+    try:
+        dbapi.set_session(readonly=True, autocommit=False)
+        _require_text_columns(dbapi)
+        yield address, dbapi
+    except ConsentStoreError:
+        raise
+    except Exception as error:  # psycopg2.Error and friends: the class name only, never the server's text
+        if not _is_driver_error(error):
+            raise
+        raise ConsentStoreError(f"cannot read consent_events from the consent store: {type(error).__name__}") from None
+    finally:
+        raw.close()
+        engine.dispose()
+
+
+def _is_driver_error(error: BaseException) -> bool:
+    return type(error).__module__.split(".")[0] in ("psycopg2", "psycopg")
+
+
+def _require_text_columns(connection: Any) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'consent_events' AND table_schema = current_schema()"
+        )
+        types = dict(cursor.fetchall())
+    if not types:
+        raise ConsentStoreError("the consent store has no table consent_events")
+    missing = [c for c in COLUMNS if c not in types]
+    if missing:
+        raise ConsentStoreError(f"consent_events lacks column(s) {', '.join(missing)}")
+    for column in COLUMNS:
+        if types[column] not in TEXT_TYPES:
+            raise ConsentStoreError(
+                f"consent_events.{column} is {types[column]}, not text: the gate reads instants as ISO-8601 text "
+                "with an offset, and a typed column would hide offset-less input (the database coerces it with "
+                "its session time zone); store every column as text (README, 'The consent store')"
+            )
+
+
+# --- column-wise reads --------------------------------------------------------------------------
+
+
+def _sqlite_select(where: str) -> str:
+    return f"SELECT {', '.join(COLUMNS)} FROM consent_events {where.replace('/*C*/', '')}"
+
+
+def _text_column(values: Sequence[Any], bit: int, nontext: np.ndarray) -> pa.Array:
+    """A column of text cells as Arrow; a cell of another type (SQLite lets any column hold one) is
+    nulled and flagged. The common all-text batch converts in C; only a batch holding such a cell is
+    walked in Python."""
+    try:
+        return pa.array(list(values), pa.string())  # from a list: ten times faster than from a tuple
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        odd = np.fromiter((v is not None and not isinstance(v, str) for v in values), dtype=bool, count=len(values))
+        nontext[odd] |= bit
+        return pa.array([None if o else v for v, o in zip(values, odd, strict=True)], pa.string())
+
+
+_observers: list[list[tuple[str, int]]] = []
+
+
+@contextmanager
+def observe_reads() -> Iterator[list[tuple[str, int]]]:
+    """Record (purpose, rows returned) for every read of the store in the block: tests count what each
+    step reads (after the snapshot, no step may read the whole store again)."""
+    log: list[tuple[str, int]] = []
+    _observers.append(log)
+    try:
+        yield log
+    finally:
+        _observers.remove(log)
+
+
+@contextmanager
+def consent_batches(
+    url: str, where: str = "", params: Sequence[Any] = (), *, purpose: str = "read", progress: Progress | None = None
+) -> Iterator[pa.RecordBatchReader]:
+    """`consent_events` (optionally `where`, with `?` placeholders) streamed as Arrow record batches of
+    text columns plus `nontext`; the store stays open while the reader is consumed."""
+    started = time.monotonic()
+    counted = [0]
+
+    def report(batch: pa.RecordBatch) -> pa.RecordBatch:
+        before = counted[0]
+        counted[0] += batch.num_rows
+        if progress is not None and counted[0] // 1_000_000 > before // 1_000_000:
+            rate = counted[0] / max(time.monotonic() - started, 1e-9)
+            progress(f"consent store: {counted[0]:,} rows read ({rate:,.0f} rows/s)")
+        return batch
+
+    with connect(url) as (address, connection):
+        if address.backend == "sqlite":
+            batches = _sqlite_batches(connection, where, params)
+            yield pa.RecordBatchReader.from_batches(ARROW_SCHEMA, (report(b) for b in batches))
+        else:
+            with _postgresql_reader(connection, where, params) as reader:
+                yield pa.RecordBatchReader.from_batches(ARROW_SCHEMA, (report(b) for b in reader))
+    for log in _observers:
+        log.append((purpose, counted[0]))
+    if progress is not None:
+        elapsed = max(time.monotonic() - started, 1e-9)
+        progress(f"consent store: {counted[0]:,} rows read in {elapsed:.1f} s ({counted[0] / elapsed:,.0f} rows/s)")
+
+
+def read_consent_table(
+    url: str, where: str = "", params: Sequence[Any] = (), *, purpose: str = "read", progress: Progress | None = None
+) -> pa.Table:
+    """The whole result of `consent_batches` as one Arrow table."""
+    with consent_batches(url, where, params, purpose=purpose, progress=progress) as reader:
+        return reader.read_all()
+
+
+def _sqlite_batches(connection: Any, where: str, params: Sequence[Any]) -> Iterator[pa.RecordBatch]:
+    cursor = connection.execute(_sqlite_select(where), tuple(params))
+    while rows := cursor.fetchmany(SQLITE_BATCH):
+        columns = list(zip(*rows, strict=True))  # transposed in C: no Python code per row
+        nontext = np.zeros(len(rows), dtype=np.int32)
+        arrays = [_text_column(columns[i], 1 << i, nontext) for i in range(len(COLUMNS))]
+        arrays.append(pa.array(nontext, pa.int32()))
+        yield pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA)
+
+
+@contextmanager
+def _postgresql_reader(connection: Any, where: str, params: Sequence[Any]) -> Iterator[Iterator[pa.RecordBatch]]:
+    import pyarrow.csv as pacsv
+
+    with connection.cursor() as cursor, tempfile.TemporaryDirectory(prefix="consent-gate-copy-") as spool:
+        # Text ranges compare bytes, as SQLite does: PostgreSQL's default collation may not (the indexes
+        # on recorded_at/effective_at are created COLLATE "C" for these comparisons).
+        where = where.replace("?", "%s").replace("/*C*/", ' COLLATE "C"')
+        select = f"SELECT {', '.join(COLUMNS)}, 0 FROM consent_events {where}"
+        query = cursor.mogrify(select, tuple(params)).decode()
+        path = os.path.join(spool, "consent.csv")
+        with open(path, "wb") as handle:
+            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)", handle)
+        connection.rollback()  # a read-only transaction: nothing to keep
+        if os.path.getsize(path) == 0:
+            yield iter(())
+            return
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=list(ARROW_SCHEMA.names), block_size=16 << 20),
+            convert_options=pacsv.ConvertOptions(
+                column_types=ARROW_SCHEMA,
+                null_values=[""],  # COPY writes NULL unquoted and empty text as ""
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        )
+        yield (batch.cast(ARROW_SCHEMA) if batch.schema != ARROW_SCHEMA else batch for batch in reader)
+
+
+def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start : start + IN_CHUNK]
+
+
+def read_subject_rows(url: str, subject_ids: Iterable[str], *, purpose: str) -> pa.Table:
+    """Every row of the named subject ids, plus every other row sharing an event_id with one of them
+    (a duplicated event_id fails both claimants closed): indexed look-ups, never a pass over the store."""
+    import pyarrow.compute as pc
+
+    wanted = sorted(set(subject_ids))
+    parts = [
+        read_consent_table(url, f"WHERE subject_id IN ({', '.join('?' * len(chunk))})", chunk, purpose=purpose)
+        for chunk in _chunks(wanted)
+    ]
+    named = pa.concat_tables(parts) if parts else ARROW_SCHEMA.empty_table()
+    event_ids = sorted(set(pc.drop_null(named.column("event_id")).to_pylist()))
+    others = []
+    for chunk in _chunks(event_ids):
+        rows = read_consent_table(url, f"WHERE event_id IN ({', '.join('?' * len(chunk))})", chunk, purpose=purpose)
+        keep = pc.invert(
+            pc.fill_null(pc.is_in(rows.column("subject_id"), value_set=pa.array(wanted, pa.string())), False)
+        )
+        others.append(rows.filter(keep))
+    return pa.concat_tables([named, *others])
+
+
+def read_changed_rows(url: str, since: datetime, *, purpose: str) -> pa.Table:
+    """The rows that may have changed consent after `since`: recorded or effective after it (text
+    compared with a day's margin, since offsets shift local text by up to 24 h; indexed ranges), plus rows
+    whose recorded_at cannot be an instant at all (missing, or sorting before any year 1900)."""
+    lower = (since - timedelta(days=1)).strftime("%Y-%m-%d")
+    return read_consent_table(
+        url,
+        "WHERE recorded_at/*C*/ >= ? OR effective_at/*C*/ >= ? OR recorded_at/*C*/ < '1900' OR recorded_at IS NULL",
+        (lower, lower),
+        purpose=purpose,
+    )
+
+
+def create_consent_indexes(url: str) -> None:
+    """The indexes the gate's look-ups need (SQLite or PostgreSQL), created if missing."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    collate = ' COLLATE "C"' if engine.dialect.name == "postgresql" else ""
+    try:
+        with engine.begin() as connection:
+            for name, columns in INDEXES.items():
+                ranged = columns.endswith("_at")  # compared as text ranges: byte order on either backend
+                spec = f"{columns}{collate}" if ranged else columns
+                connection.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {name} ON consent_events ({spec})"))
+    finally:
+        engine.dispose()

@@ -1,0 +1,345 @@
+"""The consent snapshot, built vectorized: the store's rows (Arrow batches) through DuckDB SQL.
+
+Exactly the rules of `consent._SnapshotBuilder` (the row-wise reference, kept for tests): visibility
+(`recorded_at <= as_of`, an unreadable recorded_at counts as visible), other purposes ignored, every
+visible row checked field by field in the same order (timestamps parsed as `records.parse_timestamp`
+does: the ISO-8601 shape with an offset, a valid date and time, an offset under 24 h, within
+1900..2200 UTC), every row of a duplicated event_id unreadable, an unreadable row failing its subject
+closed, and a visible row whose subject cannot be read failing the run. The checksum is the same
+order-independent sum of per-row sha256 digests (`consent.row_digest_parts`), computed in SQL.
+
+The result is the **snapshot file**: the readable visible events, one row per concrete content type,
+sorted by subject, plus one marker row per failed-closed subject. A run writes it once into its stage;
+every later step reads it (for the subjects it needs: a semi-join) instead of the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from consent_gate.consent import (
+    CONTENT_TYPES,
+    DUPLICATE_ERROR,
+    PURPOSE,
+    ConsentSnapshot,
+    ConsentStoreError,
+    UnreadableConsentRow,
+    assemble_snapshot,
+    checksum_of,
+    to_ns,
+)
+
+SNAPSHOT_SCHEMA = pa.schema(
+    [
+        ("subject_key", pa.string()),
+        ("content_type", pa.int8()),  # index into CONTENT_TYPES; -1 on a failed-closed marker row
+        ("effective_ns", pa.int64()),
+        ("recorded_ns", pa.int64()),
+        ("decision", pa.int8()),  # GRANT 1 / REVOKE 0
+        ("event_id", pa.string()),
+        ("terms_version", pa.string()),
+        ("failed_closed", pa.bool_()),
+    ]
+)
+DUCKDB_SETTINGS: dict[str, Any] = {"memory_limit": "768MB", "threads": 2, "preserve_insertion_order": False}
+
+_SHAPE = r"^(\d{4}-\d{2}-\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|([+-])(\d{2}):(\d{2}))$"
+_US_1900 = -2208988800 * 1_000_000
+_US_2200 = 7258118400 * 1_000_000
+_BITS = {c: 1 << i for i, c in enumerate(
+    ("event_id", "subject_type", "subject_id", "purpose", "content_type", "decision", "effective_at", "recorded_at",
+     "terms_version")
+)}  # fmt: skip
+
+
+def _instant_sql(parts: str) -> str:
+    """Microseconds since the epoch in UTC (or NULL when not a valid instant) from the regexp parts."""
+    p = {k: f"try_cast({parts}.{k} AS BIGINT)" for k in ("h", "mi", "s", "oh", "om")}
+    local = (
+        f"((try_cast({parts}.d AS DATE) - DATE '1970-01-01')::BIGINT * 86400000000 + {p['h']} * 3600000000"
+        f" + {p['mi']} * 60000000 + {p['s']} * 1000000 + try_cast(left(rpad({parts}.f, 9, '0'), 6) AS BIGINT))"
+    )
+    offset_minutes = f"({p['oh']} * 60 + {p['om']})"
+    signed = (
+        f"(CASE WHEN {parts}.z = 'Z' THEN 0 WHEN {parts}.sg = '-' THEN -{offset_minutes} ELSE {offset_minutes} END)"
+    )
+    valid = (
+        f"{parts}.d <> '' AND try_cast({parts}.d AS DATE) IS NOT NULL AND {p['h']} < 24 AND {p['mi']} < 60"
+        f" AND {p['s']} < 60 AND ({parts}.z = 'Z' OR {offset_minutes} < 1440)"
+    )
+    return f"CASE WHEN {valid} THEN {local} - {signed} * 60000000 END"
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _snapshot_sql(as_of_us: int) -> str:
+    bit = _BITS
+    checks = []
+    for name in ("event_id", "subject_type", "subject_id", "content_type", "decision"):
+        checks.append(f"WHEN {name} IS NULL OR {name} = '' THEN 'field ''{name}'': missing or not text'")
+    checks += [
+        "WHEN subject_type NOT IN ('account', 'user') THEN 'field ''subject_type'': not ''account'' or ''user'''",
+        "WHEN content_type NOT IN ('transcript', 'chat', 'summary', 'recording', '*') "
+        "THEN 'field ''content_type'': not a known content type or ''*'''",
+        "WHEN decision NOT IN ('grant', 'revoke') THEN 'field ''decision'': not ''grant'' or ''revoke'''",
+        f"WHEN nontext & {bit['terms_version']} <> 0 THEN 'field ''terms_version'': not text'",
+    ]
+    for name, short in (("effective_at", "eff"), ("recorded_at", "rec")):
+        checks += [
+            f"WHEN {name} IS NULL AND nontext & {bit[name]} <> 0 THEN 'field ''{name}'': not a timestamp string'",
+            f"WHEN {name} IS NULL THEN 'field ''{name}'': missing'",
+            f"WHEN NOT regexp_full_match({name}, '{_SHAPE}') AND regexp_full_match({name} || 'Z', '{_SHAPE}') "
+            f"THEN 'field ''{name}'': timestamp without a UTC offset'",
+            f"WHEN NOT regexp_full_match({name}, '{_SHAPE}') THEN 'field ''{name}'': not an ISO-8601 timestamp'",
+            f"WHEN {short}_raw IS NULL THEN 'field ''{name}'': not a valid date or time'",
+            f"WHEN {short}_us IS NULL THEN 'field ''{name}'': timestamp outside 1900-01-01..2200-01-01 UTC'",
+        ]
+    eff_raw, rec_raw = _instant_sql("ep"), _instant_sql("rp")
+    extract = "regexp_extract(COLUMN, '" + _SHAPE + "', ['d', 'h', 'mi', 's', 'f', 'z', 'sg', 'oh', 'om'])"
+    in_range = "CASE WHEN {0} BETWEEN {1} AND {2} THEN {0} END"
+    return f"""
+CREATE TEMP TABLE parsed AS
+SELECT *, {in_range.format("eff_raw", _US_1900, _US_2200)} AS eff_us,
+          {in_range.format("rec_raw", _US_1900, _US_2200)} AS rec_us
+FROM (
+  SELECT * EXCLUDE (ep, rp), {eff_raw} AS eff_raw, {rec_raw} AS rec_raw
+  FROM (
+    SELECT row_number() OVER () AS rn, *, {extract.replace("COLUMN", "effective_at")} AS ep,
+           {extract.replace("COLUMN", "recorded_at")} AS rp
+    FROM raw WHERE NOT (purpose IS NOT NULL AND purpose <> '{PURPOSE}')
+  )
+);
+CREATE TEMP TABLE visible AS
+SELECT *,
+  CASE WHEN event_id IS NULL THEN 1 ELSE count(*) OVER (PARTITION BY event_id) END AS id_count,
+  CASE WHEN event_id IS NULL THEN 1 ELSE row_number() OVER (PARTITION BY event_id ORDER BY rn) END AS id_rank
+FROM parsed WHERE rec_us IS NULL OR rec_us <= {as_of_us};
+CREATE TEMP TABLE judged AS
+SELECT *,
+  CASE WHEN purpose IS NOT NULL AND id_count = 1 AND event_id <> '' AND subject_type IN ('account', 'user')
+            AND subject_id <> '' AND content_type IN ('transcript', 'chat', 'summary', 'recording', '*')
+            AND decision IN ('grant', 'revoke') AND nontext & {bit["terms_version"]} = 0
+            AND eff_us IS NOT NULL AND rec_us IS NOT NULL THEN NULL  -- reads well: no check below can fail
+       WHEN purpose IS NULL THEN 'field ''purpose'': missing or not text'
+       WHEN id_rank > 1 THEN {_quoted(DUPLICATE_ERROR)}
+       {" ".join(checks)}
+       WHEN id_count > 1 THEN {_quoted(DUPLICATE_ERROR)}
+  END AS error,
+  (subject_type IN ('account', 'user') AND subject_id IS NOT NULL AND subject_id <> '') AS subject_ok,
+  subject_type || chr(31) || subject_id AS subject_key,
+  sha256(concat(coalesce(event_id, ''), chr(30), coalesce(subject_type, ''), chr(30), coalesce(subject_id, ''),
+                chr(30), coalesce(purpose, ''), chr(30), coalesce(content_type, ''), chr(30), coalesce(decision, ''),
+                chr(30), coalesce(effective_at, ''), chr(30), coalesce(recorded_at, ''), chr(30),
+                coalesce(terms_version, ''))) AS digest
+FROM visible
+"""
+
+
+_EVENTS_SQL = """
+SELECT SUBJECT AS subject_key, content_type, effective_ns, recorded_ns, decision, event_id, terms_version, failed_closed
+FROM (
+  SELECT subject_key,
+         unnest(CASE content_type WHEN '*' THEN [0, 1, 2, 3] WHEN 'transcript' THEN [0] WHEN 'chat' THEN [1]
+                                  WHEN 'summary' THEN [2] ELSE [3] END)::TINYINT AS content_type,
+         eff_us * 1000 AS effective_ns, rec_us * 1000 AS recorded_ns,
+         (CASE decision WHEN 'grant' THEN 1 ELSE 0 END)::TINYINT AS decision, event_id, terms_version,
+         false AS failed_closed
+  FROM judged WHERE error IS NULL
+  UNION ALL
+  SELECT DISTINCT subject_key, -1::TINYINT, NULL::BIGINT, NULL::BIGINT, NULL::TINYINT, NULL, NULL, true
+  FROM judged WHERE error IS NOT NULL
+)
+ORDER BY 1, 2, 3, 4, 1 - decision, event_id
+"""
+
+
+@dataclass
+class SnapshotSummary:
+    """What a run records about its snapshot (run.json `consent`), besides the file itself."""
+
+    as_of: datetime
+    checksum: str
+    visible_events: int
+    unreadable: list[UnreadableConsentRow]
+    failed_closed_subjects: int
+    events: int
+
+
+def connect_duckdb(spill: str) -> Any:
+    import duckdb
+
+    connection = duckdb.connect(config={**DUCKDB_SETTINGS, "temp_directory": spill})
+    connection.execute("SET TimeZone = 'UTC'")
+    return connection
+
+
+def _judge(connection: Any, batches: pa.RecordBatchReader | pa.Table, as_of: datetime) -> SnapshotSummary:
+    incoming = batches  # noqa: F841  (read by name in the SQL; consumed once, streaming)
+    connection.execute("CREATE TEMP TABLE raw AS SELECT * FROM incoming").fetchall()
+    for statement in _snapshot_sql(to_ns(as_of) // 1000).split(";"):
+        if statement.strip():
+            connection.execute(statement).fetchall()  # fetched: DuckDB refuses new work on a pending result
+    lost = connection.execute(
+        "SELECT event_id, error FROM judged WHERE error IS NOT NULL AND NOT coalesce(subject_ok, false) "
+        "ORDER BY rn LIMIT 1"
+    ).fetchall()
+    if lost:
+        raise ConsentStoreError(
+            f"consent_events row event_id={lost[0][0]!r}: {lost[0][1]}, and its subject cannot be read either; "
+            "refusing to decide any consent"
+        )
+    visible, *parts = connection.execute(
+        "SELECT count(*), "
+        + ", ".join(f"coalesce(sum(('0x' || substr(digest, {1 + 16 * i}, 16))::UBIGINT), 0)" for i in range(4))
+        + " FROM judged"
+    ).fetchall()[0]
+    unreadable = [
+        UnreadableConsentRow(str(event_id), subject_type, error)
+        for event_id, subject_type, error in connection.execute(
+            "SELECT event_id, subject_type, error FROM judged WHERE error IS NOT NULL ORDER BY event_id, rn"
+        ).fetchall()
+    ]
+    failed = connection.execute("SELECT count(DISTINCT subject_key) FROM judged WHERE error IS NOT NULL").fetchall()[0][
+        0
+    ]
+    events = connection.execute(
+        "SELECT coalesce(sum(CASE WHEN content_type = '*' THEN 4 ELSE 1 END), 0) FROM judged WHERE error IS NULL"
+    ).fetchall()[0][0]
+    return SnapshotSummary(
+        as_of, checksum_of(int(visible), [int(p) for p in parts]), int(visible), unreadable, int(failed), int(events)
+    )
+
+
+def pseudonym_pepper(secret: bytes) -> str:
+    """The pepper of the snapshot file's subject pseudonyms: the file lives in the output store's stage,
+    so it never holds a raw subject id; the gate derives the same pseudonyms for the subjects it needs."""
+    return hashlib.sha256(b"consent-gate snapshot subjects\x00" + secret).hexdigest()
+
+
+def pseudonym(pepper: str, key: str) -> str:
+    """sha256(pepper || subject_key), as DuckDB's sha256() computes it in the snapshot file."""
+    return hashlib.sha256((pepper + key).encode()).hexdigest()
+
+
+def write_snapshot_file(
+    batches: pa.RecordBatchReader | pa.Table, as_of: datetime, path: str, pepper: str
+) -> tuple[SnapshotSummary, str]:
+    """Judge the store's rows at `as_of` and write the sorted snapshot file to local `path`, subjects as
+    pseudonyms. Returns the summary and the file's sha256."""
+    as_of = as_of.astimezone(UTC)
+    with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as spill:
+        connection = connect_duckdb(spill)
+        try:
+            summary = _judge(connection, batches, as_of)
+            escaped = path.replace("'", "''")
+            connection.execute(
+                f"COPY ({_EVENTS_SQL.replace('SUBJECT', 'sha256(' + _quoted(pepper) + ' || subject_key)')}) "
+                f"TO '{escaped}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+            ).fetchall()
+        finally:
+            connection.close()
+    return summary, file_sha256(path)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def snapshot_from_table(batches: pa.RecordBatchReader | pa.Table, as_of: datetime) -> ConsentSnapshot:
+    """The whole snapshot in memory (explain, tests): the same file's rows, assembled."""
+    return judged_snapshot(batches, as_of, {})[0]
+
+
+def judged_snapshot(
+    batches: pa.RecordBatchReader | pa.Table, as_of: datetime, queries: dict[str, str]
+) -> tuple[ConsentSnapshot, dict[str, list[tuple[Any, ...]]]]:
+    """The snapshot, and the rows of extra `queries` over the judged rows (table `judged`: the visible
+    rows with `error`, `subject_ok`, `subject_key`, `eff_us`, `rec_us`, `id_count`)."""
+    as_of = as_of.astimezone(UTC)
+    with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as spill:
+        connection = connect_duckdb(spill)
+        try:
+            summary = _judge(connection, batches, as_of)
+            events = connection.sql(_EVENTS_SQL.replace("SUBJECT", "subject_key")).to_arrow_table()
+            answers = {name: connection.execute(sql).fetchall() for name, sql in queries.items()}
+        finally:
+            connection.close()
+    return snapshot_from_events(events, summary), answers
+
+
+def snapshot_from_events(
+    events: pa.Table, summary: SnapshotSummary, names: dict[str, str] | None = None
+) -> ConsentSnapshot:
+    """A ConsentSnapshot of snapshot-file rows (all of them, or the semi-join's); `names` maps the file's
+    pseudonyms back to the subject_keys the caller asks about."""
+    failed_mask = events.column("failed_closed").to_numpy(zero_copy_only=False).astype(bool)
+    stored = events.column("subject_key").combine_chunks()
+    if names is not None:  # pseudonyms back to subject_keys (the day's subjects: a small table)
+        pseudonyms = pa.array(list(names), pa.string())
+        stored = pc.take(pa.array(list(names.values()), pa.string()), pc.index_in(stored, value_set=pseudonyms))
+    ready = ~failed_mask
+    failed_keys = set(pc.filter(stored, pa.array(failed_mask)).to_pylist())
+    ready_mask = pa.array(ready)
+
+    def column(name: str, dtype: Any) -> np.ndarray:
+        return events.column(name).to_numpy(zero_copy_only=False)[ready].astype(dtype)
+
+    return assemble_snapshot(
+        as_of=summary.as_of,
+        checksum=summary.checksum,
+        visible=summary.visible_events,
+        unreadable=summary.unreadable,
+        failed_closed=failed_keys,
+        subjects=pc.filter(stored, ready_mask),
+        content_types=column("content_type", np.int64),
+        decisions=column("decision", np.int8),
+        effective=column("effective_ns", np.int64),
+        recorded=column("recorded_ns", np.int64),
+        event_ids=pc.filter(events.column("event_id").combine_chunks(), ready_mask),
+        terms=_shared_strings(pc.filter(events.column("terms_version").combine_chunks(), ready_mask)),
+    )
+
+
+def _shared_strings(values: pa.Array) -> np.ndarray:
+    """An object array of `values` whose equal strings are one Python object (a handful of terms
+    versions over millions of events), not one object per element."""
+    encoded = pc.dictionary_encode(values)
+    distinct = np.array([*encoded.dictionary.to_pylist(), None], dtype=object)
+    codes = pc.fill_null(encoded.indices, len(distinct) - 1).to_numpy(zero_copy_only=False)
+    return distinct[codes]
+
+
+def read_snapshot_events(path: str, subjects: Iterable[str] | None) -> pa.Table:
+    """The snapshot file's rows, only those of `subjects` (pseudonyms; a semi-join in DuckDB) when given."""
+    with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as spill:
+        connection = connect_duckdb(spill)
+        try:
+            escaped = path.replace("'", "''")
+            if subjects is None:
+                return connection.sql(f"SELECT * FROM read_parquet('{escaped}')").to_arrow_table()
+            wanted = pa.table({"subject_key": pa.array(sorted(set(subjects)), pa.string())})  # noqa: F841
+            return connection.sql(
+                f"SELECT * FROM read_parquet('{escaped}') WHERE subject_key IN (SELECT subject_key FROM wanted) "
+                "ORDER BY subject_key, content_type, effective_ns, recorded_ns, 1 - decision, event_id"
+            ).to_arrow_table()
+        finally:
+            connection.close()
+
+
+def content_type_name(code: int) -> str:
+    return CONTENT_TYPES[code]
