@@ -196,7 +196,7 @@ def test_a_cue_two_million_hours_in_is_quarantined_not_published_in_2254(world):
     transcript += "2000000:00:00.000 --> 2000000:00:01.000\nAda Lovelace: far away\n\n"
     good_meeting(raw, "m_0", transcript=transcript)
     run_day(settings, DAY, AS_OF)
-    assert "cue start" in quarantine(out)[f"meetings/dt={DAY}/m_0/transcript.vtt#2"]
+    assert "starts outside the meeting" in quarantine(out)[f"meetings/dt={DAY}/m_0/transcript.vtt#2"]
     captured = pq.read_table(out / f"content/dt={DAY}").column("captured_at").to_pylist()
     assert max(captured).year == 2026
 
