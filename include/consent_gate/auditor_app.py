@@ -159,7 +159,7 @@ def _link(base: str, path: str, text: str) -> str:
 
 
 def _file(relative: str) -> str:
-    return "/files/" + quote(relative)
+    return "/files/" + quote(relative, safe="/=")
 
 
 def _nav(base: str) -> str:
