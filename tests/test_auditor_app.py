@@ -161,10 +161,18 @@ def server(evidence, tmp_path_factory) -> Iterator[Server]:
             "AIRFLOW_CONN_CONSENT_DB": json.dumps({"conn_type": "sqlite", "host": str(evidence.consent_db)}),
             "AIRFLOW__CORE__MULTI_TEAM": "True",
             "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(
-                [{"name": "consent_gate", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-                  "kwargs": {"path": str(PROJECT / "dags")}, "team_name": TEAM}]  # fmt: skip
+                [
+                    {
+                        "name": "consent_gate",
+                        "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                        "kwargs": {"path": str(PROJECT / "dags")},
+                        "team_name": TEAM,
+                    }
+                ]  # fmt: skip
             ),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"auditor:viewer:{TEAM},outsider:viewer:{OTHER_TEAM},operator:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
+                (f"auditor:viewer:{TEAM}", f"outsider:viewer:{OTHER_TEAM}", "operator:admin")
+            ),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
@@ -310,8 +318,13 @@ def test_symlinks_are_never_followed(server, evidence, tmp_path):
         for link, target in links.items():
             link.symlink_to(target)
         assert (audit / "validation/planted.json").read_text() and (evidence.out / "_audit/dt=2026-11-09").is_dir()
-        for path in (f"/files/_audit/dt={DAY}/validation/planted.json", f"/files/_audit/dt={DAY}/data_docs/planted/index.html",
-                     "/files/_audit/dt=2026-11-09/report.html", "/day/2026-11-09"):  # fmt: skip
+        planted = (
+            f"/files/_audit/dt={DAY}/validation/planted.json",
+            f"/files/_audit/dt={DAY}/data_docs/planted/index.html",
+            "/files/_audit/dt=2026-11-09/report.html",
+            "/day/2026-11-09",
+        )
+        for path in planted:
             reply = server.get(PREFIX + path, "auditor")
             assert reply.status == 404 and "planted" not in reply.body and "evidence" not in reply.body, path
         assert server.get(PREFIX + f"/files/_audit/dt={DAY}/validation/summary.json", "auditor").status == 200
@@ -362,7 +375,11 @@ def _crawl(server: Server, start: list[str]) -> dict[str, str]:
 
 def test_no_response_holds_content_or_raw_ids(server, evidence):
     explains = [f"{PREFIX}/explain?day={DAY}&artifact_id={quote(a)}" for a in evidence.artifacts.values()]
-    runs = [f"{PREFIX}/run/{DAILY}/{PUBLISHED_RUN}", f"{PREFIX}/run/{DAILY}/{FAILED_RUN}", f"{PREFIX}/run/{SWEEP}/{SWEEP_RUN}"]
+    runs = [
+        f"{PREFIX}/run/{DAILY}/{PUBLISHED_RUN}",
+        f"{PREFIX}/run/{DAILY}/{FAILED_RUN}",
+        f"{PREFIX}/run/{SWEEP}/{SWEEP_RUN}",
+    ]
     pages = _crawl(server, [f"{PREFIX}/", *explains, *runs])
     assert len(pages) > 20 and any("/data_docs/" in p for p in pages) and any("/attempt/" in p for p in pages)
     secrets_ = sample_secrets(evidence.sample, texts=True, min_length=6)
@@ -409,7 +426,9 @@ class Browser:
         await self.command("Input.insertText", text=text)
 
     async def click_text(self, text: str) -> None:
-        found = f"Array.from(document.querySelectorAll('a,button')).find(e => e.innerText.trim() === {json.dumps(text)})"
+        found = (
+            f"Array.from(document.querySelectorAll('a,button')).find(e => e.innerText.trim() === {json.dumps(text)})"
+        )
         await self.until(f"'{text}' on the page", f"!!{found}")
         await self.evaluate(f"{found}.click()")
 
@@ -470,7 +489,9 @@ def test_an_auditor_logs_in_through_the_ui_and_finds_the_reports(server, evidenc
             await browser.until("the home page", "!location.pathname.startsWith('/auth')")
 
             await browser.click_text("Consent audit")
-            seen["nav"] = await browser.until("the audit index in its frame", f"{FRAME_TEXT}.includes('Daily runs') && {FRAME_TEXT}")
+            seen["nav"] = await browser.until(
+                "the audit index in its frame", f"{FRAME_TEXT}.includes('Daily runs') && {FRAME_TEXT}"
+            )
             seen["nav_url"] = await browser.evaluate("location.pathname")
             await browser.screenshot(tmp_path / "2-consent-audit.png")
 
@@ -478,7 +499,9 @@ def test_an_auditor_logs_in_through_the_ui_and_finds_the_reports(server, evidenc
                                          ("failed", FAILED_RUN, "Failed checks")):  # fmt: skip
                 await browser.command("Page.navigate", url=f"{base}/dags/{DAILY}/runs/{run_id}")
                 await browser.click_text("Consent evidence")
-                seen[name] = await browser.until(f"the {name} run's tab", f"{FRAME_TEXT}.includes({marker!r}) && {FRAME_TEXT}")
+                seen[name] = await browser.until(
+                    f"the {name} run's tab", f"{FRAME_TEXT}.includes({marker!r}) && {FRAME_TEXT}"
+                )
                 await browser.screenshot(tmp_path / f"3-run-tab-{name}.png")
         return seen
 

@@ -163,7 +163,7 @@ def _file(relative: str) -> str:
 
 
 def _nav(base: str) -> str:
-    return f'<p>{_link(base, "/", "all days and sweeps")} · {_link(base, "/explain", "explain an artifact")}</p>'
+    return f"<p>{_link(base, '/', 'all days and sweeps')} · {_link(base, '/explain', 'explain an artifact')}</p>"
 
 
 def _failed_first(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -188,12 +188,15 @@ def render_evidence(base: str, folder: str, manifest: dict[str, Any], title: str
         _table(
             ["field", "value"],
             [
-                ("DAG run", manifest.get("dag_run_id")), ("attempt", manifest.get("attempt")),
-                ("consent as_of", manifest.get("as_of")), ("consent snapshot checksum", consent.get("checksum")),
+                ("DAG run", manifest.get("dag_run_id")),
+                ("attempt", manifest.get("attempt")),
+                ("consent as_of", manifest.get("as_of")),
+                ("consent snapshot checksum", consent.get("checksum")),
                 ("policy", f"{policy.get('version')} ({policy.get('checksum')})"),
                 ("code version", manifest.get("code_version")),
-                ("started", manifest.get("started_at")), ("ended", manifest.get("ended_at")),
-            ],  # fmt: skip
+                ("started", manifest.get("started_at")),
+                ("ended", manifest.get("ended_at")),
+            ],
         ),
         "<h2>Content units by outcome</h2>",
         _table(["outcome", "units"], list(outcome.items()), numeric=[1]),
@@ -230,7 +233,10 @@ def render_day_page(store: OutputStore, base: str, day: str) -> str | None:
             _link(base, f"/day/{day}/attempt/{quote(a['_name'])}", a["_name"])
             if a.get("status") == "failed"
             else _e(a["_name"]),
-            _e(a.get("status")), _e(a.get("dag_run_id")), _e(a.get("started_at")), _e(a.get("failure") or ""),
+            _e(a.get("status")),
+            _e(a.get("dag_run_id")),
+            _e(a.get("started_at")),
+            _e(a.get("failure") or ""),
         )  # fmt: skip
         for a in attempts
     ]
@@ -268,13 +274,18 @@ def render_sweep(base: str, record: dict[str, Any]) -> str:
         _table(
             ["field", "value"],
             [
-                ("DAG run", record.get("dag_run_id")), ("mode", record.get("mode")), ("why", record.get("why")),
-                ("consent as_of", record.get("as_of")), ("consent checksum", (record.get("consent") or {}).get("checksum")),
+                ("DAG run", record.get("dag_run_id")),
+                ("mode", record.get("mode")),
+                ("why", record.get("why")),
+                ("consent as_of", record.get("as_of")),
+                ("consent checksum", (record.get("consent") or {}).get("checksum")),
                 ("revocations in force since the watermark", record.get("revocations_in_force_since_watermark")),
-                ("days scanned", record.get("days_scanned")), ("days rewritten", record.get("days_rewritten")),
+                ("days scanned", record.get("days_scanned")),
+                ("days rewritten", record.get("days_rewritten")),
                 ("rows purged", record.get("rows_removed")),
                 ("abandoned stages deleted", record.get("abandoned_stages_deleted")),
-                ("started", record.get("started_at")), ("ended", record.get("ended_at")),
+                ("started", record.get("started_at")),
+                ("ended", record.get("ended_at")),
             ],  # fmt: skip
         ),
         "<h2>Days rewritten</h2>",
@@ -339,8 +350,15 @@ def render_index_page(store: OutputStore, base: str) -> str:
         )
         + "<h2>Revocation sweeps</h2>"
         + _raw_table(
-            ["sweep", "mode", "consent as_of", "rows purged", "days rewritten", "max revocation-to-purge latency",
-             "DAG run"],
+            [
+                "sweep",
+                "mode",
+                "consent as_of",
+                "rows purged",
+                "days rewritten",
+                "max revocation-to-purge latency",
+                "DAG run",
+            ],
             sweep_rows,
         )  # fmt: skip
         + f"<p>{_link(base, _file('_audit/index.html'), 'the offline index (chart over days)')}</p>"
@@ -349,7 +367,7 @@ def render_index_page(store: OutputStore, base: str) -> str:
 
 
 def render_explain(base: str, days: list[str], day: str | None, artifact_id: str, answer: str | None) -> str:
-    options = "".join(f'<option{" selected" if d == day else ""}>{_e(d)}</option>' for d in days)
+    options = "".join(f"<option{' selected' if d == day else ''}>{_e(d)}</option>" for d in days)
     form = (
         f'<form method="get" action="{_e(base)}/explain"><label>day <select name="day">{options}</select></label> '
         f'<label>artifact_id <input name="artifact_id" size="48" value="{_e(artifact_id)}"></label> '

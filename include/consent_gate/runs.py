@@ -7,8 +7,8 @@ only inside the functions that need it, at task run time, never at DAG parse tim
 from __future__ import annotations
 
 import os
-from datetime import date, datetime, timedelta
 from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from consent_gate.config import load_policy
