@@ -21,15 +21,18 @@ import re
 import stat
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
+# the offline reports' building blocks, so both kinds of page look and escape alike
 from consent_gate.audit import _checks_table, _page, _table, bar_chart, outcome_counts
-from consent_gate.pipeline import RunSettings
 from consent_gate.publish import OutputStore
+
+if TYPE_CHECKING:  # the pipeline (pyarrow, GX) is imported when a page needs it, not when Airflow loads plugins
+    from consent_gate.pipeline import RunSettings
 
 DAILY_DAG, SWEEP_DAG = "consent_gate_daily", "consent_revocation_sweep"
 AUDITED_DAGS = (DAILY_DAG, SWEEP_DAG)
@@ -385,10 +388,13 @@ def render_explain(base: str, days: list[str], day: str | None, artifact_id: str
 
 
 def _valid_day(day: str) -> str:
-    try:
-        return date.fromisoformat(day).isoformat() if re.fullmatch(r"\d{4}-\d{2}-\d{2}", day) else _not_found()
-    except ValueError:
-        return _not_found()
+    """A YYYY-MM-DD day as given; anything else is not found (it never reaches a path)."""
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        try:
+            return date.fromisoformat(day).isoformat()
+        except ValueError:
+            pass
+    return _not_found()
 
 
 def _not_found() -> Any:
