@@ -20,6 +20,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -144,35 +145,47 @@ def _post_json(port: int, path: str, payload: dict[str, Any], token: str | None 
         return json.loads(response.read())
 
 
+# Migrate, create the teams (the auth manager refuses users of teams the DB does not know) and
+# serialize the DAGs into the team's bundle: one interpreter instead of four CLI start-ups.
+INIT_AIRFLOW = """
+import sys
+from airflow.cli.cli_parser import get_parser
+for argv in (["db", "migrate"], *(["teams", "create", t] for t in sys.argv[1:]), ["dags", "reserialize"]):
+    args = get_parser().parse_args(argv)
+    args.func(args)
+"""
+
+
+@dataclass
+class Booting:
+    deployment: Deployment
+    port: int
+    passwords: dict[str, str]
+    init: subprocess.Popen
+
+
 @pytest.fixture(scope="module")
-def server(evidence, tmp_path_factory) -> Iterator[Server]:
+def airflow_init(tmp_path_factory) -> Iterator[Booting]:
+    """The deployment's metadata DB, prepared in the background while the evidence is being built."""
     home = tmp_path_factory.mktemp("airflow-auditor")
     port = free_port()
     passwords = {user: secrets.token_urlsafe(12) for user in ("auditor", "outsider", "operator")}
     (home / "passwords.json").write_text(json.dumps(passwords))
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTEST"))}
+    bundle = {
+        "name": "consent_gate",
+        "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+        "kwargs": {"path": str(PROJECT / "dags")},
+        "team_name": TEAM,
+    }
+    users = (f"auditor:viewer:{TEAM}", f"outsider:viewer:{OTHER_TEAM}", "operator:admin")
     base.update(
         {
             "AIRFLOW_HOME": str(home),
             "CONSENT_GATE_AIRFLOW_PORT": str(port),
-            "AIRFLOW_VAR_CONSENT_GATE_RAW_URI": str(evidence.sample / "raw"),
-            "AIRFLOW_VAR_CONSENT_GATE_OUT_URI": str(evidence.out),
-            "AIRFLOW_VAR_CONSENT_GATE_HMAC_KEY": (evidence.sample / "hmac.key").read_text(),
-            "AIRFLOW_CONN_CONSENT_DB": json.dumps({"conn_type": "sqlite", "host": str(evidence.consent_db)}),
             "AIRFLOW__CORE__MULTI_TEAM": "True",
-            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(
-                [
-                    {
-                        "name": "consent_gate",
-                        "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-                        "kwargs": {"path": str(PROJECT / "dags")},
-                        "team_name": TEAM,
-                    }
-                ]  # fmt: skip
-            ),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
-                (f"auditor:viewer:{TEAM}", f"outsider:viewer:{OTHER_TEAM}", "operator:admin")
-            ),
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([bundle]),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(users),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
@@ -181,29 +194,46 @@ def server(evidence, tmp_path_factory) -> Iterator[Server]:
     env = airflow_local.environment(base, PROJECT)  # what scripts/airflow-local gives every process
     assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(PROJECT / "plugins")
     deployment = Deployment(home, env)
+    with open(home / "init.log", "wb") as log:
+        init = subprocess.Popen([sys.executable, "-c", INIT_AIRFLOW, TEAM, OTHER_TEAM], env=env, cwd=home,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        deployment.airflow("db", "migrate", timeout=600)
-        for team in (TEAM, OTHER_TEAM):  # the auth manager refuses users of teams the DB does not know
-            deployment.airflow("teams", "create", team)
-        deployment.airflow("dags", "reserialize")  # the DAGs, owned by the bundle's team
-        deployment.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1")
-
-        def api_up() -> bool:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=3).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for("the api-server", api_up, deployment, 180)
-        tokens = {u: _post_json(port, "/auth/token", {"username": u, "password": p})["access_token"]
-                  for u, p in passwords.items()}  # fmt: skip
-        for dag_id, run_id in ((DAILY, PUBLISHED_RUN), (DAILY, FAILED_RUN), (SWEEP, SWEEP_RUN)):
-            _post_json(port, f"/api/v2/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None},
-                       tokens["operator"])  # fmt: skip
-        yield Server(port, tokens, passwords, deployment)
+        yield Booting(deployment, port, passwords, init)
     finally:
+        if init.poll() is None:
+            os.killpg(init.pid, signal.SIGKILL)
+        init.wait()
         deployment.stop()
+
+
+@pytest.fixture(scope="module")
+def server(airflow_init, evidence) -> Server:
+    deployment, port, passwords = airflow_init.deployment, airflow_init.port, airflow_init.passwords
+    deployment.env.update(
+        {
+            "AIRFLOW_VAR_CONSENT_GATE_RAW_URI": str(evidence.sample / "raw"),
+            "AIRFLOW_VAR_CONSENT_GATE_OUT_URI": str(evidence.out),
+            "AIRFLOW_VAR_CONSENT_GATE_HMAC_KEY": (evidence.sample / "hmac.key").read_text(),
+            "AIRFLOW_CONN_CONSENT_DB": json.dumps({"conn_type": "sqlite", "host": str(evidence.consent_db)}),
+        }
+    )
+    assert airflow_init.init.wait(timeout=600) == 0, (deployment.home / "init.log").read_text()[-3000:]
+    deployment.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1")
+
+    def api_up() -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=3).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for("the api-server", api_up, deployment, 180)
+    tokens = {u: _post_json(port, "/auth/token", {"username": u, "password": p})["access_token"]
+              for u, p in passwords.items()}  # fmt: skip
+    for dag_id, run_id in ((DAILY, PUBLISHED_RUN), (DAILY, FAILED_RUN), (SWEEP, SWEEP_RUN)):
+        _post_json(port, f"/api/v2/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None},
+                   tokens["operator"])  # fmt: skip
+    return Server(port, tokens, passwords, deployment)
 
 
 # --- who gets in --------------------------------------------------------------------------------------

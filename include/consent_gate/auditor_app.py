@@ -173,8 +173,9 @@ def _failed_first(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(checks, key=lambda c: bool(c.get("passed")))
 
 
-def render_evidence(base: str, folder: str, manifest: dict[str, Any], title: str) -> str:
-    """One day's (or one attempt's) evidence: failed checks first, the figures, links onwards."""
+def render_evidence(base: str, folder: str | None, manifest: dict[str, Any], title: str) -> str:
+    """One day's (or one attempt's) evidence: failed checks first, the figures, links onwards to the
+    reports in `folder` (None: none kept, as for a superseded version, whose reports the current ones replaced)."""
     day, status = manifest.get("partition", "?"), manifest.get("status", "?")
     checks = _failed_first(list(manifest.get("checks") or []))
     failed = [c for c in checks if not c.get("passed")]
@@ -205,10 +206,16 @@ def render_evidence(base: str, folder: str, manifest: dict[str, Any], title: str
         _table(["outcome", "units"], list(outcome.items()), numeric=[1]),
         bar_chart(outcome, title=f"content units by outcome, {day}"),
         "<h2>Evidence</h2><ul>",
-        f"<li>{_link(base, _file(f'{folder}/report.html'), 'the full report')} (quarantine, telemetry, suites)</li>",
-        f"<li>{_link(base, _file(f'{folder}/data_docs/index.html'), 'Great Expectations Data Docs')}</li>",
-        f"<li>{_link(base, _file(f'{folder}/validation/summary.json'), 'suite results (JSON)')}, "
-        f"{_link(base, _file(f'{folder}/validation/independent_verification.json'), 're-verification')}</li>",
+        *(
+            [
+                f"<li>{_link(base, _file(f'{folder}/report.html'), 'the full report')} (quarantine, telemetry)</li>",
+                f"<li>{_link(base, _file(f'{folder}/data_docs/index.html'), 'Great Expectations Data Docs')}</li>",
+                f"<li>{_link(base, _file(f'{folder}/validation/summary.json'), 'suite results (JSON)')}, "
+                f"{_link(base, _file(f'{folder}/validation/independent_verification.json'), 're-verification')}</li>",
+            ]
+            if folder
+            else [f"<li>No reports kept for this attempt: {_link(base, f'/day/{day}', 'the day')}</li>"]
+        ),
         f"<li>{_link(base, f'/explain?day={_e(day)}', 'explain an artifact of this day')}</li></ul>",
         "<h2>All checks</h2>",
         _checks_table(checks),
@@ -233,9 +240,7 @@ def render_day_page(store: OutputStore, base: str, day: str) -> str | None:
         page = render_evidence(base, f"_audit/dt={day}", manifest, f"consent-gate {day}")
     rows = [
         (
-            _link(base, f"/day/{day}/attempt/{quote(a['_name'])}", a["_name"])
-            if a.get("status") == "failed"
-            else _e(a["_name"]),
+            _link(base, f"/day/{day}/attempt/{quote(a['_name'])}", a["_name"]),
             _e(a.get("status")),
             _e(a.get("dag_run_id")),
             _e(a.get("started_at")),
@@ -248,10 +253,14 @@ def render_day_page(store: OutputStore, base: str, day: str) -> str | None:
 
 
 def render_attempt_page(store: OutputStore, base: str, day: str, name: str) -> str | None:
+    """A failed attempt, with its reports; or an earlier published version, superseded by a rerun or a sweep."""
     manifest = _json(store, f"_audit/dt={day}/attempts/{name}.json")
-    if not isinstance(manifest, dict) or manifest.get("status") != "failed":
+    if not isinstance(manifest, dict):
         return None
-    return render_evidence(base, f"_audit/dt={day}/attempts/{name}", manifest, f"consent-gate {day}: attempt {name}")
+    folder = f"_audit/dt={day}/attempts/{name}"  # a failed attempt's reports, when it got as far as writing them
+    if manifest.get("status") != "failed" or not store.exists(f"{folder}/report.html"):
+        folder = None
+    return render_evidence(base, folder, manifest, f"consent-gate {day}: attempt {name}")
 
 
 def _raw_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
@@ -485,7 +494,7 @@ def create_app(settings: Callable[[], RunSettings], read_access: Callable[[str],
             return _html(render_sweep(base, what))
         if kind == "day":
             return _html(render_day_page(store, base, what))
-        return _html(render_attempt_page(store, base, *what) or render_day_page(store, base, what[0]))
+        return _html(render_attempt_page(store, base, *what))
 
     @app.get("/explain", dependencies=daily, response_class=HTMLResponse)
     def explain_page(request: Request, day: str | None = None, artifact_id: str = "") -> HTMLResponse:
