@@ -525,9 +525,11 @@ def test_an_auditor_logs_in_through_the_ui_and_finds_the_reports(server, evidenc
             seen["nav_url"] = await browser.evaluate("location.pathname")
             await browser.screenshot(tmp_path / "2-consent-audit.png")
 
-            for name, run_id, marker in (("published", PUBLISHED_RUN, "Content units by outcome"),
+            for name, run_id, marker in (("published", PUBLISHED_RUN, f"consent-gate {DAY}"),
                                          ("failed", FAILED_RUN, "Failed checks")):  # fmt: skip
-                await browser.command("Page.navigate", url=f"{base}/dags/{DAILY}/runs/{run_id}")
+                run_page = f"/dags/{DAILY}/runs/{run_id}"
+                await browser.command("Page.navigate", url=base + run_page)
+                await browser.until("the run's page", f"location.pathname === {json.dumps(run_page)}")
                 await browser.click_text("Consent evidence")
                 seen[name] = await browser.until(
                     f"the {name} run's tab", f"{FRAME_TEXT}.includes({marker!r}) && {FRAME_TEXT}"
