@@ -19,8 +19,9 @@ import mimetypes
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -56,6 +57,7 @@ ALLOWED_FILES = re.compile(
     re.X,
 )
 MAX_FILE_BYTES = 20 << 20
+MAX_SWEEPS_LISTED = 200  # an hourly sweep writes 8760 records a year: the index shows the newest
 MAX_ARTIFACT_ID = 300
 
 
@@ -122,32 +124,29 @@ def day_attempts(store: OutputStore, day: str) -> list[dict[str, Any]]:
     return sorted(found, key=lambda m: str(m.get("started_at") or ""))
 
 
-def sweep_records(store: OutputStore) -> list[dict[str, Any]]:
-    """Every sweep's record, newest first."""
-    records = []
-    for relative in store.files("_audit/sweeps", ".json"):
-        if relative.endswith("/watermark.json"):
-            continue
+def sweep_records(store: OutputStore) -> Iterator[dict[str, Any]]:
+    """The sweeps' records, newest first (read lazily; a sweep's generated name starts with its as_of)."""
+    names = [f for f in store.files("_audit/sweeps", ".json") if not f.endswith("/watermark.json")]
+    for relative in sorted(names, reverse=True):
         record = _json(store, relative)
         if isinstance(record, dict) and "sweep_id" in record:
-            records.append(record)
-    return sorted(records, key=lambda r: str(r.get("as_of") or ""), reverse=True)
+            yield record
 
 
 def run_evidence(store: OutputStore, dag_id: str, run_id: str) -> tuple[str, Any] | None:
     """What a DAG run left: ("day", day) for the daily run whose version is the day's current manifest,
-    ("attempt", (day, name)) for one that failed or was superseded, ("sweep", record); None if nothing."""
+    ("attempt", (day, name)) for one that failed or was superseded, ("sweep", record); None if nothing.
+    Newest first, stopping at the first day that knows the run (a daily run processes one day)."""
     if dag_id == SWEEP_DAG:
         return next((("sweep", r) for r in sweep_records(store) if r.get("dag_run_id") == run_id), None)
-    latest: tuple[str, Any] | None = None
     for day in published_days(store):
         manifest = _json(store, f"_audit/dt={day}/manifest.json")
         if isinstance(manifest, dict) and manifest.get("dag_run_id") == run_id:
             return ("day", day)
-        for attempt in day_attempts(store, day):
-            if attempt.get("dag_run_id") == run_id:
-                latest = ("attempt", (day, attempt["_name"]))
-    return latest
+        attempts = [a for a in day_attempts(store, day) if a.get("dag_run_id") == run_id]
+        if attempts:
+            return ("attempt", (day, attempts[-1]["_name"]))
+    return None
 
 
 # --- pages -----------------------------------------------------------------------------------------
@@ -350,7 +349,7 @@ def render_index_page(store: OutputStore, base: str) -> str:
             _e(_latency(max((p.get("max_latency_seconds") or 0 for p in r.get("purges") or []), default=None))),
             _e(r.get("dag_run_id")),
         )
-        for r in sweep_records(store)
+        for r in islice(sweep_records(store), MAX_SWEEPS_LISTED)
     ]
     body = (
         "<h1>consent-gate audit</h1>"
@@ -360,7 +359,7 @@ def render_index_page(store: OutputStore, base: str) -> str:
             ["day", "status", "published", "excluded", "quarantined", "checks passed", "failed attempts", "DAG run"],
             day_rows,
         )
-        + "<h2>Revocation sweeps</h2>"
+        + f"<h2>Revocation sweeps (the newest {MAX_SWEEPS_LISTED} at most)</h2>"
         + _raw_table(
             [
                 "sweep",
