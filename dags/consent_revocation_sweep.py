@@ -47,11 +47,11 @@ CONTENT = Asset("consent_gate_content", uri="file:///consent-gate/content")
 )
 def consent_revocation_sweep():
     @task(outlets=[CONTENT], pool=publish_pool())  # one writer at a time with the daily publications
-    def sweep(params=None) -> dict:
+    def sweep(params=None, run_id=None) -> dict:
         """Purge published rows whose consent was withdrawn; returns the sweep's summary."""
         from consent_gate.sweep import sweep_task
 
-        return sweep_task(params)
+        return sweep_task(params, run_id)
 
     sweep()
 

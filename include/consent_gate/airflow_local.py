@@ -71,6 +71,8 @@ def environment(base: dict[str, str], root: Path = PROJECT_ROOT) -> dict[str, st
     defaults = {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+        # the auditor pages (plugins/consent_gate_reports.py): Airflow loads no plugins/ folder by itself
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",

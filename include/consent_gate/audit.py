@@ -145,8 +145,9 @@ def render_day(
     quarantine: Sequence[dict[str, Any]] = (),
     validation: Sequence[dict[str, Any]] = (),
     data_docs: str | None = None,
+    index: str = "../index.html",
 ) -> str:
-    """The audit page of one day (or one failed attempt)."""
+    """The audit page of one day (or one failed attempt); `index` is the link back to the index."""
     day, status = manifest.get("partition", "?"), manifest.get("status", "?")
     counts = manifest.get("counts") or {}
     telemetry = counts.get("telemetry") or {}
@@ -247,7 +248,7 @@ def render_day(
                 [(r.get("event_id"), r.get("subject_type"), r.get("error")) for r in unreadable],
             ),
         ]
-    body.append('<p><a href="../index.html">all days</a></p>')
+    body.append(f'<p><a href="{_e(index)}">all days</a></p>')
     return _page(f"consent-gate audit {day}", "".join(body))
 
 
@@ -303,13 +304,17 @@ def _quarantine_rows(store: OutputStore, folder: str) -> list[dict[str, Any]]:
     return rows
 
 
-def write_day_report(store: OutputStore, folder: str, manifest: dict[str, Any], target: str | None = None) -> str:
-    """Render the report of the audit `folder` (stage or published) into `target` (default: its report.html)."""
+def write_day_report(
+    store: OutputStore, folder: str, manifest: dict[str, Any], target: str | None = None, index: str = "../index.html"
+) -> str:
+    """Render the report of the audit `folder` (stage or published) into `target` (default: its report.html);
+    `index` is the index's path relative to the page where it is published."""
     summary = f"{folder}/validation/summary.json"
     validation = store.read_json(summary) if store.exists(summary) else []
     docs = "data_docs/index.html" if store.exists(f"{folder}/data_docs/index.html") else None
     target = target or f"{folder}/report.html"
-    page = render_day(manifest, quarantine=_quarantine_rows(store, folder), validation=validation, data_docs=docs)
+    quarantine = _quarantine_rows(store, folder)
+    page = render_day(manifest, quarantine=quarantine, validation=validation, data_docs=docs, index=index)
     store.write_bytes(target, page.encode("utf-8"))
     return target
 
@@ -336,4 +341,5 @@ def keep_failed_attempt(store: OutputStore, stage_audit: str, attempt_folder: st
         if store.exists(source):
             store.remove(f"{attempt_folder}/{name}")
             store.fs.copy(store.path(source), store.path(f"{attempt_folder}/{name}"), recursive=True)
-    write_day_report(store, stage_audit, manifest, target=f"{attempt_folder}/report.html")
+    # published as _audit/dt=D/attempts/<attempt>/report.html: the index is three folders up
+    write_day_report(store, stage_audit, manifest, target=f"{attempt_folder}/report.html", index="../../../index.html")

@@ -7,6 +7,7 @@ only inside the functions that need it, at task run time, never at DAG parse tim
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -106,10 +107,26 @@ def settings_from_airflow() -> RunSettings:
     """Run settings from the `consent_db` connection and `consent_gate_*` variables, at task run time."""
     from airflow.sdk import BaseHook, Variable
 
+    return settings_from_lookups(lambda key: Variable.get(key, default=None), BaseHook.get_connection)
+
+
+def settings_from_server() -> RunSettings:
+    """The same settings, read inside Airflow's api-server (the auditor plugin), where no task
+    context exists: through the server's secrets backends (environment, then the metadata DB)."""
+    from airflow.models.connection import Connection
+    from airflow.models.variable import Variable
+
+    return settings_from_lookups(
+        lambda key: Variable.get(key, default_var=None), Connection.get_connection_from_secrets
+    )
+
+
+def settings_from_lookups(variable: Callable[[str], str | None], connection: Callable[[str], Any]) -> RunSettings:
+    """Run settings from a variable lookup (None when unset) and a connection lookup."""
     from consent_gate.pipeline import RunSettings, project_var
 
     var = project_var()
-    secret_text = Variable.get(VAR_SECRET, default=None)
+    secret_text = variable(VAR_SECRET)
     if secret_text:
         secret = secret_text.encode()
     else:
@@ -118,9 +135,9 @@ def settings_from_airflow() -> RunSettings:
         except MissingSecretError as error:
             raise MissingSecretError(f"set the Airflow variable {VAR_SECRET}, or: {error}") from None
     return RunSettings(
-        raw=Variable.get(VAR_RAW, default=str(var / "raw")),
-        out=Variable.get(VAR_OUT, default=str(var / "out")),
-        consent_db=consent_url_from_connection(BaseHook.get_connection(CONSENT_CONN_ID)),
-        policy=load_policy(Variable.get(VAR_POLICY, default=None) or os.environ.get("CONSENT_GATE_POLICY")),
+        raw=variable(VAR_RAW) or str(var / "raw"),
+        out=variable(VAR_OUT) or str(var / "out"),
+        consent_db=consent_url_from_connection(connection(CONSENT_CONN_ID)),
+        policy=load_policy(variable(VAR_POLICY) or os.environ.get("CONSENT_GATE_POLICY")),
         secret=secret,
     )

@@ -413,6 +413,7 @@ def sweep(
     clock: Clock = utc_now,
     sweep_id: str | None = None,
     max_stage_age: timedelta = timedelta(hours=24),
+    dag_run_id: str | None = None,
 ) -> SweepOutcome:
     """Purge from every published day the rows that current consent (at `as_of`) no longer allows,
     and delete the stages of runs abandoned longer than `max_stage_age` ago."""
@@ -449,6 +450,7 @@ def sweep(
     abandoned = discard_abandoned_stages(store, clock() - max_stage_age, consent.snapshot)
     record = {
         "sweep_id": sweep_id,
+        "dag_run_id": dag_run_id,  # the auditor's run tab finds the sweep of a DAG run by it
         "as_of": as_of.isoformat(),
         "mode": "incremental" if since is not None else "full",
         "why": why,
@@ -711,7 +713,7 @@ def _withhold_part(
 # --- Airflow task body --------------------------------------------------------------------------
 
 
-def sweep_task(params: Any) -> dict[str, Any]:
+def sweep_task(params: Any, run_id: str | None = None) -> dict[str, Any]:
     """The DAG's task: settings from Airflow, as_of = now unless the `as_of` param pins it."""
     from consent_gate.runs import as_of_for_run, settings_from_airflow
 
@@ -720,7 +722,7 @@ def sweep_task(params: Any) -> dict[str, Any]:
     as_of = as_of_for_run(params.get("as_of"), utc_now())
     outcome = sweep(
         settings.store(), settings.consent_db, settings.secret, as_of, full=bool(params.get("full")),
-        max_stage_age=timedelta(hours=settings.policy.max_stage_age_hours),
+        max_stage_age=timedelta(hours=settings.policy.max_stage_age_hours), dag_run_id=run_id,
     )  # fmt: skip
     return {
         "sweep_id": outcome.sweep_id,
