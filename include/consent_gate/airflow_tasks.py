@@ -86,6 +86,9 @@ def publish_task(payload: dict[str, str], outlet_events: Any = None) -> str:
 
         extra = announce_publication(outlet_events, settings.store(), settings.out, stage.day.isoformat())
         log.info("asset events for %s: manifest sha256 %s", extra["day"], extra["manifest_sha256"])
+    from consent_gate.lineage import emit_publication
+
+    emit_publication(manifest, settings.raw, settings.out, settings.consent_db)  # optional; never fails the task
     return f"{settings.out}/_audit/dt={stage.day.isoformat()}/manifest.json"
 
 
