@@ -54,9 +54,8 @@ def test_a_publication_reports_its_inputs_outputs_and_checks_without_content_or_
     assert lineage.emit_publication(manifest, settings.raw, settings.out, settings.consent_db)
     [line] = file_transport.read_text().splitlines()
     event = json.loads(line)
-    assert event["eventType"] == "COMPLETE" and event["job"] == {"namespace": "consent-gate", "name": lineage.JOB,
-                                                                 **{k: v for k, v in event["job"].items()
-                                                                    if k not in ("namespace", "name")}}  # fmt: skip
+    assert event["eventType"] == "COMPLETE"
+    assert (event["job"]["namespace"], event["job"]["name"]) == ("consent-gate", lineage.JOB)
     inputs = {(d["namespace"], d["name"]) for d in event["inputs"]}
     assert inputs == {
         ("file", f"{sample_dir}/raw/meetings/dt={DAY}"),
@@ -68,7 +67,9 @@ def test_a_publication_reports_its_inputs_outputs_and_checks_without_content_or_
     content = outputs[f"{settings.out}/content/dt={DAY}"]
     assert content["outputFacets"]["outputStatistics"]["rowCount"] == manifest["counts"]["content"]["published"]
     assertions = content["facets"]["dataQualityAssertions"]["assertions"]
-    assert [(a["assertion"], a["success"]) for a in assertions] == [(c["name"], c["passed"]) for c in manifest["checks"]]
+    assert [(a["assertion"], a["success"]) for a in assertions] == [
+        (c["name"], c["passed"]) for c in manifest["checks"]
+    ]
     assert {"gx_content", "content_reconciles", "independent_verification"} <= {a["assertion"] for a in assertions}
 
     # no content, no ids: not one raw id of the day, not one published text
@@ -92,4 +93,7 @@ def test_locations_never_carry_a_password():
     assert lineage.consent_store_location("postgresql+psycopg2://gate:s3cret@db.internal:5432/consent") == (
         "postgresql://db.internal:5432", "consent.public.consent_events",
     )  # fmt: skip
-    assert lineage.dataset_location("s3://bucket/out/content/dt=2026-11-02") == ("s3://bucket", "out/content/dt=2026-11-02")
+    assert lineage.dataset_location("s3://bucket/out/content/dt=2026-11-02") == (
+        "s3://bucket",
+        "out/content/dt=2026-11-02",
+    )

@@ -111,7 +111,9 @@ def publication_event(manifest: dict[str, Any], raw: str, out: str, consent_db: 
         inputs=[
             landing("meetings", content_in),
             landing("telemetry", telemetry_in),
-            InputDataset(namespace=consent_namespace, name=consent_name, inputFacets={"dataQualityMetrics": consent_metrics}),
+            InputDataset(
+                namespace=consent_namespace, name=consent_name, inputFacets={"dataQualityMetrics": consent_metrics}
+            ),
         ],
         outputs=[published("content"), published("aggregates")],
     )
