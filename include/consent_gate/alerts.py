@@ -137,7 +137,11 @@ def attempt_of_run(store: OutputStore, day: str, run_id: str | None) -> tuple[st
 
 def daily_run_failed(context: dict[str, Any]) -> None:
     """The daily DAG's on_failure_callback: say which day published nothing, why, and where the evidence is."""
-    from consent_gate.runs import partition_for_run, settings_from_airflow
+    from airflow.sdk import Variable
+
+    from consent_gate.pipeline import project_var
+    from consent_gate.publish import OutputStore
+    from consent_gate.runs import VAR_OUT, partition_for_run
 
     run = context.get("dag_run")
     run_id = getattr(run, "run_id", None)
@@ -146,7 +150,9 @@ def daily_run_failed(context: dict[str, Any]) -> None:
         day = partition_for_run(
             getattr(run, "data_interval_start", None), getattr(run, "data_interval_end", None), conf.get("day")
         ).isoformat()
-        evidence, attempt = attempt_of_run(settings_from_airflow().store(), day, run_id)
+        # only where the outputs are: the alert must not depend on the consent store or the HMAC secret
+        store = OutputStore(Variable.get(VAR_OUT, default=str(project_var() / "out")))
+        evidence, attempt = attempt_of_run(store, day, run_id)
     except Exception as error:  # the alert goes out even when the evidence cannot be read
         log.exception("reading the failed run's evidence")
         day, evidence, attempt = "unknown", None, {"failure": f"evidence unreadable: {type(error).__name__}"}
