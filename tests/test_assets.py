@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sqlite3
 from datetime import date
 
 import pytest
 
 from consent_gate import assets
-from consent_gate.config import Policy
 from consent_gate.keys import Keyer
-from consent_gate.pipeline import RunSettings, run_day
+from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
 from consent_gate.sweep import sweep
+from tests.conftest import sample_settings
 
 pytestmark = pytest.mark.integration
 
@@ -43,14 +42,9 @@ class RecordedEvents(dict):
 
 @pytest.fixture
 def published(sample_dir, tmp_path):
-    db = tmp_path / "consent.db"
-    shutil.copyfile(sample_dir / "consent.db", db)
-    settings = RunSettings(
-        raw=str(sample_dir / "raw"), out=str(tmp_path / "out"), consent_db=f"sqlite:///{db}", policy=Policy(),
-        secret=(sample_dir / "hmac.key").read_bytes(),
-    )  # fmt: skip
+    settings = sample_settings(sample_dir, tmp_path)
     outcome = run_day(settings, DAY, AS_OF, run_id="assets")
-    return settings, db, outcome.manifest
+    return settings, tmp_path / "consent.db", outcome.manifest
 
 
 def identifiers(sample_dir) -> set[str]:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from datetime import date
 
 import pyarrow.dataset as ds
 import pytest
 
 from consent_gate import lineage
-from consent_gate.config import Policy
-from consent_gate.pipeline import RunSettings, run_day
+from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
+from tests.conftest import sample_settings
 
 pytestmark = pytest.mark.integration
 
@@ -22,12 +21,7 @@ DAY = date(2026, 11, 2)
 
 @pytest.fixture
 def publication(sample_dir, tmp_path):
-    db = tmp_path / "consent.db"
-    shutil.copyfile(sample_dir / "consent.db", db)
-    settings = RunSettings(
-        raw=str(sample_dir / "raw"), out=str(tmp_path / "out"), consent_db=f"sqlite:///{db}", policy=Policy(),
-        secret=(sample_dir / "hmac.key").read_bytes(),
-    )  # fmt: skip
+    settings = sample_settings(sample_dir, tmp_path)
     return settings, run_day(settings, DAY, parse_timestamp("2026-11-20T00:00:00Z", "as_of")).manifest
 
 

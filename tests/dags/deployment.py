@@ -156,23 +156,12 @@ class Deployment:
 
 def postgres_admin_url() -> str | None:
     """The local PostgreSQL server's admin URL, or None; under CI=true its absence fails the test."""
-    from tests.conftest import POSTGRES_HINT, service_unavailable
+    from tests.conftest import POSTGRES_HINT, local_postgres_admin_url, service_unavailable
 
-    for user in ("postgres", "root"):
-        engine = sa.create_engine(
-            f"postgresql+psycopg2://{user}@127.0.0.1:5432/postgres", connect_args={"connect_timeout": 5}
-        )
-        try:
-            with engine.connect() as connection:
-                connection.execute(sa.text("SELECT 1"))
-            return engine.url.render_as_string(hide_password=False)
-        except sa.exc.OperationalError:
-            continue
-        finally:
-            engine.dispose()
-    if os.environ.get("CI", "").lower() in ("true", "1"):
+    url = local_postgres_admin_url()
+    if url is None and os.environ.get("CI", "").lower() in ("true", "1"):
         service_unavailable("PostgreSQL on 127.0.0.1:5432 (the scheduler tests' metadata DB)", POSTGRES_HINT)
-    return None
+    return url
 
 
 def migrate(url: str, home: Path) -> None:
