@@ -13,9 +13,8 @@ input unit is accounted for, and only then publishes atomically with a manifest 
   `consent_gate_hmac_key`, `consent_gate_policy_file` (see `airflow_settings.yaml`).
 - **Scale-out:** the `shards` param (default 1) splits the day's meetings by a stable hash of the
   meeting_id; `gate_content` is mapped over the shards, then the day is validated and published once.
-- **Events:** `publish` emits one event on `consent_gate_content` and `consent_gate_aggregates` with
-  the day as partition key and `extra` {day, kind, manifest, manifest_sha256, rows, consent_checksum}.
-- **Alerts:** a failed run sends "day D published nothing: ..." (`consent_gate.alerts`).
+- **Events, alerts:** `publish` emits one event per asset, the day as partition key, figures in `extra`
+  (`consent_gate.assets`); a failed run alerts "day D published nothing: ..." (`consent_gate.alerts`).
 - **Cleanup:** `snapshot_consent` is the run's setup and `end_attempt` its teardown: whatever fails,
   an attempt that was not published keeps its evidence under `_audit/dt=D/attempts/` and its staged
   content is deleted. Clearing one task re-runs the setup (a new snapshot): clear the whole run.
