@@ -13,6 +13,8 @@ input unit is accounted for, and only then publishes atomically with a manifest 
   `consent_gate_hmac_key`, `consent_gate_policy_file` (see `airflow_settings.yaml`).
 - **Scale-out:** the `shards` param (default 1) splits the day's meetings by a stable hash of the
   meeting_id; `gate_content` is mapped over the shards, then the day is validated and published once.
+- **Events, alerts:** `publish` emits one event per asset, the day as partition key, figures in `extra`
+  (`consent_gate.assets`); a failed run alerts "day D published nothing: ..." (`consent_gate.alerts`).
 - **Cleanup:** `snapshot_consent` is the run's setup and `end_attempt` its teardown: whatever fails,
   an attempt that was not published keeps its evidence under `_audit/dt=D/attempts/` and its staged
   content is deleted. Clearing one task re-runs the setup (a new snapshot): clear the whole run.
@@ -22,13 +24,12 @@ input unit is accounted for, and only then publishes atomically with a manifest 
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, setup, task, teardown
+from airflow.sdk import Param, dag, setup, task, teardown
 from airflow.timetables.interval import CronDataIntervalTimetable
 
+from consent_gate.alerts import daily_run_failed
+from consent_gate.assets import AGGREGATES, CONTENT
 from consent_gate.runs import publish_pool
-
-CONTENT = Asset("consent_gate_content", uri="file:///consent-gate/content")
-AGGREGATES = Asset("consent_gate_aggregates", uri="file:///consent-gate/aggregates")
 
 
 @dag(
@@ -46,6 +47,7 @@ AGGREGATES = Asset("consent_gate_aggregates", uri="file:///consent-gate/aggregat
     },
     tags=["consent-gate", "privacy", "training-data"],
     doc_md=__doc__,
+    on_failure_callback=daily_run_failed,  # "day D published nothing: checks X failed, evidence at ..."
 )
 def consent_gate_daily():
     @setup
@@ -82,11 +84,11 @@ def consent_gate_daily():
         return validate_task(stage)
 
     @task(outlets=[CONTENT, AGGREGATES], pool=publish_pool())
-    def publish(stage: dict) -> str:
-        """Publish the validated stage atomically; returns the manifest's path."""
+    def publish(stage: dict, outlet_events=None) -> str:
+        """Publish the validated stage atomically; one asset event for the day (its partition key)."""
         from consent_gate.airflow_tasks import publish_task
 
-        return publish_task(stage)
+        return publish_task(stage, outlet_events)
 
     @teardown
     def end_attempt(stage: dict) -> str | None:

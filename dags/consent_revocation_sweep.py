@@ -15,6 +15,9 @@ recorded (day, rows removed by reason, `as_of`, revocation-to-purge latency) und
   (asset `consent_events`). With hourly runs a revocation is purged within an hour plus one sweep.
 - **Params:** `as_of` pins the consent instant (default: now); `full` re-evaluates every day.
 - **Settings:** as `consent_gate_daily` (connection `consent_db`, `consent_gate_*` variables).
+- **Events and alerts:** each rewritten day gets an event on `consent_gate_content` (partition key:
+  the day; `extra`: kind `sweep`, rows removed by reason, the new manifest's sha256); a run still
+  unfinished `CONSENT_GATE_SWEEP_DEADLINE_MINUTES` (60) after it was queued raises an alert.
 - **One writer:** the sweep takes the day lock on local storage; on object stores (no lock) it shares
   the 1-slot `consent_gate_publish` pool with the daily publications.
 - All logic lives in `include/consent_gate/sweep.py`; this file only wires it.
@@ -23,17 +26,16 @@ recorded (day, rows removed by reason, `as_of`, revocation-to-purge latency) und
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
+from consent_gate.alerts import sweep_deadline
+from consent_gate.assets import CONSENT_EVENTS, CONTENT
 from consent_gate.runs import publish_pool
-
-CONSENT_UPDATES = Asset("consent_events", uri="file:///consent-gate/consent-events")
-CONTENT = Asset("consent_gate_content", uri="file:///consent-gate/content")
 
 
 @dag(
     dag_id="consent_revocation_sweep",
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 * * * *", timezone="UTC"), assets=[CONSENT_UPDATES]),
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 * * * *", timezone="UTC"), assets=[CONSENT_EVENTS]),
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -44,16 +46,24 @@ CONTENT = Asset("consent_gate_content", uri="file:///consent-gate/content")
     },
     tags=["consent-gate", "privacy", "training-data", "withdrawal"],
     doc_md=__doc__,
+    deadline=sweep_deadline(),  # a run still unfinished N min after it was queued: SPEC §7 at risk, alert
 )
 def consent_revocation_sweep():
-    @task(outlets=[CONTENT], pool=publish_pool())  # one writer at a time with the daily publications
+    @task(pool=publish_pool())  # one writer at a time with the daily publications
     def sweep(params=None, run_id=None) -> dict:
         """Purge published rows whose consent was withdrawn; returns the sweep's summary."""
         from consent_gate.sweep import sweep_task
 
         return sweep_task(params, run_id)
 
-    sweep()
+    @task(outlets=[CONTENT])
+    def announce_purges(summary: dict, outlet_events=None) -> dict:
+        """One content event per rewritten day (its partition key); skipped when no day changed."""
+        from consent_gate.sweep import announce_task
+
+        return announce_task(summary, outlet_events)
+
+    announce_purges(sweep())
 
 
 consent_revocation_sweep()

@@ -11,8 +11,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from consent_gate.pipeline import RunSettings
 
 PROJECT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="consent-gate-airflow-"))
@@ -66,9 +70,8 @@ def service_unavailable(what: str, install_hint: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> str:
-    """The admin URL of the local PostgreSQL server (trust auth as `postgres` or `root`)."""
+def local_postgres_admin_url() -> str | None:
+    """The admin URL of the local PostgreSQL server (trust auth as `postgres` or `root`), or None."""
     import sqlalchemy as sa
 
     for user in ("postgres", "root"):
@@ -83,8 +86,29 @@ def postgres_server() -> str:
             continue
         finally:
             engine.dispose()
-    service_unavailable("PostgreSQL on 127.0.0.1:5432", POSTGRES_HINT)
-    raise AssertionError("unreachable")
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of the local PostgreSQL server."""
+    url = local_postgres_admin_url()
+    if url is None:
+        service_unavailable("PostgreSQL on 127.0.0.1:5432", POSTGRES_HINT)
+        raise AssertionError("unreachable")
+    return url
+
+
+def sample_settings(sample_dir: Path, folder: Path) -> RunSettings:
+    """Run settings on the sample, with a copy of its consent store in `folder` (tests may change it)."""
+    from consent_gate.config import Policy
+    from consent_gate.pipeline import RunSettings
+
+    shutil.copyfile(sample_dir / "consent.db", folder / "consent.db")
+    return RunSettings(
+        raw=str(sample_dir / "raw"), out=str(folder / "out"), consent_db=f"sqlite:///{folder / 'consent.db'}",
+        policy=Policy(), secret=(sample_dir / "hmac.key").read_bytes(),
+    )  # fmt: skip
 
 
 @contextmanager

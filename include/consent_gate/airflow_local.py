@@ -20,7 +20,7 @@ import yaml
 from consent_gate.config import PROJECT_ROOT
 from consent_gate.runs import PUBLISH_POOL, PUBLISH_POOL_ENV
 
-DAG_IDS = ("consent_gate_daily", "consent_revocation_sweep")
+DAG_IDS = ("consent_gate_daily", "consent_revocation_sweep", "consent_gate_content_consumer")
 # scheduler, dag-processor, api-server and the CLI all write one SQLite file: a writer that finds it
 # locked waits this long (sqlite3's default, 5 s, is shorter than a busy scheduler's transactions)
 # (two dicts: Airflow adds its own keys to the one it is given)

@@ -71,8 +71,9 @@ def validate_task(payload: dict[str, str]) -> dict[str, str]:
     return payload
 
 
-def publish_task(payload: dict[str, Any]) -> str:
-    """Failed checks or an interrupted earlier try fail the task for good: a rerun needs a new snapshot."""
+def publish_task(payload: dict[str, Any], outlet_events: Any = None) -> str:
+    """Failed checks or an interrupted earlier try fail the task for good: a rerun needs a new snapshot.
+    Once published, the day's asset events get the day as partition key and the manifest's figures."""
     from airflow.exceptions import AirflowFailException
 
     from consent_gate.publish import InterruptedPublication
@@ -84,6 +85,14 @@ def publish_task(payload: dict[str, Any]) -> str:
     except (pipeline.GateCheckFailed, InterruptedPublication) as error:
         raise AirflowFailException(f"{error}; evidence under _audit/dt={stage.day.isoformat()}/attempts/") from None
     log.info("published %s: %s content rows", manifest["partition"], manifest["counts"]["content"]["published"])
+    if outlet_events is not None:
+        from consent_gate.assets import announce_publication
+
+        extra = announce_publication(outlet_events, settings.store(), settings.out, stage.day.isoformat())
+        log.info("asset events for %s: manifest sha256 %s", extra["day"], extra["manifest_sha256"])
+    from consent_gate.lineage import emit_publication
+
+    emit_publication(manifest, settings.raw, settings.out, settings.consent_db)  # optional; never fails the task
     return f"{settings.out}/_audit/dt={stage.day.isoformat()}/manifest.json"
 
 

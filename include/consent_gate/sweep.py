@@ -732,3 +732,17 @@ def sweep_task(params: Any, run_id: str | None = None) -> dict[str, Any]:
         "abandoned_stages_deleted": outcome.abandoned_stages_deleted,
         "log": f"{settings.out}/{outcome.log_path}",
     }
+
+
+def announce_task(summary: dict[str, Any], outlet_events: Any) -> dict[str, Any]:
+    """The DAG's announcing task: one content event per day the sweep rewrote. A sweep that changed no
+    day emits nothing (the task is skipped), so consumers run only when published data changed."""
+    from airflow.exceptions import AirflowSkipException
+
+    from consent_gate.assets import announce_sweep
+    from consent_gate.runs import settings_from_airflow
+
+    if not summary.get("days_rewritten"):
+        raise AirflowSkipException("the sweep rewrote no day: nothing to announce")
+    settings = settings_from_airflow()
+    return announce_sweep(outlet_events, settings.store(), settings.out, summary)

@@ -1,47 +1,43 @@
-"""Airflow's own backfill against a real scheduler: `scripts/airflow-local standalone` on SQLite.
+"""Airflow's own backfill against a real scheduler: `scripts/airflow-local` with each component supervised.
 
 A temp AIRFLOW_HOME, free ports on 127.0.0.1 (other Airflow processes may run on this machine), the
-sample landing zone: `airflow backfill create` for 3 days publishes 3 partitions, each with its own
-`as_of`; a reprocessing backfill (`--reprocess-behavior completed`) replaces them, no duplicate rows.
-Every process started here is killed, always.
+metadata DB on PostgreSQL when available (tests/dags/deployment.py), the sample landing zone:
+`airflow backfill create` for 2 days publishes 2 partitions, each with its own `as_of`; every
+publication's asset event starts the example consumer for its day (partition key); a reprocessing
+backfill (`--reprocess-behavior completed`) replaces the days, no duplicate rows. api-server, scheduler
+and dag-processor run as separate processes started through `scripts/airflow-local airflow ...`: a
+component that exits fails the test at once with its log. Every process started here is killed, always.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import sqlite3
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pyarrow.dataset as ds
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import PROJECT
-from tests.dags.test_celery import free_port
+from tests.dags.deployment import Deployment, base_env, metadata_database
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 DAG_ID = "consent_gate_daily"
-DAYS = ("2026-11-02", "2026-11-03", "2026-11-04")
-WAIT_S = 600
+CONSUMER_ID = "consent_gate_content_consumer"
+DAYS = ("2026-11-02", "2026-11-03")  # two days: a range, each its own run and as_of; CI time counts
+WAIT_S = 420  # a last resort against a hang; a dead component fails the test at its next poll
 
 
-def local_env(home: Path, sample: Path, out: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTEST", "CONSENT_GATE"))}
+def local_env(home: Path, sample: Path, out: Path, metadata_url: str) -> dict[str, str]:
+    env = base_env(home)
     env.update(
         {
-            "AIRFLOW_HOME": str(home),
-            "CONSENT_GATE_AIRFLOW_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
             "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             # the settings file's connection and variables, pointed at the sample (the environment wins)
             "AIRFLOW_CONN_CONSENT_DB": json.dumps({"conn_type": "sqlite", "host": str(sample / "consent.db")}),
             "AIRFLOW_VAR_CONSENT_GATE_RAW_URI": str(sample / "raw"),
@@ -60,56 +56,60 @@ def local(env: dict[str, str], *args: str, timeout: int = 600) -> str:
     return done.stdout
 
 
-def create_backfill(env: dict[str, str], home: Path, *args: str) -> int:
+class Metadata:
+    """Read-only queries on the deployment's metadata DB (PostgreSQL or SQLite)."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = sa.create_engine(url, **({"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}))
+
+    def query(self, sql: str, **params: Any) -> list[tuple]:
+        with self.engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(sa.text(sql), params).fetchall()]
+
+
+def create_backfill(deployment: Deployment, metadata: Metadata, *args: str) -> int:
     """`airflow backfill create`; returns the new backfill's id.
 
     On SQLite a transaction that must upgrade its read lock while the scheduler commits gets "database
     is locked" at once, whatever the busy timeout (SQLite's deadlock avoidance). The command is one
     transaction, so a run that failed that way created nothing and is simply run again, as a data
-    engineer would (the README says so); anything else fails the test.
+    engineer would (the README says so); anything else fails the test. PostgreSQL has no such case.
     """
-    before = query(home, "SELECT count(*) FROM backfill")[0][0]
+    before = metadata.query("SELECT count(*) FROM backfill")[0][0]
     command = [str(PROJECT / "scripts/airflow-local"), "airflow", "backfill", "create", "--dag-id", DAG_ID, *args]
     for _ in range(5):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-        created = query(home, "SELECT count(*) FROM backfill")[0][0] - before
+        done = subprocess.run(command, env=deployment.env, capture_output=True, text=True, timeout=300)
+        created = metadata.query("SELECT count(*) FROM backfill")[0][0] - before
         if done.returncode == 0 or created or "database is locked" not in done.stderr:
             break
+        deployment.check_alive()
         time.sleep(3)
     assert done.returncode == 0 and created == 1, f"backfill create failed:\n{done.stderr[-3000:]}"
-    return query(home, "SELECT max(id) FROM backfill")[0][0]
+    return metadata.query("SELECT max(id) FROM backfill")[0][0]
 
 
-def query(home: Path, sql: str, *params: Any) -> list[tuple]:
-    with sqlite3.connect(home / "airflow.db", timeout=30) as connection:
-        return connection.execute(sql, params).fetchall()
-
-
-def wait_for_api_server(env: dict[str, str], standalone: subprocess.Popen, log: Path) -> None:
-    url = f"http://127.0.0.1:{env['CONSENT_GATE_AIRFLOW_PORT']}/api/v2/monitor/health"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if standalone.poll() is not None:
-            pytest.fail(f"airflow standalone exited with {standalone.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=3).close()
-            return
-        except OSError:
-            time.sleep(2)
-    pytest.fail(f"the api-server did not answer on {url}:\n{log.read_text()[-3000:]}")
-
-
-def wait_for_backfill(home: Path, standalone: subprocess.Popen, log: Path, backfill_id: int) -> list[tuple]:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if standalone.poll() is not None:
-            pytest.fail(f"airflow standalone exited with {standalone.returncode}:\n{log.read_text()[-3000:]}")
-        runs = query(home, "SELECT run_id, state, logical_date FROM dag_run WHERE backfill_id = ?", backfill_id)
-        completed = query(home, "SELECT completed_at FROM backfill WHERE id = ?", backfill_id)[0][0]
-        if completed and len(runs) == len(DAYS) and all(state in ("success", "failed") for _, state, _ in runs):
+def wait_for_backfill(deployment: Deployment, metadata: Metadata, backfill_id: int) -> list[tuple]:
+    def finished() -> list[tuple] | None:
+        runs = metadata.query("SELECT run_id, state FROM dag_run WHERE backfill_id = :b", b=backfill_id)
+        completed = metadata.query("SELECT completed_at FROM backfill WHERE id = :b", b=backfill_id)[0][0]
+        if completed and len(runs) == len(DAYS) and all(state in ("success", "failed") for _, state in runs):
             return runs  # the backfill itself is over too: only one may run per DAG
-        time.sleep(3)
-    pytest.fail(f"backfill {backfill_id} not done after {WAIT_S} s: {runs}\n{log.read_text()[-3000:]}")
+        return None
+
+    return deployment.wait_for(f"backfill {backfill_id}", finished, WAIT_S)
+
+
+def wait_for_consumer_runs(deployment: Deployment, metadata: Metadata, count: int) -> list[tuple]:
+    """The consumer's runs (one per published day and publication), once `count` of them finished."""
+
+    def finished() -> list[tuple] | None:
+        runs = metadata.query(
+            "SELECT partition_key, state FROM dag_run WHERE dag_id = :d ORDER BY partition_key", d=CONSUMER_ID
+        )
+        done = [r for r in runs if r[1] in ("success", "failed")]
+        return runs if len(done) >= count and len(done) == len(runs) else None
+
+    return deployment.wait_for(f"{count} consumer runs", finished, WAIT_S)
 
 
 def published(out: Path) -> dict[str, dict[str, Any]]:
@@ -122,48 +122,46 @@ def published(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_a_backfill_on_a_real_scheduler_publishes_each_day_and_a_reprocessing_backfill_replaces_them(
-    sample_dir, tmp_path
+    sample_dir, tmp_path, migrated_postgres_template
 ):
     home, out = tmp_path / "airflow", tmp_path / "out"
-    env = local_env(home, sample_dir, out)
-    local(env, "init")
-    assert query(home, "SELECT slots FROM slot_pool WHERE pool = 'consent_gate_publish'") == [(1,)]
-    assert query(home, "SELECT is_paused FROM dag WHERE dag_id = ?", DAG_ID) == [(0,)]
-    log = tmp_path / "standalone.log"
-    with open(log, "wb") as handle:
-        standalone = subprocess.Popen(
-            [str(PROJECT / "scripts/airflow-local"), "standalone"],
-            env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        wait_for_api_server(env, standalone, log)  # tasks started before it answers fail their first try
-        first_id = create_backfill(env, home, "--from-date", DAYS[0], "--to-date", DAYS[-1])
-        first = wait_for_backfill(home, standalone, log, first_id)
-        assert all(state == "success" for _, state, _ in first), first
-        before = published(out)
+    home.mkdir()
+    with metadata_database(migrated_postgres_template, home) as metadata_url:
+        env = local_env(home, sample_dir, out, metadata_url)
+        local(env, "init")  # migrate (a no-op on the copy), pools, DAGs parsed and unpaused
+        metadata = Metadata(metadata_url)
+        assert metadata.query("SELECT slots FROM slot_pool WHERE pool = 'consent_gate_publish'") == [(1,)]
+        assert metadata.query("SELECT is_paused FROM dag WHERE dag_id = :d", d=DAG_ID) == [(False,)]
+        deployment = Deployment(home, env, [str(PROJECT / "scripts/airflow-local"), "airflow"])
+        try:
+            deployment.start_local_components()
+            first_id = create_backfill(deployment, metadata, "--from-date", DAYS[0], "--to-date", DAYS[-1])
+            first = wait_for_backfill(deployment, metadata, first_id)
+            assert all(state == "success" for _, state in first), first
+            consumed = wait_for_consumer_runs(deployment, metadata, len(DAYS))
+            before = published(out)
 
-        second_id = create_backfill(
-            env, home, "--from-date", DAYS[0], "--to-date", DAYS[-1], "--reprocess-behavior", "completed"
-        )
-        assert second_id != first_id
-        second = wait_for_backfill(home, standalone, log, second_id)
-        assert all(state == "success" for _, state, _ in second), second
-        after = published(out)
-        pools = query(home, "SELECT DISTINCT pool FROM task_instance WHERE task_id = 'publish'")
-    finally:
-        os.killpg(standalone.pid, signal.SIGTERM)
-        try:
-            standalone.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(standalone.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        standalone.wait()
+            second_id = create_backfill(
+                deployment, metadata, "--from-date", DAYS[0], "--to-date", DAYS[-1], "--reprocess-behavior", "completed"
+            )
+            assert second_id != first_id
+            second = wait_for_backfill(deployment, metadata, second_id)
+            assert all(state == "success" for _, state in second), second
+            after = published(out)
+            pools = metadata.query("SELECT DISTINCT pool FROM task_instance WHERE task_id = 'publish'")
+            events = metadata.query(
+                "SELECT e.partition_key, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id"
+                " WHERE a.name = 'consent_gate_content' ORDER BY e.id"
+            )
+        finally:
+            deployment.stop()
+            metadata.engine.dispose()
 
     assert pools == [("consent_gate_publish",)]
-    first_runs, second_runs = {r for r, _, _ in first}, {r for r, _, _ in second}
+    # one content event per published day and publication, the day as partition key, the consumer ran per day
+    assert sorted(key for key, _ in events) == sorted(DAYS * 2)
+    assert consumed == [(day, "success") for day in DAYS]
+    first_runs, second_runs = {r for r, _ in first}, {r for r, _ in second}
     for day in DAYS:
         old, new = before[day], after[day]
         assert old["manifest"]["partition"] == day and old["manifest"]["status"] == "published"
@@ -174,5 +172,8 @@ def test_a_backfill_on_a_real_scheduler_publishes_each_day_and_a_reprocessing_ba
         same_rows = [c for c in old["content"].column_names if c != "consent_as_of"]
         assert new["content"].select(same_rows).equals(old["content"].select(same_rows))  # replaced, not appended
         assert sorted(p.name for p in (out / f"content/dt={day}").iterdir()) == ["part-0000.parquet"]
+        extras = [json.loads(e) if isinstance(e, str) else e for key, e in events if key == day]
+        assert [e["kind"] for e in extras] == ["publish", "publish"] and extras[-1]["day"] == day
+        assert extras[-1]["rows"]["content"] == new["manifest"]["counts"]["content"]["published"]
     assert len({before[day]["manifest"]["as_of"] for day in DAYS}) == len(DAYS)
     assert not list((out / "_staging").glob("dt=*/*")), "a stage was left behind"

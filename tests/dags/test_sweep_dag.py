@@ -73,8 +73,15 @@ def test_dag_test_purges_a_revoked_account(airflow_db, published):
             ("zz_dag_revoke", "account", account, "ai_training", "*", "revoke",
              "2026-11-26T09:00:00Z", "2026-11-26T09:00:00Z", "2026-01"),
         )  # fmt: skip
-    run = load_dag("consent_revocation_sweep").test(run_conf={"as_of": "2026-11-26T10:00:00Z"})
+    dag = load_dag("consent_revocation_sweep")
+    # Airflow 3.3.2's dag.test cannot finish a run of a DAG with a DeadlineAlert (DagRun.update_state looks
+    # the alerts up by their DB id; dag.test's DAG holds their definitions): tested apart, in
+    # tests/dags/test_assets_and_alerts.py.
+    dag.deadline = None
+    run = dag.test(run_conf={"as_of": "2026-11-26T10:00:00Z"})
     assert run.state == "success"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states == {"sweep": "success", "announce_purges": "success"}
     after = content_rows(out)
     assert after == [r for r in before if keyer.account(account) not in r["account_keys"]]
     assert len(after) < len(before)
