@@ -185,7 +185,7 @@ def test_a_sent_at_in_year_9999_is_quarantined_not_a_crash(world):
     good_meeting(raw, "m_0", chat=[chat_line("c1", "p_1"), late])
     run_day(settings, DAY, AS_OF)
     assert (
-        "field 'sent_at': outside 1900-01-01..2200-01-01 UTC" in quarantine(out)[f"meetings/dt={DAY}/m_0/chat.jsonl:2"]
+        "field 'sent_at': timestamp outside 1900-01-01..2200-01-01 UTC" in quarantine(out)[f"meetings/dt={DAY}/m_0/chat.jsonl:2"]
     )
     assert "m_0/chat/c3" not in published_ids(out)
 
