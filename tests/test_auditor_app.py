@@ -41,7 +41,7 @@ from consent_gate.pipeline import GateCheckFailed, RunSettings, run_day
 from consent_gate.sweep import sweep
 from tests.builders import sample_identities, sample_secrets
 from tests.conftest import PROJECT, service_unavailable
-from tests.dags.test_celery import Deployment, free_port, wait_for
+from tests.dags.deployment import Deployment, free_port
 from tests.test_audit import CHROMIUM_HINT
 from tests.test_sweep import AS_OF, PURGED_AT, REVOKED_AT, SWEEP_AS_OF, append_consent, revocation
 
@@ -227,7 +227,7 @@ def server(airflow_init, evidence) -> Server:
         except OSError:
             return False
 
-    wait_for("the api-server", api_up, deployment, 180)
+    deployment.wait_for("the api-server", api_up, 180)
     tokens = {u: _post_json(port, "/auth/token", {"username": u, "password": p})["access_token"]
               for u, p in passwords.items()}  # fmt: skip
     for dag_id, run_id in ((DAILY, PUBLISHED_RUN), (DAILY, FAILED_RUN), (SWEEP, SWEEP_RUN)):
