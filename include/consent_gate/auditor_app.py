@@ -20,7 +20,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -420,15 +420,9 @@ def _base(request: Request) -> str:
 
 
 def _explain_text(settings: RunSettings, day: str, artifact_id: str) -> str:
-    from consent_gate.consent import take_snapshot
-    from consent_gate.explain import explain
-    from consent_gate.keys import Keyer
+    from consent_gate.explain import explain_with_settings
 
-    result = explain(
-        settings.store(), date.fromisoformat(day), artifact_id, zone=settings.zone(),
-        consent_at=lambda as_of: take_snapshot(settings.consent_db, as_of), keyer=Keyer(settings.secret),
-    )  # fmt: skip
-    return result.render()
+    return explain_with_settings(settings, date.fromisoformat(day), artifact_id, datetime.now(UTC)).render()
 
 
 def create_app(settings: Callable[[], RunSettings], read_access: Callable[[str], Any] | None = None) -> FastAPI:

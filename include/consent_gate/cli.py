@@ -15,7 +15,7 @@ from pathlib import Path
 
 from consent_gate.config import load_policy
 from consent_gate.consent import ConsentStoreError, FutureAsOf, refuse_future_as_of
-from consent_gate.keys import Keyer, MissingSecretError, create_secret_file, load_secret
+from consent_gate.keys import MissingSecretError, create_secret_file, load_secret
 from consent_gate.pipeline import GateCheckFailed, RunRefused, RunSettings, os_reason, project_var, run_day
 from consent_gate.records import MalformedRecord, parse_timestamp
 
@@ -177,16 +177,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from consent_gate.consent import take_subject_snapshot
-    from consent_gate.explain import explain
+    from consent_gate.explain import explain_with_settings
 
-    settings = settings_from(args)
-    result = explain(
-        settings.store(), args.date, args.artifact, zone=settings.zone(),
-        consent_at=lambda as_of, ids: take_subject_snapshot(settings.consent_db, as_of, ids, purpose="explain"),
-        keyer=Keyer(settings.secret),
-        now=datetime.now(UTC),
-    )  # fmt: skip
+    result = explain_with_settings(settings_from(args), args.date, args.artifact, datetime.now(UTC))
     print(result.render())
     return 0 if result.outcome != "unknown" else 2
 

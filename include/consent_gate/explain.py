@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.dataset as ds
@@ -21,6 +21,9 @@ from consent_gate.keys import Keyer
 from consent_gate.publish import OutputStore
 from consent_gate.records import parse_timestamp
 from consent_gate.sources import LandingZone, read_meeting
+
+if TYPE_CHECKING:
+    from consent_gate.pipeline import RunSettings
 
 _STATE = {GRANT: "grant", 0: "revoke", NONE: "none"}
 
@@ -55,6 +58,18 @@ def _find(store: OutputStore, relative: str, artifact_id: str) -> dict[str, Any]
     dataset = ds.dataset(store.path(relative), filesystem=store.fs, format="parquet")
     table = dataset.to_table(filter=ds.field("artifact_id") == artifact_id)
     return table.to_pylist()[0] if table.num_rows else None
+
+
+def explain_with_settings(settings: RunSettings, day: date, artifact_id: str, now: datetime) -> Explanation:
+    """`explain` against a deployment's output, landing zone and consent store (the command line and the
+    auditors' page give the same answer): only the required subjects' consent rows are read."""
+    from consent_gate.consent import take_subject_snapshot
+
+    return explain(
+        settings.store(), day, artifact_id, zone=settings.zone(),
+        consent_at=lambda as_of, ids: take_subject_snapshot(settings.consent_db, as_of, ids, purpose="explain"),
+        keyer=Keyer(settings.secret), now=now,
+    )  # fmt: skip
 
 
 def explain(
