@@ -39,8 +39,7 @@ AS_OF = "2026-11-20T00:00:00Z"
 
 
 def _settings(data: Path, out: Path, batch_size: int | None = None) -> Any:
-    from consent_gate.config import Policy
-    from consent_gate.pipeline import RunSettings
+    from consent_gate.config import Policy, RunSettings
 
     extra = {"batch_size": batch_size} if batch_size else {}
     return RunSettings(
@@ -84,7 +83,8 @@ def case_snapshot(data: Path, out: Path) -> dict[str, Any]:
 
 
 def case_shard(data: Path, out: Path, attempt: str, shard: int, shards: int) -> dict[str, Any]:
-    from consent_gate.pipeline import Stage, gate_content
+    from consent_gate.layout import Stage
+    from consent_gate.pipeline import gate_content
 
     report = gate_content(_settings(data, out), Stage(DAY, attempt), shard=shard, shards=shards)
     return {"meetings": report.meetings, "published": report.published}

@@ -61,7 +61,8 @@ def run_part(data: Path, out: Path, attempt: str, part: str) -> dict[str, Any]:
     from bench import _settings
 
     from consent_gate import pipeline, validation, verify
-    from consent_gate.pipeline import Stage, reconciliation_checks, staged_counts, validate_stage
+    from consent_gate.layout import Stage
+    from consent_gate.pipeline import reconciliation_checks, staged_counts, validate_stage
 
     settings, stage = _settings(data, out), Stage(_day(data), attempt)
     store = settings.store()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from consent_gate.pipeline import RunSettings
+    from consent_gate.config import RunSettings
 
 PROJECT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="consent-gate-airflow-"))
@@ -101,8 +101,7 @@ def postgres_server() -> str:
 
 def sample_settings(sample_dir: Path, folder: Path) -> RunSettings:
     """Run settings on the sample, with a copy of its consent store in `folder` (tests may change it)."""
-    from consent_gate.config import Policy
-    from consent_gate.pipeline import RunSettings
+    from consent_gate.config import Policy, RunSettings
 
     shutil.copyfile(sample_dir / "consent.db", folder / "consent.db")
     return RunSettings(

@@ -35,9 +35,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from consent_gate import airflow_local, cli
-from consent_gate.config import Policy
+from consent_gate.config import Policy, RunSettings
 from consent_gate.keys import Keyer
-from consent_gate.pipeline import GateCheckFailed, RunSettings, run_day
+from consent_gate.pipeline import GateCheckFailed, run_day
 from consent_gate.sweep import sweep
 from tests.builders import sample_identities, sample_secrets
 from tests.conftest import PROJECT, service_unavailable

@@ -14,18 +14,10 @@ import pyarrow.dataset as ds
 import pytest
 
 from consent_gate.cli import main
-from consent_gate.config import Policy
+from consent_gate.config import Policy, RunSettings
 from consent_gate.consent import COLUMNS, ConsentStoreError, FutureAsOf, take_snapshot
 from consent_gate.keys import Keyer
-from consent_gate.pipeline import (
-    RunSettings,
-    aggregate_day,
-    gate_content,
-    publish_stage,
-    run_day,
-    snapshot_consent,
-    validate_stage,
-)
+from consent_gate.pipeline import aggregate_day, gate_content, publish_stage, run_day, snapshot_consent, validate_stage
 from consent_gate.records import parse_timestamp
 from consent_gate.runs import as_of_for_run
 from consent_gate.sweep import SweepError, sweep

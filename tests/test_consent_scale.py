@@ -12,10 +12,10 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from consent_gate.config import Policy
+from consent_gate.config import Policy, RunSettings
 from consent_gate.consent import COLUMNS
 from consent_gate.consent_store import observe_reads
-from consent_gate.pipeline import RunSettings, run_day
+from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
 
 pytestmark = pytest.mark.integration

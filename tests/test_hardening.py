@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from consent_gate.cli import main
-from consent_gate.config import Policy
-from consent_gate.pipeline import GateCheckFailed, RunRefused, RunSettings, ShrinkRefused, run_day
+from consent_gate.config import Policy, RunSettings
+from consent_gate.pipeline import GateCheckFailed, RunRefused, ShrinkRefused, run_day
 from tests.builders import (
     at,
     chat_line,

@@ -22,11 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consent_gate.cli import main
-from consent_gate.config import Policy
+from consent_gate.config import Policy, RunSettings
 from consent_gate.keys import Keyer
 from consent_gate.pipeline import (
     RunRefused,
-    RunSettings,
     aggregate_day,
     gate_content,
     reconciliation_checks,

@@ -10,9 +10,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from consent_gate.config import Policy
+from consent_gate.config import Policy, RunSettings
 from consent_gate.gate import CONTENT_SCHEMA, REASONS
-from consent_gate.pipeline import GateCheckFailed, RunSettings, run_day
+from consent_gate.pipeline import GateCheckFailed, run_day
 from consent_gate.records import parse_timestamp
 from tests.builders import sample_secrets
 

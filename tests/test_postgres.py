@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consent_gate.config import Policy
+from consent_gate.config import Policy, RunSettings
 from consent_gate.consent import COLUMNS, ConsentStoreError, subject_key, take_snapshot, to_ns
-from consent_gate.pipeline import RunSettings, run_day
+from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
 from consent_gate.sample import write_consent_events
 from tests import reference

@@ -23,10 +23,9 @@ from typing import Any
 import pyarrow.dataset as ds
 import pytest
 
-from consent_gate.config import Policy
+from consent_gate.config import Policy, RunSettings
+from consent_gate.layout import Stage
 from consent_gate.pipeline import (
-    RunSettings,
-    Stage,
     aggregate_day,
     gate_content,
     publish_stage,

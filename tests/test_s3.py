@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from consent_gate import pipeline
-from consent_gate.config import Policy
-from consent_gate.pipeline import RunSettings, read_manifest, run_day
+from consent_gate.config import Policy, RunSettings
+from consent_gate.pipeline import read_manifest, run_day
 from consent_gate.publish import OutputStore, published_files
 from consent_gate.records import parse_timestamp
 from tests.test_shards import run_sharded

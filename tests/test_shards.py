@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from consent_gate import pipeline
-from consent_gate.config import Policy
-from consent_gate.pipeline import GateCheckFailed, RunSettings, shard_of
+from consent_gate.config import Policy, RunSettings
+from consent_gate.pipeline import GateCheckFailed, shard_of
 from consent_gate.records import parse_timestamp
 from consent_gate.sources import LandingZone
 

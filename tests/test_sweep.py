@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from consent_gate.cli import main
-from consent_gate.config import Policy
+from consent_gate.config import Policy, RunSettings
 from consent_gate.consent import COLUMNS, subject_key
 from consent_gate.gate import CONTENT_SCHEMA
 from consent_gate.keys import Keyer
-from consent_gate.pipeline import RunOutcome, RunSettings, run_day
+from consent_gate.pipeline import RunOutcome, run_day
 from consent_gate.publish import OutputStore
 from consent_gate.records import parse_timestamp
 from consent_gate.sweep import SweepOutcome, keyed_consent, sweep, withdrawal_reasons

@@ -9,10 +9,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from consent_gate.config import Policy
+from consent_gate.config import Policy, RunSettings
 from consent_gate.explain import explain
 from consent_gate.keys import Keyer
-from consent_gate.pipeline import RunSettings, run_day
+from consent_gate.pipeline import run_day
 from consent_gate.publish import OutputStore
 from tests.builders import (
     ARROWS,

@@ -11,11 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from consent_gate.config import Policy
+from consent_gate.config import Policy, RunSettings
+from consent_gate.layout import Stage
 from consent_gate.pipeline import (
     GateCheckFailed,
-    RunSettings,
-    Stage,
     aggregate_day,
     gate_content,
     publish_stage,

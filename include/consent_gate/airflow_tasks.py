@@ -11,13 +11,14 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from consent_gate import pipeline
+from consent_gate.layout import Stage, attempts_folder, manifest_path
 from consent_gate.runs import as_of_for_run, partition_for_run, settings_from_airflow
 
 log = logging.getLogger(__name__)
 
 
-def _stage(payload: dict[str, Any]) -> pipeline.Stage:
-    return pipeline.Stage(date.fromisoformat(payload["day"]), payload["attempt"])
+def _stage(payload: dict[str, Any]) -> Stage:
+    return Stage(date.fromisoformat(payload["day"]), payload["attempt"])
 
 
 def shard_count(requested: Any) -> int:
@@ -83,7 +84,7 @@ def publish_task(payload: dict[str, Any], outlet_events: Any = None) -> str:
     try:
         manifest = pipeline.publish_stage(settings, stage)
     except (pipeline.GateCheckFailed, InterruptedPublication) as error:
-        raise AirflowFailException(f"{error}; evidence under _audit/dt={stage.day.isoformat()}/attempts/") from None
+        raise AirflowFailException(f"{error}; evidence under {attempts_folder(stage.day)}/") from None
     log.info("published %s: %s content rows", manifest["partition"], manifest["counts"]["content"]["published"])
     if outlet_events is not None:
         from consent_gate.assets import announce_publication
@@ -93,7 +94,7 @@ def publish_task(payload: dict[str, Any], outlet_events: Any = None) -> str:
     from consent_gate.lineage import emit_publication
 
     emit_publication(manifest, settings.raw, settings.out, settings.consent_db)  # optional; never fails the task
-    return f"{settings.out}/_audit/dt={stage.day.isoformat()}/manifest.json"
+    return f"{settings.out}/{manifest_path(stage.day)}"
 
 
 def end_attempt_task(payload: dict[str, str]) -> str | None:

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from consent_gate.layout import attempts_folder
+
 if TYPE_CHECKING:
     from consent_gate.publish import OutputStore
 
@@ -123,7 +125,7 @@ def send(message: str, details: dict[str, Any]) -> None:
 
 def attempt_of_run(store: OutputStore, day: str, run_id: str | None) -> tuple[str | None, dict[str, Any] | None]:
     """The attempt manifest a DAG run left for `day` (the newest if it left several), and its URI."""
-    folder = f"_audit/dt={day}/attempts"
+    folder = attempts_folder(day)
     if not store.exists(folder):
         return None, None
     found: tuple[str | None, dict[str, Any] | None] = (None, None)
@@ -139,7 +141,7 @@ def daily_run_failed(context: dict[str, Any]) -> None:
     """The daily DAG's on_failure_callback: say which day published nothing, why, and where the evidence is."""
     from airflow.sdk import Variable
 
-    from consent_gate.pipeline import project_var
+    from consent_gate.config import project_var
     from consent_gate.publish import OutputStore
     from consent_gate.runs import VAR_OUT, partition_for_run
 

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset
 
+from consent_gate.layout import DATASETS, day_folder, manifest_path, sweep_log
+
 if TYPE_CHECKING:
     from consent_gate.publish import OutputStore
 
@@ -31,18 +33,13 @@ AGGREGATES = Asset(name="consent_gate_aggregates", uri=f"{SCHEME}://outputs/aggr
 CONSENT_EVENTS = Asset(name="consent_events", uri=f"{SCHEME}://consent-store/consent-events")
 
 PUBLISH, SWEEP = "publish", "sweep"
-DATASETS = ("content", "aggregates")
-
-
-def manifest_path(day: str) -> str:
-    return f"_audit/dt={day}/manifest.json"
 
 
 def output_rows(manifest: dict[str, Any], day: str) -> dict[str, int]:
     """Rows of each published dataset of the day, from the manifest's list of output files."""
     outputs = manifest.get("outputs") or []
     return {
-        dataset: sum(int(o.get("rows") or 0) for o in outputs if o["path"].startswith(f"{dataset}/dt={day}/"))
+        dataset: sum(int(o.get("rows") or 0) for o in outputs if o["path"].startswith(f"{day_folder(dataset, day)}/"))
         for dataset in DATASETS
     }
 
@@ -132,9 +129,7 @@ def announce_publication(outlet_events: Any, store: OutputStore, out: str, day: 
 
 def announce_sweep(outlet_events: Any, store: OutputStore, out: str, summary: dict[str, Any]) -> dict[str, Any]:
     """After a sweep that rewrote days: one content event per day (aggregates hold no subjects)."""
-    from consent_gate.sweep import SWEEPS
-
-    log = store.read_json(f"{SWEEPS}/{summary['sweep_id']}.json")
+    log = store.read_json(sweep_log(summary["sweep_id"]))
     days = []
     for purge in log.get("purges") or []:
         manifest, sha256 = published_manifest(store, purge["partition"])

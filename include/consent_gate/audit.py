@@ -11,6 +11,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+from consent_gate.layout import AUDIT, attempts_folder, day_of, manifest_path
 from consent_gate.publish import OutputStore
 
 REASON_COLOURS = {
@@ -322,14 +323,13 @@ def write_day_report(
 def write_index(store: OutputStore) -> str:
     """`_audit/index.html` across every published day."""
     days = []
-    for folder in sorted(store.fs.glob(store.path("_audit/dt=*"))):
-        day = folder.rstrip("/").rsplit("dt=", 1)[-1]
-        relative = f"_audit/dt={day}"
-        if not store.exists(f"{relative}/manifest.json"):
+    for folder in sorted(store.fs.glob(store.path(f"{AUDIT}/dt=*"))):
+        day = day_of(folder)
+        if day is None or not store.exists(manifest_path(day)):
             continue
-        attempts = store.files(f"{relative}/attempts", ".json")
+        attempts = store.files(attempts_folder(day), ".json")
         failed = sum(1 for a in attempts if store.read_json(a).get("status") == "failed")
-        days.append({"day": day, "manifest": store.read_json(f"{relative}/manifest.json"), "failed_attempts": failed})
+        days.append({"day": day, "manifest": store.read_json(manifest_path(day)), "failed_attempts": failed})
     store.write_bytes("_audit/index.html", render_index(days).encode("utf-8"))
     return "_audit/index.html"
 

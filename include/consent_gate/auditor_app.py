@@ -30,10 +30,11 @@ from fastapi.responses import HTMLResponse, Response
 
 # the offline reports' building blocks, so both kinds of page look and escape alike
 from consent_gate.audit import _checks_table, _page, _table, bar_chart, outcome_counts
+from consent_gate.layout import AUDIT, attempt_record, attempts_folder, audit_day, day_of, file_name, manifest_path
 from consent_gate.publish import OutputStore
 
 if TYPE_CHECKING:  # the pipeline (pyarrow, GX) is imported when a page needs it, not when Airflow loads plugins
-    from consent_gate.pipeline import RunSettings
+    from consent_gate.config import RunSettings
 
 DAILY_DAG, SWEEP_DAG = "consent_gate_daily", "consent_revocation_sweep"
 AUDITED_DAGS = (DAILY_DAG, SWEEP_DAG)
@@ -109,17 +110,17 @@ def _json(store: OutputStore, relative: str) -> Any:
 
 def published_days(store: OutputStore) -> list[str]:
     """Days with a published manifest or any attempt, newest first."""
-    days = [f.removeprefix("dt=") for f in store.folders("_audit") if re.fullmatch(_DAY, f)]
+    days = [day_of(f) for f in store.folders(AUDIT) if re.fullmatch(_DAY, f)]
     return sorted(days, reverse=True)
 
 
 def day_attempts(store: OutputStore, day: str) -> list[dict[str, Any]]:
     """Every attempt's manifest of a day (published versions and failed attempts), oldest first."""
     found = []
-    for relative in store.files(f"_audit/dt={day}/attempts", ".json"):
+    for relative in store.files(attempts_folder(day), ".json"):
         manifest = _json(store, relative)
         if isinstance(manifest, dict):
-            manifest["_name"] = relative.rsplit("/", 1)[-1].removesuffix(".json")
+            manifest["_name"] = file_name(relative).removesuffix(".json")
             found.append(manifest)
     return sorted(found, key=lambda m: str(m.get("started_at") or ""))
 
@@ -140,7 +141,7 @@ def run_evidence(store: OutputStore, dag_id: str, run_id: str) -> tuple[str, Any
     if dag_id == SWEEP_DAG:
         return next((("sweep", r) for r in sweep_records(store) if r.get("dag_run_id") == run_id), None)
     for day in published_days(store):
-        manifest = _json(store, f"_audit/dt={day}/manifest.json")
+        manifest = _json(store, manifest_path(day))
         if isinstance(manifest, dict) and manifest.get("dag_run_id") == run_id:
             return ("day", day)
         attempts = [a for a in day_attempts(store, day) if a.get("dag_run_id") == run_id]
@@ -225,7 +226,7 @@ def render_evidence(base: str, folder: str | None, manifest: dict[str, Any], tit
 
 
 def render_day_page(store: OutputStore, base: str, day: str) -> str | None:
-    manifest = _json(store, f"_audit/dt={day}/manifest.json")
+    manifest = _json(store, manifest_path(day))
     attempts = day_attempts(store, day)
     if not isinstance(manifest, dict):
         failed = [a for a in attempts if a.get("status") == "failed"]
@@ -233,10 +234,10 @@ def render_day_page(store: OutputStore, base: str, day: str) -> str | None:
             return None
         latest = failed[-1]  # a day that never published: its last failed attempt is its state
         page = render_evidence(
-            base, f"_audit/dt={day}/attempts/{latest['_name']}", latest, f"consent-gate {day}: not published"
+            base, f"{attempts_folder(day)}/{latest['_name']}", latest, f"consent-gate {day}: not published"
         )
     else:
-        page = render_evidence(base, f"_audit/dt={day}", manifest, f"consent-gate {day}")
+        page = render_evidence(base, audit_day(day), manifest, f"consent-gate {day}")
     rows = [
         (
             _link(base, f"/day/{day}/attempt/{quote(a['_name'])}", a["_name"]),
@@ -253,10 +254,10 @@ def render_day_page(store: OutputStore, base: str, day: str) -> str | None:
 
 def render_attempt_page(store: OutputStore, base: str, day: str, name: str) -> str | None:
     """A failed attempt, with its reports; or an earlier published version, superseded by a rerun or a sweep."""
-    manifest = _json(store, f"_audit/dt={day}/attempts/{name}.json")
+    manifest = _json(store, attempt_record(day, name))
     if not isinstance(manifest, dict):
         return None
-    folder = f"_audit/dt={day}/attempts/{name}"  # a failed attempt's reports, when it got as far as writing them
+    folder = f"{attempts_folder(day)}/{name}"  # a failed attempt's reports, when it got as far as writing them
     if manifest.get("status") != "failed" or not store.exists(f"{folder}/report.html"):
         folder = None
     return render_evidence(base, folder, manifest, f"consent-gate {day}: attempt {name}")
@@ -321,7 +322,7 @@ def render_index_page(store: OutputStore, base: str) -> str:
     """Every day (status, figures, checks) and, beside them, every sweep (rows purged, latency)."""
     day_rows = []
     for day in published_days(store):
-        manifest = _json(store, f"_audit/dt={day}/manifest.json")
+        manifest = _json(store, manifest_path(day))
         attempts = day_attempts(store, day)
         failed = sum(1 for a in attempts if a.get("status") == "failed")
         shown = manifest if isinstance(manifest, dict) else (attempts[-1] if attempts else {})

@@ -13,10 +13,11 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from consent_gate.config import load_policy
+from consent_gate.config import RunSettings, load_policy, project_var
 from consent_gate.consent import ConsentStoreError, FutureAsOf, refuse_future_as_of
 from consent_gate.keys import MissingSecretError, create_secret_file, load_secret
-from consent_gate.pipeline import GateCheckFailed, RunRefused, RunSettings, os_reason, project_var, run_day
+from consent_gate.layout import attempts_folder, audit_day, content_day
+from consent_gate.pipeline import GateCheckFailed, RunRefused, os_reason, run_day
 from consent_gate.records import MalformedRecord, parse_timestamp
 
 
@@ -157,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except GateCheckFailed as error:
         _say(f"FAILED, nothing published: {one_line(error)}")
         if not getattr(error, "__notes__", None):  # a note says the evidence could not be written
-            print(f"failed attempt's evidence: {args.out}/_audit/dt={args.date}/attempts/", file=sys.stderr)
+            print(f"failed attempt's evidence: {args.out}/{attempts_folder(args.date)}/", file=sys.stderr)
         return 1
     counts = outcome.manifest["counts"]
     content, telemetry = counts["content"], counts["telemetry"]
@@ -171,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     for check in outcome.checks:
         print(f"  check {check.name}: {'passed' if check.passed else 'FAILED'}")
-    print(f"content:   {args.out}/content/dt={args.date}/")
+    print(f"content:   {args.out}/{content_day(args.date)}/")
     print(f"manifest:  {args.out}/{outcome.manifest_path}")
     return 0
 
@@ -215,7 +216,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     store = settings.store()
-    if not store.files(f"content/dt={args.date}", ".parquet") and not store.exists(f"_audit/dt={args.date}"):
+    if not store.files(content_day(args.date), ".parquet") and not store.exists(audit_day(args.date)):
         print(f"consent-gate: {args.date} is not published under {args.out}", file=sys.stderr)
         return 2
     now = datetime.now(UTC)

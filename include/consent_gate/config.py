@@ -1,4 +1,4 @@
-"""Policy and run settings.
+"""Policy and run settings (`RunSettings`: where a run reads and writes, with which policy and key).
 
 The policy is the set of knobs a privacy reviewer signs off (quarantine tolerance, k for
 aggregates); its version and checksum go into every manifest so an auditor knows which rules ran.
@@ -12,8 +12,13 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:  # storage classes: imported when a run asks for them, not when a DAG file is parsed
+    from consent_gate.publish import OutputStore
+    from consent_gate.sources import LandingZone
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_POLICY_FILE = PROJECT_ROOT / "policy.yaml"
@@ -80,3 +85,33 @@ def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
     if unknown:
         raise ValueError(f"{file}: unknown policy keys {sorted(unknown)}")
     return Policy(**data)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    raw: str
+    out: str
+    consent_db: str
+    policy: Policy
+    secret: bytes = field(repr=False)
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 20_000
+    # A rerun may replace a published day with fewer than half of its units only when the operator
+    # says so (`--allow-shrink`, the DAG's `allow_shrink` param): a missing partition is not a day.
+    allow_shrink: bool = False
+
+    def zone(self) -> LandingZone:
+        # Imported here, not at the top: `runs` (imported by the DAG files at parse time) reads this module.
+        from consent_gate.sources import LandingZone
+
+        return LandingZone(self.raw, self.storage_options)
+
+    def store(self) -> OutputStore:
+        from consent_gate.publish import OutputStore
+
+        return OutputStore(self.out, self.storage_options)
+
+
+def project_var() -> Path:
+    """The embedded default's working folder: sample data, consent DB, outputs."""
+    return PROJECT_ROOT / "var"

@@ -60,7 +60,7 @@ def read_day_task(params: Any, dag_run: Any, triggering_asset_events: Any) -> di
     store, no HMAC secret, as a downstream team would run it."""
     from airflow.sdk import Variable
 
-    from consent_gate.pipeline import project_var
+    from consent_gate.config import project_var
     from consent_gate.publish import OutputStore
     from consent_gate.runs import VAR_OUT
 

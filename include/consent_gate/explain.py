@@ -18,12 +18,13 @@ import pyarrow.parquet as pq
 from consent_gate.consent import GRANT, NONE, ConsentSnapshot, subject_key, to_ns
 from consent_gate.gate import required_subjects, structural_reason
 from consent_gate.keys import Keyer
+from consent_gate.layout import audit_day, content_day, manifest_path
 from consent_gate.publish import OutputStore
 from consent_gate.records import parse_timestamp
 from consent_gate.sources import LandingZone, read_meeting
 
 if TYPE_CHECKING:
-    from consent_gate.pipeline import RunSettings
+    from consent_gate.config import RunSettings
 
 _STATE = {GRANT: "grant", 0: "revoke", NONE: "none"}
 
@@ -87,26 +88,26 @@ def explain(
     at the deciding `as_of`: the run's, or for a row withdrawn after its gating (a sweep, a later
     publication) the withdrawal's."""
     partition = day.isoformat()
-    manifest_path = f"_audit/dt={partition}/manifest.json"
-    if not store.exists(manifest_path):
+    manifest = manifest_path(partition)
+    if not store.exists(manifest):
         return Explanation(artifact_id, partition, "unknown", facts={"evidence": "no published run for this day"})
-    manifest = store.read_json(manifest_path)
+    manifest = store.read_json(manifest)
     result = Explanation(artifact_id, partition, "unknown", as_of=manifest["as_of"])
     result.facts["run"] = manifest["run_id"]
-    row = _find(store, f"content/dt={partition}", artifact_id)
+    row = _find(store, content_day(partition), artifact_id)
     if row is not None:
         result.outcome = "published"
         result.facts["captured_at"] = row["captured_at"].isoformat()
         result.facts["terms_versions"] = ", ".join(row["terms_versions"]) or "-"
-    elif (row := _find(store, f"_audit/dt={partition}/excluded.parquet", artifact_id)) is not None:
+    elif (row := _find(store, f"{audit_day(partition)}/excluded.parquet", artifact_id)) is not None:
         result.outcome, result.reason = "excluded", row["reason"]
-        withdrawn = _find(store, f"_audit/dt={partition}/withdrawn.parquet", artifact_id)
+        withdrawn = _find(store, f"{audit_day(partition)}/withdrawn.parquet", artifact_id)
         if withdrawn is not None:
             result.facts["withdrawn"] = f"eligible when gated, taken out later by the {withdrawn['withdrawn_by']}"
             result.as_of = withdrawn["consent_as_of"].isoformat()
     else:
         meeting_id = artifact_id.split("/", 1)[0]
-        with store.open(f"_audit/dt={partition}/quarantine.parquet") as handle:
+        with store.open(f"{audit_day(partition)}/quarantine.parquet") as handle:
             units = pq.read_table(handle).to_pylist()
         hits = [u for u in units if f"/{meeting_id}/" in f"{u['unit']}/"]
         if hits:
@@ -135,7 +136,7 @@ def explain(
 
 def _speaker_facts(store: OutputStore, partition: str, artifact_id: str) -> dict[str, str]:
     """For a transcript segment: where its speaker's name came from and, if nobody was identified, why."""
-    relative = f"_audit/dt={partition}/speakers.parquet"
+    relative = f"{audit_day(partition)}/speakers.parquet"
     if "/transcript/" not in artifact_id or not store.exists(relative):
         return {}  # days published before the speakers evidence existed have none
     row = _find(store, relative, artifact_id)

@@ -21,6 +21,8 @@ import logging
 import uuid
 from typing import Any
 
+from consent_gate.layout import day_folder
+
 log = logging.getLogger(__name__)
 
 NAMESPACE = "consent-gate"
@@ -83,7 +85,7 @@ def publication_event(manifest: dict[str, Any], raw: str, out: str, consent_db: 
     rows = output_rows(manifest, day)
 
     def landing(kind: str, units: Any) -> InputDataset:
-        namespace, name = dataset_location(f"{raw.rstrip('/')}/{kind}/dt={day}")
+        namespace, name = dataset_location(f"{raw.rstrip('/')}/{day_folder(kind, day)}")
         metrics = data_quality_metrics_input_dataset.DataQualityMetricsInputDatasetFacet(
             rowCount=int(units) if units is not None else None, columnMetrics={}
         )
@@ -95,7 +97,7 @@ def publication_event(manifest: dict[str, Any], raw: str, out: str, consent_db: 
     )
 
     def published(dataset: str) -> OutputDataset:
-        namespace, name = dataset_location(f"{out.rstrip('/')}/{dataset}/dt={day}")
+        namespace, name = dataset_location(f"{out.rstrip('/')}/{day_folder(dataset, day)}")
         statistics = output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(rowCount=rows[dataset])
         return OutputDataset(
             namespace=namespace, name=name, facets={"dataQualityAssertions": assertions},

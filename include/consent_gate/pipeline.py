@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 
 import consent_gate
 from consent_gate import audit
-from consent_gate.config import PROJECT_ROOT, Policy
+from consent_gate.config import PROJECT_ROOT, RunSettings
 from consent_gate.consent import ConsentSnapshot, refuse_future_as_of, subject_key
 from consent_gate.gate import (
     CONTENT_SCHEMA,
@@ -41,6 +40,28 @@ from consent_gate.gate import (
     speaker_rows,
 )
 from consent_gate.keys import Keyer
+from consent_gate.layout import (
+    AUDIT,
+    CHECKS_REPORT,
+    PARQUET_OPTIONS,
+    RUN_RECORD,
+    SNAPSHOT_FILE,
+    TELEMETRY_REPORT,
+    Stage,
+    aggregates_day,
+    attempt_record,
+    attempt_suffix,
+    attempts_folder,
+    audit_day,
+    content_day,
+    content_report,
+    day_folder,
+    file_name,
+    is_content_report,
+    manifest_path,
+    new_id,
+    part_name,
+)
 from consent_gate.publish import (
     JOURNAL,
     InterruptedPublication,
@@ -59,7 +80,6 @@ from consent_gate.sweep import withhold_withdrawn
 
 QUARANTINE_SCHEMA = pa.schema([("unit", pa.string()), ("error", pa.string())])
 INPUTS_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("sha256", pa.string())])
-PARQUET_OPTIONS = {"compression": "zstd"}
 
 Progress = Callable[[str], None]
 
@@ -81,45 +101,10 @@ class ShrinkRefused(GateCheckFailed):
     """A rerun would replace a published day with less than half of its units (SPEC §6, revised)."""
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    raw: str
-    out: str
-    consent_db: str
-    policy: Policy
-    secret: bytes = field(repr=False)
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 20_000
-    # A rerun may replace a published day with fewer than half of its units only when the operator
-    # says so (`--allow-shrink`, the DAG's `allow_shrink` param): a missing partition is not a day.
-    allow_shrink: bool = False
-
-    def zone(self) -> LandingZone:
-        return LandingZone(self.raw, self.storage_options)
-
-    def store(self) -> OutputStore:
-        return OutputStore(self.out, self.storage_options)
-
-
-@dataclass(frozen=True)
-class Stage:
-    """Where one attempt at one day is staged: `<out>/_staging/dt=D/<attempt>/`."""
-
-    day: date
-    attempt: str
-
-    @property
-    def root(self) -> str:
-        return f"_staging/dt={self.day.isoformat()}/{self.attempt}"
-
-    def __truediv__(self, relative: str) -> str:
-        return f"{self.root}/{relative}"
-
-
 def new_attempt_id(run_id: str | None = None) -> str:
     base = run_id or f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
-    return f"{safe}__{uuid.uuid4().hex[:8]}"
+    return new_id(safe, uuid.uuid4().hex[:8])
 
 
 def code_version() -> str:
@@ -138,9 +123,6 @@ def _now() -> str:
 
 
 # --- step 1: consent snapshot -------------------------------------------------------------------
-
-
-SNAPSHOT_FILE = "consent/snapshot.parquet"
 
 
 def snapshot_consent(
@@ -209,7 +191,7 @@ def _write_run_record(
             while chunk := source.read(8 << 20):
                 target.write(chunk)
     store.write_json(
-        stage / "run.json",
+        stage / RUN_RECORD,
         {
             "run_id": run_id,
             "dag_run_id": dag_run_id,
@@ -246,7 +228,7 @@ def load_snapshot(settings: RunSettings, stage: Stage, subjects: set[str]) -> Co
     )
 
     store = settings.store()
-    recorded = store.read_json(stage / "run.json")["consent"]
+    recorded = store.read_json(stage / RUN_RECORD)["consent"]
     written = recorded.get("snapshot_file")
     if written is None:
         raise GateCheckFailed("the stage has no consent snapshot file (made by an older version); rerun the day")
@@ -319,7 +301,7 @@ class ContentReport:
 
 def shard_of(meeting_folder: str, shards: int) -> int:
     """A stable shard for a meeting: the same for every run, process and Python version."""
-    digest = hashlib.sha256(meeting_folder.rsplit("/", 1)[-1].encode()).digest()
+    digest = hashlib.sha256(file_name(meeting_folder).encode()).digest()
     return int.from_bytes(digest[:8], "big") % shards
 
 
@@ -377,11 +359,11 @@ def gate_content(
     keyer = Keyer(settings.secret)
     folders = [f for f in zone.meeting_folders(stage.day) if shard_of(f, shards) == shard]
     snapshot = load_snapshot(settings, stage, day_subjects(zone, folders))
-    content = _ParquetSink(store, stage / f"content/part-{shard:04d}.parquet", CONTENT_SCHEMA)
-    excluded = _ParquetSink(store, stage / f"audit/excluded/part-{shard:04d}.parquet", EXCLUDED_SCHEMA)
-    quarantine = _ParquetSink(store, stage / f"audit/quarantine/content-{shard:04d}.parquet", QUARANTINE_SCHEMA)
-    inputs = _ParquetSink(store, stage / f"audit/inputs/meetings-{shard:04d}.parquet", INPUTS_SCHEMA)
-    speakers = _ParquetSink(store, stage / f"audit/speakers/part-{shard:04d}.parquet", SPEAKERS_SCHEMA)
+    content = _ParquetSink(store, stage / f"content/{part_name(shard)}", CONTENT_SCHEMA)
+    excluded = _ParquetSink(store, stage / f"audit/excluded/{part_name(shard)}", EXCLUDED_SCHEMA)
+    quarantine = _ParquetSink(store, stage / f"audit/quarantine/{part_name(shard, 'content')}", QUARANTINE_SCHEMA)
+    inputs = _ParquetSink(store, stage / f"audit/inputs/{part_name(shard, 'meetings')}", INPUTS_SCHEMA)
+    speakers = _ParquetSink(store, stage / f"audit/speakers/{part_name(shard)}", SPEAKERS_SCHEMA)
     report = ContentReport(meetings=len(folders))
     batch: list[Artifact] = []
     reasons: Counter[str] = Counter()  # counted as decided; the reconciliation recounts from the files
@@ -415,7 +397,7 @@ def gate_content(
     report.quarantined = quarantine.rows
     report.excluded = dict(sorted(reasons.items()))
     report.unidentified_speakers = dict(sorted(unidentified.items()))
-    store.write_json(stage / f"reports/content-{shard:04d}.json", {**asdict(report), "shard": shard, "shards": shards})
+    store.write_json(stage / content_report(shard), {**asdict(report), "shard": shard, "shards": shards})
     return report
 
 
@@ -445,7 +427,7 @@ def aggregate_day(settings: RunSettings, stage: Stage) -> dict[str, int]:
         values=GroupValues.from_policy(settings.policy),
         refused=refused,
     )
-    groups = _ParquetSink(store, stage / "aggregates/part-0000.parquet", AGGREGATE_SCHEMA)
+    groups = _ParquetSink(store, stage / f"aggregates/{part_name(0)}", AGGREGATE_SCHEMA)
     quarantine = _ParquetSink(store, stage / "audit/quarantine/telemetry.parquet", QUARANTINE_SCHEMA)
     inputs = _ParquetSink(store, stage / "audit/inputs/telemetry.parquet", INPUTS_SCHEMA)
     try:
@@ -456,7 +438,7 @@ def aggregate_day(settings: RunSettings, stage: Stage) -> dict[str, int]:
         for sink in (groups, quarantine, inputs):
             sink.close()
     counts = asdict(result.counts)
-    store.write_json(stage / "reports/telemetry.json", counts)
+    store.write_json(stage / TELEMETRY_REPORT, counts)
     return counts
 
 
@@ -487,7 +469,7 @@ def staged_counts(settings: RunSettings, stage: Stage) -> dict[str, Any]:
     excluded: Counter[str] = Counter()
     unidentified: Counter[str] = Counter()
     for path in store.files(stage / "reports", ".json"):
-        if path.rsplit("/", 1)[-1].startswith("content-"):
+        if is_content_report(path):
             part = store.read_json(path)
             content.meetings += part["meetings"]
             content.units_in += part["units_in"]
@@ -497,7 +479,7 @@ def staged_counts(settings: RunSettings, stage: Stage) -> dict[str, Any]:
             unidentified.update(part.get("unidentified_speakers", {}))
     content.excluded = {reason: excluded.get(reason, 0) for reason in REASONS}
     content.unidentified_speakers = {reason: unidentified.get(reason, 0) for reason in UNIDENTIFIED_REASONS}
-    telemetry = store.read_json(stage / "reports/telemetry.json")
+    telemetry = store.read_json(stage / TELEMETRY_REPORT)
     units = content.units_in + telemetry["lines_read"]
     quarantined = content.quarantined + telemetry["quarantined"]
     return {
@@ -512,7 +494,7 @@ def staged_counts(settings: RunSettings, stage: Stage) -> dict[str, Any]:
 def shards_check(settings: RunSettings, stage: Stage) -> CheckResult:
     """Every shard of the day reported exactly once, all with the same shard count: none was lost."""
     store = settings.store()
-    reports = [store.read_json(p) for p in store.files(stage / "reports", ".json") if "/content-" in p]
+    reports = [store.read_json(p) for p in store.files(stage / "reports", ".json") if is_content_report(p)]
     counts = {r.get("shards", 1) for r in reports}
     seen = sorted(r.get("shard", 0) for r in reports)
     expected = list(range(next(iter(counts)))) if len(counts) == 1 else None
@@ -620,7 +602,7 @@ def validate_stage(settings: RunSettings, stage: Stage) -> list[CheckResult]:
 
     checks = reconciliation_checks(settings, stage)
     checks += evidence_checks(settings, stage)  # GX suites + independent re-verification, reports in audit/
-    settings.store().write_json(stage / "reports/checks.json", [asdict(c) for c in checks])
+    settings.store().write_json(stage / CHECKS_REPORT, [asdict(c) for c in checks])
     return checks
 
 
@@ -629,8 +611,8 @@ def validate_stage(settings: RunSettings, stage: Stage) -> list[CheckResult]:
 
 def build_manifest(settings: RunSettings, stage: Stage, status: str) -> dict[str, Any]:
     store = settings.store()
-    run = store.read_json(stage / "run.json")
-    checks_file = stage / "reports/checks.json"
+    run = store.read_json(stage / RUN_RECORD)
+    checks_file = stage / CHECKS_REPORT
     checks = store.read_json(checks_file) if store.exists(checks_file) else []
     try:
         counts = staged_counts(settings, stage)
@@ -677,9 +659,9 @@ def _output_files(settings: RunSettings, stage: Stage) -> list[dict[str, Any]]:
     store = settings.store()
     outputs = []
     for folder in ("content", "aggregates", "audit"):
-        target = f"_audit/dt={stage.day.isoformat()}" if folder == "audit" else f"{folder}/dt={stage.day.isoformat()}"
+        target = day_folder(AUDIT if folder == "audit" else folder, stage.day)
         for path in store.files(stage / folder, ".parquet"):
-            outputs.append(store.output_entry(path, f"{target}/{path.rsplit('/', 1)[-1]}"))
+            outputs.append(store.output_entry(path, f"{target}/{file_name(path)}"))
     return outputs
 
 
@@ -727,10 +709,10 @@ def _record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> 
     """
     store = settings.store()
     day = stage.day.isoformat()
-    evidence = f"_audit/dt={day}/attempts/{stage.attempt}.json"
+    evidence = attempt_record(day, stage.attempt)
     with store.day_lock(day):
         recover_day(store, day)
-        if not store.exists(stage / "run.json"):
+        if not store.exists(stage / RUN_RECORD):
             store.remove(stage.root)
             return evidence if store.exists(evidence) else None
         if not store.exists(evidence):
@@ -743,7 +725,7 @@ def _record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> 
 
 def _keep_failed_attempt(store: OutputStore, stage: Stage, manifest: dict[str, Any]) -> str:
     """Write a failed attempt's manifest and reports under `_audit/dt=D/attempts/` (day lock held)."""
-    target = f"_audit/dt={stage.day.isoformat()}/attempts/{stage.attempt}.json"
+    target = attempt_record(stage.day, stage.attempt)
     store.write_json(target, manifest)
     audit.keep_failed_attempt(store, stage / "audit", target.removesuffix(".json"), manifest)
     return target
@@ -753,12 +735,12 @@ def publish_stage(settings: RunSettings, stage: Stage) -> dict[str, Any]:
     """Publish a validated stage: content, aggregates, then the audit evidence, each atomically."""
     store = settings.store()
     day = stage.day.isoformat()
-    if not store.exists(stage / "reports/checks.json"):
-        published = f"_audit/dt={day}/manifest.json"
+    if not store.exists(stage / CHECKS_REPORT):
+        published = manifest_path(day)
         if store.exists(published) and store.read_json(published).get("attempt") == stage.attempt:
             return store.read_json(published)  # a retry after this attempt was published in full
         raise InterruptedPublication(f"stage {stage.attempt} of {day} is gone or was never validated; rerun the day")
-    checks = store.read_json(stage / "reports/checks.json")
+    checks = store.read_json(stage / CHECKS_REPORT)
     failed = [c["name"] for c in checks if not c["passed"]]
     if failed:
         raise GateCheckFailed(f"refusing to publish: checks failed: {', '.join(failed)}")
@@ -787,7 +769,7 @@ def publish_stage(settings: RunSettings, stage: Stage) -> dict[str, Any]:
 
 def refuse_shrink(store: OutputStore, stage: Stage, units_in: int) -> None:
     """ShrinkRefused when the published version of the day holds more than twice `units_in` units."""
-    published = f"_audit/dt={stage.day.isoformat()}/manifest.json"
+    published = manifest_path(stage.day)
     if not store.exists(published):
         return
     previous = (store.read_json(published).get("counts") or {}).get("units_in") or 0
@@ -832,7 +814,7 @@ def _publish_locked(settings: RunSettings, stage: Stage) -> dict[str, Any]:
         if failed:
             raise GateCheckFailed(f"refusing to publish: checks failed: {', '.join(failed)}")
     for folder in ("content", "aggregates"):  # object stores: never overwrite a file of the current version
-        versioned_names(store, stage / folder, stage.attempt.rsplit("__", 1)[-1])
+        versioned_names(store, stage / folder, attempt_suffix(stage.attempt))
     _finish_audit(settings, stage)
     manifest = build_manifest(settings, stage, status="published")
     manifest["outputs"] = _output_files(settings, stage)
@@ -841,15 +823,15 @@ def _publish_locked(settings: RunSettings, stage: Stage) -> dict[str, Any]:
         store.makedirs(stage / folder)
     store.write_json(stage / "audit/manifest.json", manifest)
     audit.write_day_report(store, stage / "audit", manifest)
-    attempts = f"_audit/dt={day}/attempts"
+    attempts = attempts_folder(day)
     if store.is_local and store.exists(attempts):  # the folder is exchanged whole: the history goes with it
         store.copy_tree(attempts, stage / "audit/attempts")  # hard links; the published history stays whole
     store.write_json(stage / f"audit/attempts/{stage.attempt}.json", manifest)
     publish_folders(
         store,
         stage.root,
-        [(stage / "content", f"content/dt={day}"), (stage / "aggregates", f"aggregates/dt={day}"),
-         (stage / "audit", f"_audit/dt={day}")],  # the audit folder last: its exchange is the commit
+        [(stage / "content", content_day(day)), (stage / "aggregates", aggregates_day(day)),
+         (stage / "audit", audit_day(day))],  # the audit folder last: its exchange is the commit
     )  # fmt: skip
     store.remove(stage.root)
     return manifest
@@ -903,13 +885,8 @@ def run_day(
         except AttemptNotRecorded as unrecorded:  # the run's own error stays the one raised
             error.add_note(str(unrecorded))
         raise
-    return RunOutcome(True, f"_audit/dt={day.isoformat()}/manifest.json", manifest, checks)
+    return RunOutcome(True, manifest_path(day), manifest, checks)
 
 
 def read_manifest(store: OutputStore, day: date) -> dict[str, Any]:
-    return json.loads(store.fs.cat_file(store.path(f"_audit/dt={day.isoformat()}/manifest.json")))
-
-
-def project_var() -> Path:
-    """The embedded default's working folder: sample data, consent DB, outputs."""
-    return PROJECT_ROOT / "var"
+    return json.loads(store.fs.cat_file(store.path(manifest_path(day))))

@@ -32,6 +32,8 @@ from typing import Any
 
 import fsspec
 
+from consent_gate.layout import HISTORY, MANIFEST
+
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -255,9 +257,7 @@ def publish_folders(store: OutputStore, stage_root: str, swaps: list[tuple[str, 
 
 # --- object stores: the manifest is the commit --------------------------------------------------
 
-MANIFEST = "manifest.json"
 BACKUP = "previous-evidence"
-HISTORY = "attempts"
 
 
 def versioned_names(store: OutputStore, folder: str, version: str) -> None:

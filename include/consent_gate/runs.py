@@ -9,14 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from consent_gate.config import load_policy
+from consent_gate.config import RunSettings, load_policy, project_var
 from consent_gate.keys import MissingSecretError, load_secret
 from consent_gate.records import parse_timestamp
-
-if TYPE_CHECKING:  # the pipeline imports pyarrow: not at DAG parse time (the DAG imports `publish_pool`)
-    from consent_gate.pipeline import RunSettings
 
 CONSENT_CONN_ID = "consent_db"
 VAR_RAW, VAR_OUT, VAR_POLICY, VAR_SECRET = (
@@ -123,8 +120,6 @@ def settings_from_server() -> RunSettings:
 
 def settings_from_lookups(variable: Callable[[str], str | None], connection: Callable[[str], Any]) -> RunSettings:
     """Run settings from a variable lookup (None when unset) and a connection lookup."""
-    from consent_gate.pipeline import RunSettings, project_var
-
     var = project_var()
     secret_text = variable(VAR_SECRET)
     if secret_text:

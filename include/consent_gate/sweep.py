@@ -51,8 +51,28 @@ from consent_gate.consent import (
 )
 from consent_gate.gate import EXCLUDED_SCHEMA, WITHDRAWN_SCHEMA
 from consent_gate.keys import Keyer
-from consent_gate.publish import (
+from consent_gate.layout import (
+    CONTENT,
     HISTORY,
+    PARQUET_OPTIONS,
+    RUN_RECORD,
+    STAGING,
+    WATERMARK,
+    attempt_record,
+    attempt_suffix,
+    audit_day,
+    content_day,
+    content_report,
+    days_of,
+    file_name,
+    manifest_path,
+    new_id,
+    part_name,
+    shard_of_part,
+    staging_day,
+    sweep_log,
+)
+from consent_gate.publish import (
     OutputStore,
     begin_publication,
     publish_folders,
@@ -61,10 +81,6 @@ from consent_gate.publish import (
 )
 from consent_gate.records import MalformedRecord, parse_timestamp
 from consent_gate.sources import CONTENT_TYPE_OF
-
-SWEEPS = "_audit/sweeps"
-WATERMARK = f"{SWEEPS}/watermark.json"
-PARQUET_OPTIONS = {"compression": "zstd"}
 
 Clock = Callable[[], datetime]
 
@@ -325,7 +341,7 @@ class SweepOutcome:
 
 def published_days(store: OutputStore) -> list[str]:
     """The days that have a published content folder, from storage itself."""
-    return [name.removeprefix("dt=") for name in store.folders("content") if name.startswith("dt=")]
+    return days_of(store.folders(CONTENT))
 
 
 def abandoned_attempt_record(run: dict[str, Any], started_before: datetime) -> dict[str, Any]:
@@ -369,17 +385,17 @@ def discard_abandoned_stages(
     `recover_day` first; a stage without `run.json` never got past its first write and holds nothing.
     """
     deleted = 0
-    for day in [name.removeprefix("dt=") for name in store.folders("_staging") if name.startswith("dt=")]:
+    for day in days_of(store.folders(STAGING)):
         with store.day_lock(day):
             recover_day(store, day)
-            for attempt in store.folders(f"_staging/dt={day}"):
-                root = f"_staging/dt={day}/{attempt}"
-                run = store.read_json(f"{root}/run.json") if store.exists(f"{root}/run.json") else None
+            for attempt in store.folders(staging_day(day)):
+                root = f"{staging_day(day)}/{attempt}"
+                run = store.read_json(f"{root}/{RUN_RECORD}") if store.exists(f"{root}/{RUN_RECORD}") else None
                 withdrawn = current is not None and stage_holds_withdrawn(store, root, current)
                 young = run is not None and parse_timestamp(run["started_at"], "started_at") >= started_before
                 if young and not withdrawn:
                     continue  # a run that may still be going: its own teardown or publication ends it
-                evidence = f"_audit/dt={day}/attempts/{attempt}.json"
+                evidence = attempt_record(day, attempt)
                 if run is not None and not store.exists(evidence):
                     record = abandoned_attempt_record(run, started_before)
                     if withdrawn:
@@ -390,8 +406,8 @@ def discard_abandoned_stages(
                     store.write_json(evidence, record)
                 store.remove(root)
                 deleted += 1
-            if not store.folders(f"_staging/dt={day}"):
-                store.remove(f"_staging/dt={day}")
+            if not store.folders(staging_day(day)):
+                store.remove(staging_day(day))
     return deleted
 
 
@@ -400,7 +416,7 @@ def read_watermark(store: OutputStore) -> dict[str, Any] | None:
 
 
 def new_sweep_id(as_of: datetime) -> str:
-    return f"sweep__{as_of.astimezone(UTC):%Y%m%dT%H%M%S}__{uuid.uuid4().hex[:8]}"
+    return new_id(f"sweep__{as_of.astimezone(UTC):%Y%m%dT%H%M%S}", uuid.uuid4().hex[:8])
 
 
 def sweep(
@@ -466,7 +482,7 @@ def sweep(
         "started_at": started_at.isoformat(),
         "ended_at": clock().isoformat(),
     }
-    log_path = f"{SWEEPS}/{sweep_id}.json"
+    log_path = sweep_log(sweep_id)
     store.write_json(log_path, record)
     if purges:
         audit_pages.write_index(store)
@@ -513,7 +529,7 @@ def _sweep_day(
     clock: Clock,
 ) -> dict[str, Any] | None:
     """Re-evaluate one published day (the caller holds its lock); rewrite it if it loses rows."""
-    folder = f"content/dt={day}"
+    folder = content_day(day)
     files = store.files(folder, ".parquet")
     if affected is not None and not _holds_any(store, files, affected):
         return None
@@ -526,18 +542,18 @@ def _sweep_day(
         rows_before += table.num_rows
         row_reasons = withdrawal_reasons(table, consent.snapshot)
         mask = pa.array([r is None for r in row_reasons], pa.bool_())
-        kept[path.rsplit("/", 1)[-1]] = table.filter(mask)
+        kept[file_name(path)] = table.filter(mask)
         removed_parts.append(table.filter(pc.invert(mask)))
         reasons.extend(r for r in row_reasons if r is not None)
     if not reasons:
         return None
-    stage = f"_staging/dt={day}/{sweep_id}"  # where recover_day finds it, like a run's stage
+    stage = f"{staging_day(day)}/{sweep_id}"  # where recover_day finds it, like a run's stage
     begin_publication(store, stage)  # killed from here on: the next holder of the day lock undoes it
     store.makedirs(f"{stage}/content")
     for name, table in kept.items():
         if table.num_rows:
             _write_table(store, f"{stage}/content/{name}", table)
-    versioned_names(store, f"{stage}/content", sweep_id.rsplit("__", 1)[-1])
+    versioned_names(store, f"{stage}/content", attempt_suffix(sweep_id))
     purged_at = clock()
     removed = pa.concat_tables(removed_parts)
     by_reason = dict(sorted(Counter(reasons).items()))
@@ -557,7 +573,7 @@ def _sweep_day(
     swaps = [(f"{stage}/content", folder)]
     purge["manifest"] = _stage_evidence(store, day, stage, withdrawn, purge)
     if purge["manifest"] != "missing":
-        swaps.append((f"{stage}/audit", f"_audit/dt={day}"))  # last: its exchange is the commit
+        swaps.append((f"{stage}/audit", audit_day(day)))  # last: its exchange is the commit
     publish_folders(store, stage, swaps)  # superseded files are deleted once committed
     store.remove(stage)
     return purge
@@ -585,8 +601,8 @@ def _append_rows(store: OutputStore, relative: str, rows: pa.Table, schema: pa.S
 def _stage_evidence(store: OutputStore, day: str, stage: str, withdrawn: pa.Table, purge: dict[str, Any]) -> str:
     """A new version of the day's evidence in `stage`/audit: the purged rows become excluded rows (and
     withdrawn rows), counts and output checksums follow the staged content, the purge goes under `sweeps`."""
-    audit, staged = f"_audit/dt={day}", f"{stage}/audit"
-    if not store.exists(f"{audit}/manifest.json"):
+    audit, staged, folder = audit_day(day), f"{stage}/audit", content_day(day)
+    if not store.exists(manifest_path(day)):
         return "missing"  # content was purged all the same; the sweep log holds the record
     for relative in store.tree(audit):
         if not store.is_local and relative.startswith(f"{HISTORY}/"):
@@ -603,20 +619,20 @@ def _stage_evidence(store: OutputStore, day: str, stage: str, withdrawn: pa.Tabl
             content["excluded"][reason] = content["excluded"].get(reason, 0) + count
     rewritten = [(f"{staged}/{name}", f"{audit}/{name}") for name in evidence]
     rewritten += [
-        (path, f"content/dt={day}/{path.rsplit('/', 1)[-1]}") for path in store.files(f"{stage}/content", ".parquet")
+        (path, f"{folder}/{file_name(path)}") for path in store.files(f"{stage}/content", ".parquet")
     ]
     outputs = [
         o for o in manifest.get("outputs", [])
-        if not o["path"].startswith(f"content/dt={day}/") and o["path"] not in {p for _, p in rewritten}
+        if not o["path"].startswith(f"{folder}/") and o["path"] not in {p for _, p in rewritten}
     ]  # fmt: skip
     outputs += [store.output_entry(relative, published_as) for relative, published_as in rewritten]
     manifest["outputs"] = sorted(outputs, key=lambda o: o["path"])
     manifest["sweeps"] = [*manifest.get("sweeps", []), {k: v for k, v in purge.items() if k != "manifest"}]
     manifest["version"] = purge["sweep_id"]
     store.write_json(f"{staged}/manifest.json", manifest)
-    store.write_json(f"{staged}/attempts/{purge['sweep_id']}.json", manifest)
+    store.write_json(f"{staged}/{HISTORY}/{purge['sweep_id']}.json", manifest)
     audit_pages.write_day_report(store, staged, manifest)  # the day's report.html follows the new version
-    return f"{audit}/manifest.json"
+    return manifest_path(day)
 
 
 # --- no resurrection at publish -----------------------------------------------------------------
@@ -631,7 +647,7 @@ def withhold_withdrawn(
     becomes excluded with its reason: the shard's excluded part
     and count report are updated so every unit stays accounted for. Returns what was withheld.
     """
-    run = store.read_json(f"{stage_root}/run.json")
+    run = store.read_json(f"{stage_root}/{RUN_RECORD}")
     pinned = parse_timestamp(run["consent"]["as_of"], "as_of")
     as_of = now.astimezone(UTC)
     if pinned > as_of:  # never max(now, pinned): future-dated grants would be in force at a future pin
@@ -689,10 +705,10 @@ def _withhold_part(
     dropped = Counter(r for r in reasons if r is not None)
     if not dropped:
         return dropped
-    shard = path.rsplit("/", 1)[-1].removeprefix("part-").removesuffix(".parquet")
-    report_path = f"{stage_root}/reports/content-{shard}.json"
+    shard = shard_of_part(path)
+    report_path = f"{stage_root}/{content_report(shard)}"
     if not store.exists(report_path):
-        raise SweepError(f"stage part {path.rsplit('/', 1)[-1]} has no count report; refusing to publish")
+        raise SweepError(f"stage part {file_name(path)} has no count report; refusing to publish")
     mask = pa.array([r is None for r in reasons], pa.bool_())
     removed = table.filter(pc.invert(mask))
     _write_table(store, path, table.filter(mask))
@@ -700,7 +716,7 @@ def _withhold_part(
     _write_table(
         store, f"{stage_root}/audit/excluded/withdrawn-{shard}.parquet", withdrawn.select(EXCLUDED_SCHEMA.names)
     )
-    _write_table(store, f"{stage_root}/audit/withdrawn/part-{shard}.parquet", withdrawn)
+    _write_table(store, f"{stage_root}/audit/withdrawn/{part_name(shard)}", withdrawn)
     report = store.read_json(report_path)
     report["published"] -= sum(dropped.values())
     merged = Counter(report["excluded"])

@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 from consent_gate.publish import OutputStore
 
 if TYPE_CHECKING:
-    from consent_gate.pipeline import CheckResult, RunSettings, Stage
+    from consent_gate.config import RunSettings
+    from consent_gate.layout import Stage
+    from consent_gate.pipeline import CheckResult
 
 SUITES = ("content", "content_keys", "content_ids", "aggregates", "reconciliation")
 TEXT_TYPES = ("transcript_segment", "chat_message", "summary")

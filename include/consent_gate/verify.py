@@ -28,6 +28,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from consent_gate.keys import Keyer
+from consent_gate.layout import content_day
 from consent_gate.publish import OutputStore
 
 CONSENT_COLUMNS = (
@@ -346,5 +347,5 @@ def verify_stage(
 
 def verify_published_day(store: OutputStore, day: date, consent_db: str, secret: bytes, now: datetime) -> Verification:
     """A published day against the consent visible `now` (read-only: nothing is written)."""
-    files = store.files(f"content/dt={day.isoformat()}", ".parquet")
+    files = store.files(content_day(day), ".parquet")
     return verify_files(store, files, consent_db, now, Keyer(secret), check_as_of=False)

@@ -8,8 +8,8 @@ from datetime import date
 import pyarrow.dataset as ds
 import pytest
 
-from consent_gate.config import Policy
-from consent_gate.pipeline import RunSettings, run_day
+from consent_gate.config import Policy, RunSettings
+from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
 
 pytestmark = pytest.mark.integration

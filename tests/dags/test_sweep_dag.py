@@ -11,9 +11,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from consent_gate.config import Policy
+from consent_gate.config import Policy, RunSettings
 from consent_gate.keys import Keyer
-from consent_gate.pipeline import RunSettings, run_day
+from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
 from tests.dags.test_consent_gate_daily import load_dag
 
