@@ -75,8 +75,8 @@ def case_gate(data: Path, out: Path) -> dict[str, Any]:
 
 
 def case_snapshot(data: Path, out: Path) -> dict[str, Any]:
-    from consent_gate.pipeline import snapshot_consent
     from consent_gate.records import parse_timestamp
+    from consent_gate.steps import snapshot_consent
 
     stage = snapshot_consent(_settings(data, out), DAY, parse_timestamp(AS_OF, "as_of"), run_id="bench")
     return {"attempt": stage.attempt}
@@ -84,7 +84,7 @@ def case_snapshot(data: Path, out: Path) -> dict[str, Any]:
 
 def case_shard(data: Path, out: Path, attempt: str, shard: int, shards: int) -> dict[str, Any]:
     from consent_gate.layout import Stage
-    from consent_gate.pipeline import gate_content
+    from consent_gate.steps import gate_content
 
     report = gate_content(_settings(data, out), Stage(DAY, attempt), shard=shard, shards=shards)
     return {"meetings": report.meetings, "published": report.published}

@@ -44,8 +44,8 @@ def _rss_mb() -> float:
 def stage_day(data: Path, out: Path) -> dict[str, Any]:
     from bench import AS_OF, _settings
 
-    from consent_gate.pipeline import aggregate_day, gate_content, snapshot_consent
     from consent_gate.records import parse_timestamp
+    from consent_gate.steps import aggregate_day, gate_content, snapshot_consent
 
     settings = _settings(data, out)
     started = time.perf_counter()
@@ -60,9 +60,10 @@ def run_part(data: Path, out: Path, attempt: str, part: str) -> dict[str, Any]:
     import great_expectations  # noqa: F401
     from bench import _settings
 
-    from consent_gate import pipeline, validation, verify
+    from consent_gate import validation, verify
+    from consent_gate.checks import CheckResult, reconciliation_checks, staged_counts
     from consent_gate.layout import Stage
-    from consent_gate.pipeline import reconciliation_checks, staged_counts, validate_stage
+    from consent_gate.validation import validate_stage
 
     settings, stage = _settings(data, out), Stage(_day(data), attempt)
     store = settings.store()
@@ -74,10 +75,10 @@ def run_part(data: Path, out: Path, attempt: str, part: str) -> dict[str, Any]:
         outcomes = validation.run_suites(
             store, stage.root, stage.day, k=settings.policy.k_min_distinct_users, counts=staged_counts(settings, stage)
         )
-        checks = [pipeline.CheckResult(o.suite, o.passed, "") for o in outcomes]
+        checks = [CheckResult(o.suite, o.passed, "") for o in outcomes]
     elif part == "verify":
         result = verify.verify_stage(store, stage.root, settings.consent_db, settings.secret)
-        checks = [pipeline.CheckResult("independent_verification", result.passed, "")]
+        checks = [CheckResult("independent_verification", result.passed, "")]
     else:
         checks = validate_stage(settings, stage)
     return {
@@ -94,8 +95,9 @@ def run_day_steps(data: Path, out: Path) -> list[dict[str, Any]]:
     started = time.perf_counter()
     from bench import AS_OF, _settings
 
-    from consent_gate import pipeline
+    from consent_gate import publication, steps
     from consent_gate.records import parse_timestamp
+    from consent_gate.validation import validate_stage
 
     rows = [{"step": "imports", "seconds": time.perf_counter() - started, "peak_rss_mb": _rss_mb()}]
     settings = _settings(data, out)
@@ -107,13 +109,13 @@ def run_day_steps(data: Path, out: Path) -> list[dict[str, Any]]:
         return result
 
     as_of = parse_timestamp(AS_OF, "as_of")
-    stage = timed("snapshot_consent", pipeline.snapshot_consent, settings, _day(data), as_of, run_id="steps")
-    timed("gate_content", pipeline.gate_content, settings, stage)
-    timed("aggregate_day", pipeline.aggregate_day, settings, stage)
-    checks = timed("validate_stage", pipeline.validate_stage, settings, stage)
+    stage = timed("snapshot_consent", steps.snapshot_consent, settings, _day(data), as_of, run_id="steps")
+    timed("gate_content", steps.gate_content, settings, stage)
+    timed("aggregate_day", steps.aggregate_day, settings, stage)
+    checks = timed("validate_stage", validate_stage, settings, stage)
     if not all(c.passed for c in checks):
         raise SystemExit(f"checks failed: {[c.name for c in checks if not c.passed]}")
-    timed("publish_stage", pipeline.publish_stage, settings, stage)
+    timed("publish_stage", publication.publish_stage, settings, stage)
     return rows
 
 

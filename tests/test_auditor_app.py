@@ -36,8 +36,9 @@ import pytest
 
 from consent_gate import airflow_local, cli
 from consent_gate.config import Policy, RunSettings
+from consent_gate.errors import GateCheckFailed
 from consent_gate.keys import Keyer
-from consent_gate.pipeline import GateCheckFailed, run_day
+from consent_gate.pipeline import run_day
 from consent_gate.sweep import sweep
 from tests.builders import sample_identities, sample_secrets
 from tests.conftest import PROJECT, service_unavailable

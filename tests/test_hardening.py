@@ -20,7 +20,8 @@ import pytest
 
 from consent_gate.cli import main
 from consent_gate.config import Policy, RunSettings
-from consent_gate.pipeline import GateCheckFailed, RunRefused, ShrinkRefused, run_day
+from consent_gate.errors import GateCheckFailed, RunRefused, ShrinkRefused
+from consent_gate.pipeline import run_day
 from tests.builders import (
     at,
     chat_line,

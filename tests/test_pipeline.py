@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from consent_gate.config import Policy, RunSettings
+from consent_gate.errors import GateCheckFailed
 from consent_gate.gate import CONTENT_SCHEMA, REASONS
-from consent_gate.pipeline import GateCheckFailed, run_day
+from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
 from tests.builders import sample_secrets
 
@@ -149,17 +150,17 @@ def test_a_pinned_as_of_before_a_revocation_sees_the_older_consent(sample_dir, t
 def test_the_gate_streams_in_bounded_batches_with_identical_results(published, sample_dir, tmp_path, monkeypatch):
     import dataclasses
 
-    from consent_gate import pipeline
+    from consent_gate import steps
 
     out, _ = published
     seen: list[int] = []
-    real_decide = pipeline.decide
+    real_decide = steps.decide
 
     def recording_decide(artifacts, snapshot):
         seen.append(len(artifacts))
         return real_decide(artifacts, snapshot)
 
-    monkeypatch.setattr(pipeline, "decide", recording_decide)
+    monkeypatch.setattr(steps, "decide", recording_decide)
     small = dataclasses.replace(settings_for(sample_dir, tmp_path), batch_size=25)
     run_day(small, DAY, AS_OF, run_id="small-batches")
     biggest_meeting = 200  # a batch closes at the first meeting that takes it past batch_size
@@ -182,7 +183,8 @@ def test_a_telemetry_file_broken_mid_way_blocks_publication(sample_dir, tmp_path
 
 
 def test_reported_exclusion_reasons_must_cover_every_excluded_row(sample_dir, tmp_path):
-    from consent_gate.pipeline import aggregate_day, gate_content, reconciliation_checks, snapshot_consent
+    from consent_gate.checks import reconciliation_checks
+    from consent_gate.steps import aggregate_day, gate_content, snapshot_consent
 
     settings = settings_for(sample_dir, tmp_path)
     stage = snapshot_consent(settings, DAY, AS_OF, run_id="reasons")

@@ -25,18 +25,14 @@ import pytest
 
 from consent_gate.config import Policy, RunSettings
 from consent_gate.layout import Stage
-from consent_gate.pipeline import (
-    aggregate_day,
-    gate_content,
-    publish_stage,
-    read_manifest,
-    run_day,
-    snapshot_consent,
-    validate_stage,
-)
+from consent_gate.manifest import read_manifest
+from consent_gate.pipeline import run_day
+from consent_gate.publication import publish_stage
 from consent_gate.publish import JOURNAL, InterruptedPublication
 from consent_gate.records import parse_timestamp
+from consent_gate.steps import aggregate_day, gate_content, snapshot_consent
 from consent_gate.sweep import sweep
+from consent_gate.validation import validate_stage
 from tests.conftest import PROJECT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

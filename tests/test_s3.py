@@ -23,11 +23,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from consent_gate import pipeline
+from consent_gate import publication, steps
 from consent_gate.config import Policy, RunSettings
-from consent_gate.pipeline import read_manifest, run_day
+from consent_gate.manifest import read_manifest
+from consent_gate.pipeline import run_day
 from consent_gate.publish import OutputStore, published_files
 from consent_gate.records import parse_timestamp
+from consent_gate.validation import validate_stage
 from tests.test_shards import run_sharded
 
 pytestmark = pytest.mark.integration
@@ -255,20 +257,20 @@ def test_a_publication_on_s3_stopped_anywhere_recovers_to_one_whole_version(publ
     settings, store = published_on_s3
     for point, stop_before, new_version_stands in STOPS:
         before = read_manifest(store, DAY)
-        stage = pipeline.snapshot_consent(settings, DAY, LATER, run_id="stopped")
+        stage = steps.snapshot_consent(settings, DAY, LATER, run_id="stopped")
         for shard in range(2):
-            pipeline.gate_content(settings, stage, shard=shard, shards=2)
-        pipeline.aggregate_day(settings, stage)
-        assert all(c.passed for c in pipeline.validate_stage(settings, stage))
+            steps.gate_content(settings, stage, shard=shard, shards=2)
+        steps.aggregate_day(settings, stage)
+        assert all(c.passed for c in validate_stage(settings, stage))
         with monkeypatch.context() as patch:
             calls = instrument(patch, store, lambda: None, stop_before=stop_before)
             try:
-                pipeline.publish_stage(settings, stage)
+                publication.publish_stage(settings, stage)
                 outcome = "published"
             except Interrupted:
                 outcome = "interrupted"
         if outcome == "interrupted":
-            pipeline.record_failed_attempt(settings, stage, "stopped")  # the run's teardown
+            publication.record_failed_attempt(settings, stage, "stopped")  # the run's teardown
         manifest = read_manifest(store, DAY)
         assert manifest["attempt"] in (before["attempt"], stage.attempt), point
         # The store holds exactly the manifest's version: every listed file with its sha256, nothing more.

@@ -10,11 +10,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from consent_gate import pipeline
+from consent_gate import publication, steps
 from consent_gate.config import Policy, RunSettings
-from consent_gate.pipeline import GateCheckFailed, shard_of
+from consent_gate.errors import GateCheckFailed
 from consent_gate.records import parse_timestamp
 from consent_gate.sources import LandingZone
+from consent_gate.steps import shard_of
+from consent_gate.validation import validate_stage
 
 DAY = date(2026, 11, 2)
 AS_OF = parse_timestamp("2026-11-20T00:00:00Z", "as_of")
@@ -29,17 +31,17 @@ def settings_for(sample: Path, out: str, **overrides) -> RunSettings:
 
 def run_sharded(settings: RunSettings, day: date, as_of: datetime, shards: int, *, skip: int | None = None) -> dict:
     """The DAG's steps in this process: one snapshot, `shards` gate_content calls, checks, publish."""
-    stage = pipeline.snapshot_consent(settings, day, as_of, run_id=f"shards-{shards}")
+    stage = steps.snapshot_consent(settings, day, as_of, run_id=f"shards-{shards}")
     for shard in range(shards):
         if shard != skip:
-            pipeline.gate_content(settings, stage, shard=shard, shards=shards)
-    pipeline.aggregate_day(settings, stage)
-    checks = pipeline.validate_stage(settings, stage)
+            steps.gate_content(settings, stage, shard=shard, shards=shards)
+    steps.aggregate_day(settings, stage)
+    checks = validate_stage(settings, stage)
     failed = [c.name for c in checks if not c.passed]
     if failed:
-        pipeline.record_failed_attempt(settings, stage, f"checks failed: {', '.join(failed)}")
+        publication.record_failed_attempt(settings, stage, f"checks failed: {', '.join(failed)}")
         raise GateCheckFailed(f"checks failed: {', '.join(failed)}")
-    return pipeline.publish_stage(settings, stage)
+    return publication.publish_stage(settings, stage)
 
 
 def published_tables(out: Path, day: date = DAY) -> dict[str, object]:

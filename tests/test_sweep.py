@@ -443,7 +443,7 @@ def test_now_is_after_the_revocations_used_here():
 
 
 def test_the_sweep_deletes_stages_of_runs_that_never_ended_and_keeps_their_evidence(sample_dir, tmp_path):
-    from consent_gate.pipeline import gate_content, snapshot_consent
+    from consent_gate.steps import gate_content, snapshot_consent
 
     settings = settings_for(sample_dir, sample_dir / "consent.db", tmp_path / "out")
     store = settings.store()

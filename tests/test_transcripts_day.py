@@ -169,7 +169,8 @@ def test_explain_shows_the_speaker_source_and_the_unidentified_reason(why_day):
 
 
 def test_speakers_evidence_that_misses_a_segment_fails_the_check(tmp_path):
-    from consent_gate.pipeline import aggregate_day, gate_content, reconciliation_checks, snapshot_consent
+    from consent_gate.checks import reconciliation_checks
+    from consent_gate.steps import aggregate_day, gate_content, snapshot_consent
 
     write_meeting(tmp_path / "raw", meeting_record("m_teams", "acct_1", WHY_PEOPLE), transcript=TRANSCRIPTS["m_teams"])
     settings_ = RunSettings(

@@ -10,9 +10,10 @@ from dataclasses import asdict, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from consent_gate import pipeline
+from consent_gate import errors, publication, steps
 from consent_gate.layout import Stage, attempts_folder, manifest_path
 from consent_gate.runs import as_of_for_run, partition_for_run, settings_from_airflow
+from consent_gate.validation import validate_stage
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def snapshot_task(params: Any, interval_start: Any, interval_end: Any, run_id: s
     shards = shard_count(params.get("shards"))
     as_of = as_of_for_run(params.get("as_of"), datetime.now(UTC))
     settings = settings_from_airflow()
-    stage = pipeline.snapshot_consent(settings, day, as_of, run_id=run_id or "manual", dag_run_id=run_id)
+    stage = steps.snapshot_consent(settings, day, as_of, run_id=run_id or "manual", dag_run_id=run_id)
     log.info("partition %s, consent as of %s, stage %s", day, as_of.isoformat(), stage.root)
     return {
         "day": day.isoformat(), "attempt": stage.attempt, "shards": shards,
@@ -47,14 +48,12 @@ def snapshot_task(params: Any, interval_start: Any, interval_end: Any, run_id: s
 def gate_task(payload: dict[str, Any], shard: int = 0) -> dict[str, Any]:
     """Gate one shard of the stage's meetings; the shard count travels in the stage payload."""
     shards = shard_count(payload.get("shards"))
-    report = pipeline.gate_content(
-        settings_from_airflow(), _stage(payload), shard=shard, shards=shards, progress=log.info
-    )
+    report = steps.gate_content(settings_from_airflow(), _stage(payload), shard=shard, shards=shards, progress=log.info)
     return asdict(report)
 
 
 def aggregate_task(payload: dict[str, str]) -> dict[str, int]:
-    return pipeline.aggregate_day(settings_from_airflow(), _stage(payload))
+    return steps.aggregate_day(settings_from_airflow(), _stage(payload))
 
 
 def validate_task(payload: dict[str, str]) -> dict[str, str]:
@@ -62,12 +61,12 @@ def validate_task(payload: dict[str, str]) -> dict[str, str]:
     from airflow.exceptions import AirflowFailException
 
     settings, stage = settings_from_airflow(), _stage(payload)
-    checks = pipeline.validate_stage(settings, stage)
+    checks = validate_stage(settings, stage)
     for check in checks:
         log.info("check %s: %s (%s)", check.name, "passed" if check.passed else "FAILED", check.detail)
     failed = [c.name for c in checks if not c.passed]
     if failed:
-        evidence = pipeline.record_failed_attempt(settings, stage, f"checks failed: {', '.join(failed)}")
+        evidence = publication.record_failed_attempt(settings, stage, f"checks failed: {', '.join(failed)}")
         raise AirflowFailException(f"checks failed: {', '.join(failed)}; nothing published; evidence: {evidence}")
     return payload
 
@@ -82,8 +81,8 @@ def publish_task(payload: dict[str, Any], outlet_events: Any = None) -> str:
     settings = replace(settings_from_airflow(), allow_shrink=payload.get("allow_shrink") is True)
     stage = _stage(payload)
     try:
-        manifest = pipeline.publish_stage(settings, stage)
-    except (pipeline.GateCheckFailed, InterruptedPublication) as error:
+        manifest = publication.publish_stage(settings, stage)
+    except (errors.GateCheckFailed, InterruptedPublication) as error:
         raise AirflowFailException(f"{error}; evidence under {attempts_folder(stage.day)}/") from None
     log.info("published %s: %s content rows", manifest["partition"], manifest["counts"]["content"]["published"])
     if outlet_events is not None:
@@ -101,6 +100,6 @@ def end_attempt_task(payload: dict[str, str]) -> str | None:
     """The run's teardown, whatever its tasks did: a stage that was not published is recorded as a
     failed attempt and deleted, so no staged content outlives the run. A published stage is gone already."""
     settings, stage = settings_from_airflow(), _stage(payload)
-    evidence = pipeline.record_failed_attempt(settings, stage, "the run ended without publishing this attempt")
+    evidence = publication.record_failed_attempt(settings, stage, "the run ended without publishing this attempt")
     log.info("attempt %s of %s ended; evidence: %s", stage.attempt, stage.day.isoformat(), evidence)
     return evidence

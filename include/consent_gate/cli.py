@@ -15,9 +15,10 @@ from pathlib import Path
 
 from consent_gate.config import RunSettings, load_policy, project_var
 from consent_gate.consent import ConsentStoreError, FutureAsOf, refuse_future_as_of
+from consent_gate.errors import GateCheckFailed, RunRefused, os_reason
 from consent_gate.keys import MissingSecretError, create_secret_file, load_secret
 from consent_gate.layout import attempts_folder, audit_day, content_day
-from consent_gate.pipeline import GateCheckFailed, RunRefused, os_reason, run_day
+from consent_gate.pipeline import run_day
 from consent_gate.records import MalformedRecord, parse_timestamp
 
 

@@ -24,17 +24,19 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from consent_gate.aggregates import AGGREGATE_SCHEMA, GROUP_FIELDS
+from consent_gate.checks import CheckResult, reconciliation_checks, staged_counts
+from consent_gate.config import RunSettings
+from consent_gate.gate import CONTENT_SCHEMA
+from consent_gate.layout import CHECKS_REPORT, Stage
 from consent_gate.publish import OutputStore
-
-if TYPE_CHECKING:
-    from consent_gate.config import RunSettings
-    from consent_gate.layout import Stage
-    from consent_gate.pipeline import CheckResult
+from consent_gate.steps import day_subjects
+from consent_gate.verify import verify_stage
 
 SUITES = ("content", "content_keys", "content_ids", "aggregates", "reconciliation")
 TEXT_TYPES = ("transcript_segment", "chat_message", "summary")
@@ -94,7 +96,6 @@ def sanitized_result(result: Any, batch: int) -> dict[str, Any]:
 
 
 def _content_expectations(gxe: Any, column: Any) -> list[Any]:
-    from consent_gate.gate import CONTENT_SCHEMA
 
     is_recording = column("artifact_type") == "recording"
     is_text = column("artifact_type") != "recording"
@@ -133,7 +134,6 @@ def _ids_expectations(gxe: Any, column: Any) -> list[Any]:
 
 
 def _aggregate_expectations(gxe: Any, column: Any, *, k: int, day: date) -> list[Any]:
-    from consent_gate.aggregates import AGGREGATE_SCHEMA, GROUP_FIELDS
 
     expectations = [
         gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(AGGREGATE_SCHEMA.names)),
@@ -391,9 +391,6 @@ def run_suites(store: OutputStore, stage_root: str, day: date, *, k: int, counts
     import pandas as pd
     import pyarrow as pa
 
-    from consent_gate.aggregates import AGGREGATE_SCHEMA
-    from consent_gate.gate import CONTENT_SCHEMA
-
     with tempfile.TemporaryDirectory(prefix="consent-gate-gx-") as tmp:
         runner = _Runner(Path(tmp) / "gx")
         column, gxe = runner.column, runner.gxe
@@ -502,11 +499,6 @@ def evidence_checks(settings: RunSettings, stage: Stage) -> list[CheckResult]:
 
     Their reports go to the stage's `audit/` folder, so publication puts them under `_audit/dt=D/`.
     """
-    from dataclasses import asdict
-
-    from consent_gate.pipeline import CheckResult, day_subjects, staged_counts
-    from consent_gate.verify import verify_stage
-
     store = settings.store()
     checks: list[CheckResult] = []
     try:
@@ -524,4 +516,12 @@ def evidence_checks(settings: RunSettings, stage: Stage) -> list[CheckResult]:
         checks.append(CheckResult("independent_verification", verification.passed, verification.detail()))
     except Exception as error:  # noqa: BLE001
         checks.append(CheckResult("independent_verification", False, f"could not run: {type(error).__name__}"))
+    return checks
+
+
+def validate_stage(settings: RunSettings, stage: Stage) -> list[CheckResult]:
+    """Every check the stage must pass before publication; the results go to the stage."""
+    checks = reconciliation_checks(settings, stage)
+    checks += evidence_checks(settings, stage)  # GX suites + independent re-verification, reports in audit/
+    settings.store().write_json(stage / CHECKS_REPORT, [asdict(c) for c in checks])
     return checks

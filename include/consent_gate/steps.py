@@ -1,0 +1,411 @@
+"""The bodies of the day's steps: snapshot consent, gate content, aggregate telemetry.
+
+Each step is a function of (settings, stage) that reads and writes files in the stage, so the CLI
+runs them in a row and the Airflow DAG runs each as a task, passing only the stage path along.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import consent_gate
+from consent_gate.config import PROJECT_ROOT, RunSettings
+from consent_gate.consent import ConsentSnapshot, refuse_future_as_of, subject_key
+from consent_gate.errors import GateCheckFailed, RunRefused, os_reason
+from consent_gate.gate import (
+    CONTENT_SCHEMA,
+    EXCLUDED_SCHEMA,
+    SPEAKERS_SCHEMA,
+    decide,
+    excluded_rows,
+    published_rows,
+    speaker_rows,
+)
+from consent_gate.keys import Keyer
+from consent_gate.layout import (
+    PARQUET_OPTIONS,
+    RUN_RECORD,
+    SNAPSHOT_FILE,
+    TELEMETRY_REPORT,
+    Stage,
+    content_report,
+    file_name,
+    new_id,
+    part_name,
+)
+from consent_gate.publish import (
+    OutputStore,
+)
+from consent_gate.records import Quarantined, parse_timestamp
+from consent_gate.sources import Artifact, InputFile, LandingZone, read_meeting
+
+QUARANTINE_SCHEMA = pa.schema([("unit", pa.string()), ("error", pa.string())])
+
+
+INPUTS_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("sha256", pa.string())])
+
+
+Progress = Callable[[str], None]
+
+
+def new_attempt_id(run_id: str | None = None) -> str:
+    base = run_id or f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
+    return new_id(safe, uuid.uuid4().hex[:8])
+
+
+def code_version() -> str:
+    """The package version, with the git commit when run from a checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{consent_gate.__version__}+{commit}" if commit else consent_gate.__version__
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+# --- step 1: consent snapshot -------------------------------------------------------------------
+
+
+def snapshot_consent(
+    settings: RunSettings,
+    day: date,
+    as_of: datetime,
+    *,
+    run_id: str,
+    dag_run_id: str | None = None,
+    progress: Progress | None = None,
+) -> Stage:
+    """Pin `as_of`, read the consent store once (column-wise), judge it vectorized and write the
+    snapshot file into a new stage with its checksum; every later step reads that file, not the store.
+
+    A pin later than the moment of the snapshot is refused (FutureAsOf): SPEC §3, revised 2026-11-28.
+    Refused (RunRefused, nothing staged) when nothing arrived for the day: a wrong `--raw` or a partition
+    not delivered yet must not publish "0 of 0" over a published day.
+    """
+    as_of = refuse_future_as_of(as_of, datetime.now(UTC))
+    require_arrivals(settings.zone(), day)
+    stage = Stage(day, new_attempt_id(run_id))
+    store = settings.store()
+    try:
+        _write_run_record(settings, store, stage, as_of, run_id, dag_run_id, progress)
+    except OSError as error:  # a full disk, a read-only output: no attempt began, so none is recorded
+        store.remove(stage.root)  # a half-written stage is not left behind
+        raise RunRefused(
+            f"cannot open a stage under {settings.out} ({os_reason(error)}); nothing staged, nothing published"
+        ) from None
+    except BaseException:
+        store.remove(stage.root)
+        raise
+    return stage
+
+
+def require_arrivals(zone: LandingZone, day: date) -> None:
+    """Raise RunRefused unless the day has at least one meeting folder entry or telemetry file."""
+    from consent_gate.sources import NotARegularFile
+
+    try:
+        meetings = zone.meeting_folders(day)
+        telemetry, refused = zone.telemetry_entries(day)
+    except NotARegularFile as error:
+        raise RunRefused(f"cannot read the landing zone for {day}: {error}") from None
+    if not (meetings or telemetry or refused):
+        raise RunRefused(
+            f"nothing arrived for {day}: no meeting folder under {zone.meetings_prefix(day)}/ and no telemetry "
+            f"file under {zone.telemetry_prefix(day)}/ of the landing zone; nothing published"
+        )
+
+
+def _write_run_record(
+    settings: RunSettings, store: OutputStore, stage: Stage, as_of: datetime, run_id: str,
+    dag_run_id: str | None, progress: Progress | None,
+) -> None:  # fmt: skip
+    import tempfile
+
+    from consent_gate.consent_store import consent_batches
+    from consent_gate.consent_vector import pseudonym_pepper, write_snapshot_file
+
+    with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as local:
+        path = f"{local}/snapshot.parquet"
+        with consent_batches(settings.consent_db, purpose="snapshot", progress=progress) as batches:
+            summary, sha256 = write_snapshot_file(batches, as_of, path, pseudonym_pepper(settings.secret))
+        with open(path, "rb") as source, store.open(stage / SNAPSHOT_FILE, "wb") as target:
+            while chunk := source.read(8 << 20):
+                target.write(chunk)
+    store.write_json(
+        stage / RUN_RECORD,
+        {
+            "run_id": run_id,
+            "dag_run_id": dag_run_id,
+            "attempt": stage.attempt,
+            "partition": stage.day.isoformat(),
+            "started_at": _now(),
+            "code_version": code_version(),
+            "policy": {**asdict(settings.policy), "checksum": settings.policy.checksum},
+            "consent": {
+                "as_of": summary.as_of.isoformat(),
+                "checksum": summary.checksum,
+                "visible_events": summary.visible_events,
+                "failed_closed_subjects": summary.failed_closed_subjects,
+                "unreadable_rows": [asdict(row) for row in summary.unreadable],
+                "snapshot_file": {"path": SNAPSHOT_FILE, "sha256": sha256, "events": summary.events},
+            },
+        },
+    )
+
+
+def load_snapshot(settings: RunSettings, stage: Stage, subjects: set[str]) -> ConsentSnapshot:
+    """The stage's snapshot file, for `subjects` only (a semi-join: memory follows the day, not the
+    store). The file must be the one the snapshot step wrote (its sha256 is in run.json)."""
+    import tempfile
+
+    from consent_gate.consent import UnreadableConsentRow
+    from consent_gate.consent_vector import (
+        SnapshotSummary,
+        file_sha256,
+        pseudonym,
+        pseudonym_pepper,
+        read_snapshot_events,
+        snapshot_from_events,
+    )
+
+    store = settings.store()
+    recorded = store.read_json(stage / RUN_RECORD)["consent"]
+    written = recorded.get("snapshot_file")
+    if written is None:
+        raise GateCheckFailed("the stage has no consent snapshot file (made by an older version); rerun the day")
+    pepper = pseudonym_pepper(settings.secret)
+    names = {pseudonym(pepper, key): key for key in subjects}
+    with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as local:
+        if store.is_local:
+            path = store.path(stage / written["path"])
+        else:
+            path = f"{local}/snapshot.parquet"
+            with store.open(stage / written["path"]) as source, open(path, "wb") as target:
+                while chunk := source.read(8 << 20):
+                    target.write(chunk)
+        if file_sha256(path) != written["sha256"]:
+            raise GateCheckFailed("the stage's consent snapshot file changed since it was written; refusing to gate")
+        events = read_snapshot_events(path, names)
+    summary = SnapshotSummary(
+        as_of=parse_timestamp(recorded["as_of"], "as_of"),
+        checksum=recorded["checksum"],
+        visible_events=recorded["visible_events"],
+        unreadable=[UnreadableConsentRow(**row) for row in recorded["unreadable_rows"]],
+        failed_closed_subjects=recorded["failed_closed_subjects"],
+        events=written["events"],
+    )
+    return snapshot_from_events(events, summary, names)
+
+
+def day_subjects(zone: LandingZone, folders: list[str]) -> set[str]:
+    """Every subject_key the folders' meetings can ask consent for (the meeting's account, each
+    participant's user and account): a lenient superset read from meeting.json, so the gate keeps only
+    their consent in memory. An unreadable meeting.json is skipped: its folder is quarantined anyway.
+    Symbolic links are never followed."""
+    keys: set[str] = set()
+    local = zone.url("") == zone._abs("")  # a local path: links can be seen (object stores have none)
+    for folder in folders:
+        relative = f"{folder}/meeting.json"
+        try:
+            if local and (os.path.islink(zone.url(folder)) or os.path.islink(zone.url(relative))):
+                continue
+            record = json.loads(zone.read_bytes(relative) or b"null")
+        except Exception:  # noqa: BLE001 (any unreadable file: the gate itself quarantines it)
+            continue
+        if not isinstance(record, dict):
+            continue
+        if isinstance(record.get("account_id"), str):
+            keys.add(subject_key("account", record["account_id"]))
+        participants = record.get("participants")
+        for participant in participants if isinstance(participants, list) else []:
+            if not isinstance(participant, dict):
+                continue
+            for kind, name in (("user", "user_id"), ("account", "account_id")):
+                if isinstance(participant.get(name), str):
+                    keys.add(subject_key(kind, participant[name]))
+    return keys
+
+
+# --- step 2: content ----------------------------------------------------------------------------
+
+
+@dataclass
+class ContentReport:
+    meetings: int = 0
+    units_in: int = 0
+    published: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)
+    quarantined: int = 0
+    # Why the `unidentified_speaker` transcript segments were unidentified (speakers.UNIDENTIFIED_REASONS).
+    unidentified_speakers: dict[str, int] = field(default_factory=dict)
+
+
+def shard_of(meeting_folder: str, shards: int) -> int:
+    """A stable shard for a meeting: the same for every run, process and Python version."""
+    digest = hashlib.sha256(file_name(meeting_folder).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
+class _ParquetSink:
+    """Streams record batches into one Parquet file of the stage; opens it lazily.
+
+    Small writes (one meeting's quarantine or input files) are buffered up to `ROW_GROUP_ROWS` rows or
+    `ROW_GROUP_BYTES` and written as one row group: one tiny row group per meeting made every later
+    reader of the file (reconciliation, the audit merge) pay per-row-group overhead, in time and memory.
+    """
+
+    ROW_GROUP_ROWS = 65_536
+    ROW_GROUP_BYTES = 16 << 20
+
+    def __init__(self, store: OutputStore, relative: str, schema: pa.Schema) -> None:
+        self.store, self.relative, self.schema = store, relative, schema
+        self._handle: Any = None
+        self._writer: pq.ParquetWriter | None = None
+        self._buffer: list[pa.Table] = []
+        self._buffered = (0, 0)  # rows, bytes
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._buffer.append(table)
+        self._buffered = (self._buffered[0] + table.num_rows, self._buffered[1] + table.nbytes)
+        self.rows += table.num_rows
+        if self._buffered[0] >= self.ROW_GROUP_ROWS or self._buffered[1] >= self.ROW_GROUP_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        if self._writer is None:
+            self._handle = self.store.open(self.relative, "wb")
+            self._writer = pq.ParquetWriter(self._handle, self.schema, **PARQUET_OPTIONS)
+        self._writer.write_table(pa.concat_tables(self._buffer))
+        self._buffer, self._buffered = [], (0, 0)
+
+    def close(self) -> None:
+        try:
+            self._flush()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._handle.close()
+
+
+def gate_content(
+    settings: RunSettings, stage: Stage, *, shard: int = 0, shards: int = 1, progress: Progress | None = None
+) -> ContentReport:
+    """Gate the day's meetings of one shard into staged content, exclusions and quarantine."""
+    zone, store = settings.zone(), settings.store()
+    keyer = Keyer(settings.secret)
+    folders = [f for f in zone.meeting_folders(stage.day) if shard_of(f, shards) == shard]
+    snapshot = load_snapshot(settings, stage, day_subjects(zone, folders))
+    content = _ParquetSink(store, stage / f"content/{part_name(shard)}", CONTENT_SCHEMA)
+    excluded = _ParquetSink(store, stage / f"audit/excluded/{part_name(shard)}", EXCLUDED_SCHEMA)
+    quarantine = _ParquetSink(store, stage / f"audit/quarantine/{part_name(shard, 'content')}", QUARANTINE_SCHEMA)
+    inputs = _ParquetSink(store, stage / f"audit/inputs/{part_name(shard, 'meetings')}", INPUTS_SCHEMA)
+    speakers = _ParquetSink(store, stage / f"audit/speakers/{part_name(shard)}", SPEAKERS_SCHEMA)
+    report = ContentReport(meetings=len(folders))
+    batch: list[Artifact] = []
+    reasons: Counter[str] = Counter()  # counted as decided; the reconciliation recounts from the files
+    unidentified: Counter[str] = Counter()
+
+    def flush() -> None:
+        decisions = decide(batch, snapshot)
+        content.write(published_rows(batch, decisions, keyer, snapshot.as_of))
+        excluded.write(excluded_rows(batch, decisions))
+        speakers.write(speaker_rows(batch))
+        unidentified.update(a.unidentified_reason for a in batch if a.unidentified_reason is not None)
+        reasons.update(d.reason for d in decisions if d.reason is not None)
+        batch.clear()
+
+    try:
+        for number, folder in enumerate(folders, start=1):
+            read = read_meeting(zone, folder, stage.day)
+            report.units_in += read.units_in
+            quarantine.write(_quarantine_table(read.quarantine))
+            inputs.write(_inputs_table(read.files))
+            batch.extend(read.artifacts)
+            if len(batch) >= settings.batch_size:
+                flush()
+            if progress and number % 1000 == 0:
+                progress(f"shard {shard}: {number}/{len(folders)} meetings gated")
+        flush()
+    finally:
+        for sink in (content, excluded, quarantine, inputs, speakers):
+            sink.close()
+    report.published = content.rows
+    report.quarantined = quarantine.rows
+    report.excluded = dict(sorted(reasons.items()))
+    report.unidentified_speakers = dict(sorted(unidentified.items()))
+    store.write_json(stage / content_report(shard), {**asdict(report), "shard": shard, "shards": shards})
+    return report
+
+
+def _quarantine_table(units: list[Quarantined]) -> pa.Table:
+    return pa.Table.from_pylist([asdict(u) for u in units], schema=QUARANTINE_SCHEMA)
+
+
+def _inputs_table(files: list[InputFile]) -> pa.Table:
+    return pa.Table.from_pylist([asdict(f) for f in files], schema=INPUTS_SCHEMA)
+
+
+# --- step 3: telemetry --------------------------------------------------------------------------
+
+
+def aggregate_day(settings: RunSettings, stage: Stage) -> dict[str, int]:
+    """Aggregate the day's telemetry into staged groups; the counts go to the stage."""
+    from consent_gate.aggregates import AGGREGATE_SCHEMA, GroupValues, aggregate_telemetry
+
+    zone, store = settings.zone(), settings.store()
+    relative, refused = zone.telemetry_entries(stage.day)
+    result = aggregate_telemetry(
+        [zone.url(r) for r in relative],
+        landing_root=zone.root,
+        day=stage.day,
+        k=settings.policy.k_min_distinct_users,
+        storage_options=settings.storage_options,
+        values=GroupValues.from_policy(settings.policy),
+        refused=refused,
+    )
+    groups = _ParquetSink(store, stage / f"aggregates/{part_name(0)}", AGGREGATE_SCHEMA)
+    quarantine = _ParquetSink(store, stage / "audit/quarantine/telemetry.parquet", QUARANTINE_SCHEMA)
+    inputs = _ParquetSink(store, stage / "audit/inputs/telemetry.parquet", INPUTS_SCHEMA)
+    try:
+        groups.write(result.groups)
+        quarantine.write(_quarantine_table(result.quarantine))
+        inputs.write(_inputs_table([_hash_input(zone, r) for r in relative]))
+    finally:
+        for sink in (groups, quarantine, inputs):
+            sink.close()
+    counts = asdict(result.counts)
+    store.write_json(stage / TELEMETRY_REPORT, counts)
+    return counts
+
+
+def _hash_input(zone: LandingZone, relative: str) -> InputFile:
+    digest = hashlib.sha256()
+    size = 0
+    with zone.open_binary(relative) as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return InputFile(relative, size, digest.hexdigest())
