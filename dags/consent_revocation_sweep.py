@@ -52,14 +52,14 @@ def consent_revocation_sweep():
     @task(pool=publish_pool())  # one writer at a time with the daily publications
     def sweep(params=None, run_id=None) -> dict:
         """Purge published rows whose consent was withdrawn; returns the sweep's summary."""
-        from consent_gate.sweep import sweep_task
+        from consent_gate.airflow_tasks import sweep_task
 
         return sweep_task(params, run_id)
 
     @task(outlets=[CONTENT])
     def announce_purges(summary: dict, outlet_events=None) -> dict:
         """One content event per rewritten day (its partition key); skipped when no day changed."""
-        from consent_gate.sweep import announce_task
+        from consent_gate.airflow_tasks import announce_task
 
         return announce_task(summary, outlet_events)
 

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consent_gate.consent import GRANT, NONE, REVOKE, ConsentStoreError, subject_key, take_snapshot, to_ns
+from consent_gate.consent import GRANT, NONE, REVOKE, ConsentStoreError, subject_key, to_ns
+from consent_gate.consent_vector import take_snapshot
 from tests import reference
 from tests.builders import at, consent_row, snapshot, write_consent_db
 

@@ -15,14 +15,16 @@ import pytest
 
 from consent_gate.cli import main
 from consent_gate.config import Policy, RunSettings
-from consent_gate.consent import COLUMNS, ConsentStoreError, FutureAsOf, take_snapshot
+from consent_gate.consent import COLUMNS, ConsentStoreError, FutureAsOf
+from consent_gate.consent_vector import take_snapshot
+from consent_gate.errors import SweepError
 from consent_gate.keys import Keyer
 from consent_gate.pipeline import run_day
 from consent_gate.publication import publish_stage
 from consent_gate.records import parse_timestamp
 from consent_gate.runs import as_of_for_run
 from consent_gate.steps import aggregate_day, gate_content, snapshot_consent
-from consent_gate.sweep import SweepError, sweep
+from consent_gate.sweep import sweep
 from consent_gate.validation import validate_stage
 from consent_gate.verify import VerificationError
 from tests.builders import sample_identities

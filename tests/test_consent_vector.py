@@ -19,12 +19,11 @@ from consent_gate.consent import (
     ConsentStoreError,
     snapshot_from_rows,
     subject_key,
-    take_snapshot,
     take_snapshot_rowwise,
     to_ns,
 )
 from consent_gate.consent_store import ARROW_SCHEMA
-from consent_gate.consent_vector import snapshot_from_table
+from consent_gate.consent_vector import snapshot_from_table, take_snapshot
 from tests.builders import at, consent_row, ts, write_consent_db
 
 pytestmark = pytest.mark.unit
@@ -148,8 +147,8 @@ def test_the_store_reader_and_the_reference_agree_on_a_real_sqlite_store(tmp_pat
 @settings(max_examples=60, deadline=None)
 @given(rows=consent_tables(), as_of=instants, since=st.one_of(st.none(), instants))
 def test_the_vectorized_keyed_consent_of_the_sweep_equals_the_row_wise_one(rows, as_of, since):
+    from consent_gate.keyed_consent import keyed_consent, keyed_consent_table
     from consent_gate.keys import Keyer
-    from consent_gate.sweep import keyed_consent, keyed_consent_table
 
     keyer = Keyer(b"k" * 32)
     try:

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consent_gate.config import Policy, RunSettings
-from consent_gate.consent import COLUMNS, ConsentStoreError, subject_key, take_snapshot, to_ns
+from consent_gate.consent import COLUMNS, ConsentStoreError, subject_key, to_ns
+from consent_gate.consent_vector import take_snapshot
 from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
 from consent_gate.sample import write_consent_events

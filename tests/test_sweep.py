@@ -22,11 +22,12 @@ from consent_gate.cli import main
 from consent_gate.config import Policy, RunSettings
 from consent_gate.consent import COLUMNS, subject_key
 from consent_gate.gate import CONTENT_SCHEMA
+from consent_gate.keyed_consent import keyed_consent, withdrawal_reasons
 from consent_gate.keys import Keyer
 from consent_gate.pipeline import RunOutcome, run_day
 from consent_gate.publish import OutputStore
 from consent_gate.records import parse_timestamp
-from consent_gate.sweep import SweepOutcome, keyed_consent, sweep, withdrawal_reasons
+from consent_gate.sweep import SweepOutcome, sweep
 from tests.builders import at, consent_row, sample_identities, sample_secrets
 
 pytestmark = pytest.mark.integration
@@ -430,7 +431,8 @@ def test_keyed_consent_lists_what_came_into_force_since_the_watermark():
 
 @pytest.mark.unit
 def test_latency_is_counted_from_recorded_at_to_the_purge():
-    from consent_gate.sweep import Revocation, _latencies
+    from consent_gate.keyed_consent import Revocation
+    from consent_gate.sweep import _latencies
 
     revocation = Revocation("user\x1fk", "user", "*", at(0), at(5))
     (entry,) = _latencies({revocation: 3}, at(61))

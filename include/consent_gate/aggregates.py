@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from consent_gate.config import Policy
 from consent_gate.records import (
     MalformedRecord,
     Quarantined,
@@ -47,6 +48,8 @@ from consent_gate.records import (
     require_object,
     require_str,
 )
+from consent_gate.sources import open_no_follow
+from consent_gate.verify import connect
 
 AGGREGATE_SCHEMA = pa.schema(
     [
@@ -130,8 +133,6 @@ class GroupValues:
 
 
 def default_group_values() -> GroupValues:
-    from consent_gate.config import Policy
-
     return GroupValues.from_policy(Policy())
 
 
@@ -216,8 +217,6 @@ class _TelemetryFile:
     def _open(self) -> Iterator[Any]:
         protocol, path = fsspec.core.split_protocol(self.url)
         if protocol in (None, "file", "local"):
-            from consent_gate.sources import open_no_follow
-
             with open_no_follow(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as handle:
                 yield handle
         else:
@@ -418,8 +417,6 @@ WHERE e.differ ORDER BY s.file, s.line
 
 def _publish_groups(day_groups: _DayGroups, k: int, units: list[str], spill: str) -> pa.Table:
     """Duplicates, conflicts and groups in DuckDB; groups with at least k distinct users, the rest counted."""
-    from consent_gate.verify import connect
-
     counts = day_groups.counts
     dt = day_groups.day.isoformat()
     connection = connect(spill)

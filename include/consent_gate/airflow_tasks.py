@@ -1,4 +1,5 @@
-"""The bodies of the DAG's tasks: a few lines each around `pipeline`, testable with Airflow installed.
+"""The bodies of the DAGs' tasks: a few lines each around `steps`, `publication` and `sweep`, testable
+with Airflow installed. The clock is read here, at the edge, and passed in.
 
 Stages travel between tasks as small dicts ({"day", "attempt"}): paths, never data frames.
 """
@@ -7,12 +8,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from consent_gate import errors, publication, steps
+from consent_gate.config import utc_now
 from consent_gate.layout import Stage, attempts_folder, manifest_path
+from consent_gate.publish import InterruptedPublication
 from consent_gate.runs import as_of_for_run, partition_for_run, settings_from_airflow
+from consent_gate.sweep import sweep
 from consent_gate.validation import validate_stage
 
 log = logging.getLogger(__name__)
@@ -76,8 +80,6 @@ def publish_task(payload: dict[str, Any], outlet_events: Any = None) -> str:
     Once published, the day's asset events get the day as partition key and the manifest's figures."""
     from airflow.exceptions import AirflowFailException
 
-    from consent_gate.publish import InterruptedPublication
-
     settings = replace(settings_from_airflow(), allow_shrink=payload.get("allow_shrink") is True)
     stage = _stage(payload)
     try:
@@ -103,3 +105,38 @@ def end_attempt_task(payload: dict[str, str]) -> str | None:
     evidence = publication.record_failed_attempt(settings, stage, "the run ended without publishing this attempt")
     log.info("attempt %s of %s ended; evidence: %s", stage.attempt, stage.day.isoformat(), evidence)
     return evidence
+
+
+# --- the revocation sweep's DAG ------------------------------------------------------------------
+
+
+def sweep_task(params: Any, run_id: str | None = None) -> dict[str, Any]:
+    """The DAG's task: settings from Airflow, as_of = now unless the `as_of` param pins it."""
+    params = params or {}
+    settings = settings_from_airflow()
+    as_of = as_of_for_run(params.get("as_of"), utc_now())
+    outcome = sweep(
+        settings.store(), settings.consent_db, settings.secret, as_of, full=bool(params.get("full")),
+        max_stage_age=timedelta(hours=settings.policy.max_stage_age_hours), dag_run_id=run_id,
+    )  # fmt: skip
+    return {
+        "sweep_id": outcome.sweep_id,
+        "mode": outcome.mode,
+        "days_rewritten": len(outcome.purges),
+        "rows_removed": outcome.rows_removed,
+        "abandoned_stages_deleted": outcome.abandoned_stages_deleted,
+        "log": f"{settings.out}/{outcome.log_path}",
+    }
+
+
+def announce_task(summary: dict[str, Any], outlet_events: Any) -> dict[str, Any]:
+    """The DAG's announcing task: one content event per day the sweep rewrote. A sweep that changed no
+    day emits nothing (the task is skipped), so consumers run only when published data changed."""
+    from airflow.exceptions import AirflowSkipException
+
+    from consent_gate.assets import announce_sweep
+
+    if not summary.get("days_rewritten"):
+        raise AirflowSkipException("the sweep rewrote no day: nothing to announce")
+    settings = settings_from_airflow()
+    return announce_sweep(outlet_events, settings.store(), settings.out, summary)

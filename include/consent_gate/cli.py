@@ -188,7 +188,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from consent_gate.consent import ConsentStoreError
-    from consent_gate.sweep import SweepError, sweep
+    from consent_gate.errors import SweepError
+    from consent_gate.sweep import sweep
 
     settings = settings_from(args)
     as_of = refuse_future_as_of(args.as_of, datetime.now(UTC), "--as-of") if args.as_of else datetime.now(UTC)

@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,16 @@ if TYPE_CHECKING:  # storage classes: imported when a run asks for them, not whe
     from consent_gate.sources import LandingZone
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+# The clock is read at the edges (the command line, the Airflow task bodies) and passed in: logic that
+# needs "now" takes a `clock`, so tests pin instants and one run reads one timeline.
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 DEFAULT_POLICY_FILE = PROJECT_ROOT / "policy.yaml"
 
 

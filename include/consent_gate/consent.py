@@ -154,6 +154,30 @@ def _cell_timestamp(value: Any, field_name: str) -> datetime:
     return parse_timestamp(value, field_name)
 
 
+_POSITION = {name: i for i, name in enumerate(COLUMNS)}
+
+
+def cell(row: Sequence[Any], column: str) -> Any:
+    """A consent row's value by column name (rows arrive as tuples in COLUMNS order)."""
+    return row[_POSITION[column]]
+
+
+def visible_at(row: Sequence[Any], as_of: datetime) -> bool:
+    """Whether a consent row counts at `as_of`: the one rule for the snapshot and the sweep.
+
+    Another purpose's consent never decides ai_training; a row recorded after `as_of` is not visible
+    yet, readable or not. A row whose recorded_at cannot be read is visible: it then fails closed as
+    unreadable, rather than being silently dropped.
+    """
+    purpose = cell(row, "purpose")
+    if isinstance(purpose, str) and purpose != PURPOSE:
+        return False
+    try:
+        return _cell_timestamp(cell(row, "recorded_at"), "recorded_at") <= as_of
+    except MalformedRecord:
+        return True
+
+
 def parse_consent_row(row: Sequence[Any]) -> ConsentEvent:
     """One consent_events row, strictly; raises MalformedRecord naming the field."""
     values = dict(zip(COLUMNS, row, strict=True))
@@ -215,15 +239,9 @@ class _SnapshotBuilder:
         self._last_listed = False
 
     def add(self, row: Sequence[Any]) -> None:
-        purpose = row[3]
-        if isinstance(purpose, str) and purpose != PURPOSE:
-            return  # another purpose's consent never decides ai_training
-        try:
-            recorded_at = _cell_timestamp(row[7], "recorded_at")
-            if recorded_at > self.as_of:
-                return  # not yet recorded at as_of: invisible, readable or not
-        except MalformedRecord:
-            pass  # cannot tell when it was recorded: treat as visible, and unreadable below
+        if not visible_at(row, self.as_of):
+            return
+        purpose = cell(row, "purpose")
         self.visible += 1
         for i, word in enumerate(row_digest_parts(row)):
             self.digest_sums[i] += word
@@ -358,24 +376,6 @@ def read_consent_rows(url: str, batch_size: int = 50_000) -> Iterator[tuple[Any,
                 yield from (tuple(row) for row in chunk)
         finally:
             cursor.close()
-
-
-def take_snapshot(url: str, as_of: datetime, *, purpose: str = "snapshot") -> ConsentSnapshot:
-    """The consent visible at `as_of` in the store at `url`, read column-wise and judged vectorized."""
-    from consent_gate.consent_store import consent_batches
-    from consent_gate.consent_vector import snapshot_from_table
-
-    with consent_batches(url, purpose=purpose) as batches:
-        return snapshot_from_table(batches, as_of)
-
-
-def take_subject_snapshot(url: str, as_of: datetime, subject_ids: set[str], *, purpose: str) -> ConsentSnapshot:
-    """The consent of the named subject ids only (an indexed look-up, with every row sharing one of their
-    event_ids), judged like the whole store; rows of other subjects are never read."""
-    from consent_gate.consent_store import read_subject_rows
-    from consent_gate.consent_vector import snapshot_from_table
-
-    return snapshot_from_table(read_subject_rows(url, subject_ids, purpose=purpose), as_of)
 
 
 def take_snapshot_rowwise(url: str, as_of: datetime) -> ConsentSnapshot:

@@ -37,6 +37,7 @@ from consent_gate.consent import (
     checksum_of,
     to_ns,
 )
+from consent_gate.consent_store import consent_batches, read_subject_rows
 
 SNAPSHOT_SCHEMA = pa.schema(
     [
@@ -343,3 +344,15 @@ def read_snapshot_events(path: str, subjects: Iterable[str] | None) -> pa.Table:
 
 def content_type_name(code: int) -> str:
     return CONTENT_TYPES[code]
+
+
+def take_snapshot(url: str, as_of: datetime, *, purpose: str = "snapshot") -> ConsentSnapshot:
+    """The consent visible at `as_of` in the store at `url`, read column-wise and judged vectorized."""
+    with consent_batches(url, purpose=purpose) as batches:
+        return snapshot_from_table(batches, as_of)
+
+
+def take_subject_snapshot(url: str, as_of: datetime, subject_ids: set[str], *, purpose: str) -> ConsentSnapshot:
+    """The consent of the named subject ids only (an indexed look-up, with every row sharing one of their
+    event_ids), judged like the whole store; rows of other subjects are never read."""
+    return snapshot_from_table(read_subject_rows(url, subject_ids, purpose=purpose), as_of)

@@ -26,3 +26,7 @@ def os_reason(error: OSError) -> str:
     """An OSError in a few words, without the paths it names."""
     code = errno.errorcode.get(error.errno or 0, type(error).__name__)
     return f"{code}: {error.strerror}" if error.strerror else code
+
+
+class SweepError(RuntimeError):
+    """Published data the sweep cannot evaluate: it stops rather than guess."""

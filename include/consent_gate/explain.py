@@ -16,6 +16,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from consent_gate.consent import GRANT, NONE, ConsentSnapshot, subject_key, to_ns
+from consent_gate.consent_vector import take_subject_snapshot
 from consent_gate.gate import required_subjects, structural_reason
 from consent_gate.keys import Keyer
 from consent_gate.layout import audit_day, content_day, manifest_path
@@ -64,8 +65,6 @@ def _find(store: OutputStore, relative: str, artifact_id: str) -> dict[str, Any]
 def explain_with_settings(settings: RunSettings, day: date, artifact_id: str, now: datetime) -> Explanation:
     """`explain` against a deployment's output, landing zone and consent store (the command line and the
     auditors' page give the same answer): only the required subjects' consent rows are read."""
-    from consent_gate.consent import take_subject_snapshot
-
     return explain(
         settings.store(), day, artifact_id, zone=settings.zone(),
         consent_at=lambda as_of, ids: take_subject_snapshot(settings.consent_db, as_of, ids, purpose="explain"),

@@ -19,9 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-# Parquet written by the pipeline and the sweep: one setting, so rewritten files match published ones.
-PARQUET_OPTIONS = {"compression": "zstd"}
-
 CONTENT = "content"
 AGGREGATES = "aggregates"
 AUDIT = "_audit"

@@ -11,9 +11,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from consent_gate import audit
 from consent_gate.checks import staged_counts
 from consent_gate.config import RunSettings
@@ -26,7 +23,6 @@ from consent_gate.gate import (
 from consent_gate.layout import (
     AUDIT,
     CHECKS_REPORT,
-    PARQUET_OPTIONS,
     RUN_RECORD,
     Stage,
     aggregates_day,
@@ -40,6 +36,7 @@ from consent_gate.layout import (
     manifest_path,
 )
 from consent_gate.manifest import build_manifest, read_manifest
+from consent_gate.parquet import merge_parquet
 from consent_gate.publish import (
     JOURNAL,
     InterruptedPublication,
@@ -52,16 +49,8 @@ from consent_gate.publish import (
     versioned_names,
 )
 from consent_gate.steps import INPUTS_SCHEMA, QUARANTINE_SCHEMA
-from consent_gate.sweep import withhold_withdrawn
+from consent_gate.unpublished import withhold_withdrawn
 from consent_gate.validation import validate_stage
-
-
-def _merge_parquet(store: OutputStore, sources: list[str], target: str, schema: pa.Schema) -> None:
-    """Concatenate a stage's part files into one audit file (always written, even when empty)."""
-    with store.open(target, "wb") as handle, pq.ParquetWriter(handle, schema, **PARQUET_OPTIONS) as writer:
-        for path in sources:
-            with store.open(path) as source:
-                writer.write_table(pq.read_table(source, schema=schema))
 
 
 def _finish_audit(settings: RunSettings, stage: Stage) -> None:
@@ -74,7 +63,7 @@ def _finish_audit(settings: RunSettings, stage: Stage) -> None:
         "speakers": SPEAKERS_SCHEMA,
     }
     for name, schema in evidence.items():
-        _merge_parquet(store, store.files(stage / f"audit/{name}", ".parquet"), stage / f"audit/{name}.parquet", schema)
+        merge_parquet(store, store.files(stage / f"audit/{name}", ".parquet"), stage / f"audit/{name}.parquet", schema)
         store.remove(stage / f"audit/{name}")
 
 

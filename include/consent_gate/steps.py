@@ -15,14 +15,23 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 import consent_gate
+from consent_gate.aggregates import AGGREGATE_SCHEMA, GroupValues, aggregate_telemetry
 from consent_gate.config import PROJECT_ROOT, RunSettings
 from consent_gate.consent import ConsentSnapshot, refuse_future_as_of, subject_key
+from consent_gate.consent_store import consent_batches
+from consent_gate.consent_vector import (
+    SnapshotSummary,
+    file_sha256,
+    pseudonym,
+    pseudonym_pepper,
+    read_snapshot_events,
+    snapshot_from_events,
+    write_snapshot_file,
+)
 from consent_gate.errors import GateCheckFailed, RunRefused, os_reason
 from consent_gate.gate import (
     CONTENT_SCHEMA,
@@ -35,7 +44,6 @@ from consent_gate.gate import (
 )
 from consent_gate.keys import Keyer
 from consent_gate.layout import (
-    PARQUET_OPTIONS,
     RUN_RECORD,
     SNAPSHOT_FILE,
     TELEMETRY_REPORT,
@@ -45,11 +53,12 @@ from consent_gate.layout import (
     new_id,
     part_name,
 )
+from consent_gate.parquet import ParquetSink
 from consent_gate.publish import (
     OutputStore,
 )
 from consent_gate.records import Quarantined, parse_timestamp
-from consent_gate.sources import Artifact, InputFile, LandingZone, read_meeting
+from consent_gate.sources import Artifact, InputFile, LandingZone, NotARegularFile, read_meeting
 
 QUARANTINE_SCHEMA = pa.schema([("unit", pa.string()), ("error", pa.string())])
 
@@ -119,8 +128,6 @@ def snapshot_consent(
 
 def require_arrivals(zone: LandingZone, day: date) -> None:
     """Raise RunRefused unless the day has at least one meeting folder entry or telemetry file."""
-    from consent_gate.sources import NotARegularFile
-
     try:
         meetings = zone.meeting_folders(day)
         telemetry, refused = zone.telemetry_entries(day)
@@ -138,9 +145,6 @@ def _write_run_record(
     dag_run_id: str | None, progress: Progress | None,
 ) -> None:  # fmt: skip
     import tempfile
-
-    from consent_gate.consent_store import consent_batches
-    from consent_gate.consent_vector import pseudonym_pepper, write_snapshot_file
 
     with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as local:
         path = f"{local}/snapshot.parquet"
@@ -177,14 +181,6 @@ def load_snapshot(settings: RunSettings, stage: Stage, subjects: set[str]) -> Co
     import tempfile
 
     from consent_gate.consent import UnreadableConsentRow
-    from consent_gate.consent_vector import (
-        SnapshotSummary,
-        file_sha256,
-        pseudonym,
-        pseudonym_pepper,
-        read_snapshot_events,
-        snapshot_from_events,
-    )
 
     store = settings.store()
     recorded = store.read_json(stage / RUN_RECORD)["consent"]
@@ -264,52 +260,6 @@ def shard_of(meeting_folder: str, shards: int) -> int:
     return int.from_bytes(digest[:8], "big") % shards
 
 
-class _ParquetSink:
-    """Streams record batches into one Parquet file of the stage; opens it lazily.
-
-    Small writes (one meeting's quarantine or input files) are buffered up to `ROW_GROUP_ROWS` rows or
-    `ROW_GROUP_BYTES` and written as one row group: one tiny row group per meeting made every later
-    reader of the file (reconciliation, the audit merge) pay per-row-group overhead, in time and memory.
-    """
-
-    ROW_GROUP_ROWS = 65_536
-    ROW_GROUP_BYTES = 16 << 20
-
-    def __init__(self, store: OutputStore, relative: str, schema: pa.Schema) -> None:
-        self.store, self.relative, self.schema = store, relative, schema
-        self._handle: Any = None
-        self._writer: pq.ParquetWriter | None = None
-        self._buffer: list[pa.Table] = []
-        self._buffered = (0, 0)  # rows, bytes
-        self.rows = 0
-
-    def write(self, table: pa.Table) -> None:
-        if table.num_rows == 0:
-            return
-        self._buffer.append(table)
-        self._buffered = (self._buffered[0] + table.num_rows, self._buffered[1] + table.nbytes)
-        self.rows += table.num_rows
-        if self._buffered[0] >= self.ROW_GROUP_ROWS or self._buffered[1] >= self.ROW_GROUP_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._buffer:
-            return
-        if self._writer is None:
-            self._handle = self.store.open(self.relative, "wb")
-            self._writer = pq.ParquetWriter(self._handle, self.schema, **PARQUET_OPTIONS)
-        self._writer.write_table(pa.concat_tables(self._buffer))
-        self._buffer, self._buffered = [], (0, 0)
-
-    def close(self) -> None:
-        try:
-            self._flush()
-        finally:
-            if self._writer is not None:
-                self._writer.close()
-                self._handle.close()
-
-
 def gate_content(
     settings: RunSettings, stage: Stage, *, shard: int = 0, shards: int = 1, progress: Progress | None = None
 ) -> ContentReport:
@@ -318,11 +268,11 @@ def gate_content(
     keyer = Keyer(settings.secret)
     folders = [f for f in zone.meeting_folders(stage.day) if shard_of(f, shards) == shard]
     snapshot = load_snapshot(settings, stage, day_subjects(zone, folders))
-    content = _ParquetSink(store, stage / f"content/{part_name(shard)}", CONTENT_SCHEMA)
-    excluded = _ParquetSink(store, stage / f"audit/excluded/{part_name(shard)}", EXCLUDED_SCHEMA)
-    quarantine = _ParquetSink(store, stage / f"audit/quarantine/{part_name(shard, 'content')}", QUARANTINE_SCHEMA)
-    inputs = _ParquetSink(store, stage / f"audit/inputs/{part_name(shard, 'meetings')}", INPUTS_SCHEMA)
-    speakers = _ParquetSink(store, stage / f"audit/speakers/{part_name(shard)}", SPEAKERS_SCHEMA)
+    content = ParquetSink(store, stage / f"content/{part_name(shard)}", CONTENT_SCHEMA)
+    excluded = ParquetSink(store, stage / f"audit/excluded/{part_name(shard)}", EXCLUDED_SCHEMA)
+    quarantine = ParquetSink(store, stage / f"audit/quarantine/{part_name(shard, 'content')}", QUARANTINE_SCHEMA)
+    inputs = ParquetSink(store, stage / f"audit/inputs/{part_name(shard, 'meetings')}", INPUTS_SCHEMA)
+    speakers = ParquetSink(store, stage / f"audit/speakers/{part_name(shard)}", SPEAKERS_SCHEMA)
     report = ContentReport(meetings=len(folders))
     batch: list[Artifact] = []
     reasons: Counter[str] = Counter()  # counted as decided; the reconciliation recounts from the files
@@ -373,8 +323,6 @@ def _inputs_table(files: list[InputFile]) -> pa.Table:
 
 def aggregate_day(settings: RunSettings, stage: Stage) -> dict[str, int]:
     """Aggregate the day's telemetry into staged groups; the counts go to the stage."""
-    from consent_gate.aggregates import AGGREGATE_SCHEMA, GroupValues, aggregate_telemetry
-
     zone, store = settings.zone(), settings.store()
     relative, refused = zone.telemetry_entries(stage.day)
     result = aggregate_telemetry(
@@ -386,9 +334,9 @@ def aggregate_day(settings: RunSettings, stage: Stage) -> dict[str, int]:
         values=GroupValues.from_policy(settings.policy),
         refused=refused,
     )
-    groups = _ParquetSink(store, stage / f"aggregates/{part_name(0)}", AGGREGATE_SCHEMA)
-    quarantine = _ParquetSink(store, stage / "audit/quarantine/telemetry.parquet", QUARANTINE_SCHEMA)
-    inputs = _ParquetSink(store, stage / "audit/inputs/telemetry.parquet", INPUTS_SCHEMA)
+    groups = ParquetSink(store, stage / f"aggregates/{part_name(0)}", AGGREGATE_SCHEMA)
+    quarantine = ParquetSink(store, stage / "audit/quarantine/telemetry.parquet", QUARANTINE_SCHEMA)
+    inputs = ParquetSink(store, stage / "audit/inputs/telemetry.parquet", INPUTS_SCHEMA)
     try:
         groups.write(result.groups)
         quarantine.write(_quarantine_table(result.quarantine))

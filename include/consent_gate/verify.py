@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from consent_gate.consent_store import ConsentStoreError, consent_batches, read_subject_rows
 from consent_gate.keys import Keyer
 from consent_gate.layout import content_day
 from consent_gate.publish import OutputStore
+from consent_gate.records import parse_timestamp
 
 CONSENT_COLUMNS = (
     "event_id", "subject_type", "subject_id", "purpose", "content_type",
@@ -97,8 +99,6 @@ def _consent_rows(
 ) -> Iterator[list[dict[str, Any]]]:
     """consent_events in batches, each subject replaced by its keyed hash: only the rows of `subject_ids`
     (and rows sharing their event_ids: an indexed look-up) when given, else the whole table."""
-    from consent_gate.consent_store import ConsentStoreError, consent_batches, read_subject_rows
-
     try:
         if subject_ids is not None:
             table = read_subject_rows(url, subject_ids, purpose="verify")
@@ -338,8 +338,6 @@ def verify_stage(
     `subject_ids` only when given (the subjects the landing zone's meetings name; a row needing anyone
     else finds no grant and fails), else the whole store. A row whose own subject cannot be read is not
     found by subject: the run's snapshot, which read every row, has already failed on it."""
-    from consent_gate.records import parse_timestamp
-
     as_of = parse_timestamp(store.read_json(f"{stage_root}/run.json")["consent"]["as_of"], "as_of")
     files = store.files(f"{stage_root}/content", ".parquet")
     return verify_files(store, files, consent_db, as_of, Keyer(secret), subject_ids=subject_ids)

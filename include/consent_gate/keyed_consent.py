@@ -1,0 +1,260 @@
+"""Current consent by keyed subject, and which published rows it no longer allows (SPEC §3, §7).
+
+Published rows hold keyed hashes, not raw ids, so current consent is read with every subject id
+replaced by its key: the same `ConsentSnapshot` then answers SPEC §3's question (granted both at
+capture and at `as_of`) for a published row's `account_keys` and `user_keys`. Used by the revocation
+sweep (published days) and by publication (no resurrection: `unpublished.withhold_withdrawn`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from consent_gate.consent import (
+    COLUMNS,
+    DUPLICATE_ERROR,
+    PURPOSE,
+    SUBJECT_TYPES,
+    ConsentSnapshot,
+    cell,
+    parse_consent_row,
+    snapshot_from_rows,
+    subject_key,
+    to_ns,
+    visible_at,
+)
+from consent_gate.consent_store import read_changed_rows, read_consent_table, read_subject_rows
+from consent_gate.consent_vector import judged_snapshot
+from consent_gate.errors import SweepError
+from consent_gate.gate import WITHDRAWN_SCHEMA
+from consent_gate.keys import Keyer
+from consent_gate.records import MalformedRecord, parse_timestamp
+from consent_gate.sources import CONTENT_TYPE_OF
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A revocation that came into force since the watermark; `subject` is a keyed subject_key."""
+
+    subject: str
+    subject_type: str
+    content_type: str  # one of CONTENT_TYPES or '*'
+    recorded_at: datetime
+    in_force_at: datetime  # max(recorded_at, effective_at): from when it can remove anything
+
+
+@dataclass
+class KeyedConsent:
+    """The consent visible at `as_of` by keyed subject, and what changed since `since`."""
+
+    snapshot: ConsentSnapshot
+    since: datetime | None  # None: everything visible counts as changed (a full sweep)
+    revocations: list[Revocation] = field(default_factory=list)
+    fail_closed: set[str] = field(default_factory=set)  # keyed subjects named by unreadable rows
+
+    @property
+    def affected(self) -> set[str]:
+        return {r.subject for r in self.revocations} | self.fail_closed
+
+
+def _instant(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo is not None else None
+    try:
+        return parse_timestamp(value, "recorded_at")
+    except MalformedRecord:
+        return None
+
+
+def _keyed_subject(row: Sequence[Any], keyer: Keyer) -> str | None:
+    subject_type, subject_id = cell(row, "subject_type"), cell(row, "subject_id")
+    if subject_type in SUBJECT_TYPES and isinstance(subject_id, str) and subject_id:
+        return keyer.key(subject_type, subject_id)
+    return None
+
+
+def keyed_consent(rows: Iterable[Sequence[Any]], keyer: Keyer, as_of: datetime, since: datetime | None) -> KeyedConsent:
+    """A snapshot of `rows` (COLUMNS order, by event_id) at `as_of`, with subject ids replaced by keys.
+
+    Also collects the revocations in force in (`since`, `as_of`] and the subjects made not consented
+    by unreadable rows recorded then (all of them when `since` is None).
+    """
+    as_of = as_of.astimezone(UTC)
+    revocations: list[Revocation] = []
+    fail_closed: set[str] = set()
+
+    def changed(instant: datetime | None) -> bool:
+        if instant is None:
+            return True  # cannot tell when: count it as new, fail closed
+        return instant <= as_of and (since is None or instant > since)
+
+    def keyed_rows() -> Iterator[tuple[Any, ...]]:
+        last_id: Any = None
+        last_key: str | None = None
+        for row in rows:
+            key = _keyed_subject(row, keyer)
+            event_id, subject_type = cell(row, "event_id"), cell(row, "subject_type")
+            keyed_key = subject_key(subject_type, key) if key is not None else None
+            yield tuple(
+                key if name == "subject_id" and key is not None else value
+                for name, value in zip(COLUMNS, row, strict=True)
+            )
+            if not visible_at(row, as_of):
+                continue  # ignored or invisible: the snapshot's own rule
+            purpose, recorded = cell(row, "purpose"), _instant(cell(row, "recorded_at"))
+            duplicate = event_id is not None and event_id == last_id
+            try:
+                if purpose is None or duplicate:
+                    raise MalformedRecord("event_id" if duplicate else "purpose", "unreadable")
+                event = parse_consent_row(row)
+            except MalformedRecord:
+                if keyed_key is not None and (duplicate or changed(recorded)):
+                    fail_closed.add(keyed_key)
+                if duplicate and last_key is not None:
+                    fail_closed.add(last_key)
+            else:
+                in_force = max(event.recorded_at, event.effective_at)
+                if event.decision == "revoke" and keyed_key is not None and changed(in_force):
+                    revocations.append(
+                        Revocation(keyed_key, event.subject_type, event.content_type, event.recorded_at, in_force)
+                    )
+            last_id, last_key = event_id, keyed_key
+
+    snapshot = snapshot_from_rows(keyed_rows(), as_of)
+    return KeyedConsent(snapshot, since, revocations, fail_closed)
+
+
+def read_keyed_consent(url: str, keyer: Keyer, as_of: datetime, since: datetime | None) -> KeyedConsent:
+    """`keyed_consent` of the whole store, read column-wise and judged vectorized (no Python per row
+    but one keyed hash per distinct subject)."""
+    return keyed_consent_table(read_consent_table(url, purpose="sweep"), keyer, as_of, since)
+
+
+def keyed_consent_table(table: pa.Table, keyer: Keyer, as_of: datetime, since: datetime | None) -> KeyedConsent:
+    """The vectorized `keyed_consent`: the same snapshot, revocations in force in (`since`, `as_of`] and
+    subjects failed closed by unreadable rows recorded then (or unreadable when), by duplicated ids always."""
+    as_of = as_of.astimezone(UTC)
+    types, ids = table.column("subject_type"), table.column("subject_id")
+    readable = pc.fill_null(
+        pc.and_(pc.is_in(types, value_set=pa.array(SUBJECT_TYPES)), pc.greater(pc.utf8_length(ids), 0)), False
+    )
+    combined = pc.binary_join_element_wise(types, ids, "\x1f")
+    distinct = pc.unique(pc.filter(combined, readable))
+    keys = pa.array([keyer.key(*pair.split("\x1f", 1)) for pair in distinct.to_pylist()], pa.string())
+    keyed_ids = pc.take(keys, pc.index_in(combined, value_set=distinct))
+    keyed = table.set_column(
+        table.schema.get_field_index("subject_id"), "subject_id", pc.if_else(readable, keyed_ids, ids)
+    )
+    as_of_us = to_ns(as_of) // 1000
+    since_us = "NULL" if since is None else str(to_ns(since.astimezone(UTC)) // 1000)
+    changed = f"(x <= {as_of_us} AND ({since_us} IS NULL OR x > {since_us}))"
+    in_force = "greatest(rec_us, eff_us)"
+    duplicate = "'" + DUPLICATE_ERROR.replace("'", "''") + "'"
+    snapshot, answers = judged_snapshot(
+        keyed,
+        as_of,
+        {
+            "revocations": f"SELECT subject_key, subject_type, content_type, rec_us, {in_force} FROM judged "
+            # the first row of a duplicated id reads well on its own: its revocation counts (its subject
+            # fails closed as well), as in the row-wise reading
+            f"WHERE (error IS NULL OR (error = {duplicate} AND id_rank = 1)) AND decision = 'revoke' "
+            f"AND {changed.replace('x', in_force)} ORDER BY event_id, rn",
+            "fail_closed": "SELECT DISTINCT subject_key FROM judged WHERE error IS NOT NULL AND subject_ok "
+            f"AND (id_count > 1 OR rec_us IS NULL OR {changed.replace('x', 'rec_us')})",
+        },
+    )
+
+    def instant(us: int) -> datetime:
+        return datetime.fromtimestamp(0, UTC) + timedelta(microseconds=us)
+
+    revocations = [
+        Revocation(key, kind, content_type, instant(recorded), instant(force))
+        for key, kind, content_type, recorded, force in answers["revocations"]
+    ]
+    return KeyedConsent(snapshot, since, revocations, {row[0] for row in answers["fail_closed"]})
+
+
+def consent_changed_since(url: str, keyer: Keyer, since: datetime, as_of: datetime) -> KeyedConsent:
+    """The keyed consent at `as_of` of the subjects whose consent may have changed after `since`: rows
+    recorded or effective after it (an indexed range), then all rows of those subjects (by index). Never a
+    pass over the store; `affected` names who may have lost consent."""
+    changed = read_changed_rows(url, since, purpose="no-resurrection: changed rows")
+    relevant = changed.filter(pc.fill_null(pc.invert(pc.and_(
+        pc.is_valid(changed.column("purpose")), pc.not_equal(changed.column("purpose"), PURPOSE)
+    )), True))  # fmt: skip
+    subject_ok = pc.and_(
+        pc.fill_null(pc.is_in(relevant.column("subject_type"), value_set=pa.array(SUBJECT_TYPES)), False),
+        pc.fill_null(pc.greater(pc.utf8_length(relevant.column("subject_id")), 0), False),
+    )
+    if not pc.all(subject_ok).as_py() and relevant.num_rows:
+        raise SweepError("a consent row recorded since the pinned as_of has no readable subject; refusing to publish")
+    subject_ids = set(relevant.column("subject_id").to_pylist())
+    if not subject_ids:
+        return KeyedConsent(snapshot_from_rows([], as_of), since)
+    table = read_subject_rows(url, subject_ids, purpose="no-resurrection: subjects' rows")
+    rows = sorted((tuple(r[c] for c in COLUMNS) for r in table.to_pylist()), key=lambda r: "" if r[0] is None else r[0])
+    return keyed_consent(rows, keyer, as_of, since)
+
+
+def withdrawal_reasons(table: pa.Table, snapshot: ConsentSnapshot, only: set[str] | None = None) -> list[str | None]:
+    """Per published row: None if still eligible under `snapshot` (keyed), else the SPEC §3 reason.
+
+    A row's required subjects are its account_keys and user_keys; each must be granted both at
+    `captured_at` and at the snapshot's `as_of`. A row without any account key fails closed.
+    `only`: evaluate just these (keyed) subjects; the others' consent did not change since the row was gated.
+    """
+    n = table.num_rows
+    if n == 0:
+        return []
+    try:
+        content_types = np.array([CONTENT_TYPE_OF[t] for t in table.column("artifact_type").to_pylist()], dtype=object)
+    except KeyError:
+        raise SweepError("a published row has an unknown artifact_type") from None
+    captured_column = table.column("captured_at")
+    if captured_column.null_count:
+        raise SweepError("a published row has no captured_at")
+    captured = captured_column.cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64()).to_numpy()
+
+    def refused(column: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        lists = table.column(column).combine_chunks()
+        flat = pc.list_flatten(lists).to_pylist()
+        owners = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+        not_ok = np.zeros(n, dtype=bool)
+        present = np.zeros(n, dtype=bool)
+        if flat:
+            subjects = [subject_key(kind, str(k)) for k in flat]
+            ok, _ = snapshot.consented(subjects, list(content_types[owners]), captured[owners])
+            if only is not None:
+                ok |= ~np.fromiter((s in only for s in subjects), dtype=bool, count=len(subjects))
+            not_ok[owners[~ok]] = True
+            present[owners] = True
+        return not_ok, present
+
+    account_refused, has_account = refused("account_keys", "account")
+    user_refused, _ = refused("user_keys", "user")
+    account_refused |= ~has_account
+    return [
+        "account_not_consented" if a else "user_not_consented" if u else None
+        for a, u in zip(account_refused.tolist(), user_refused.tolist(), strict=True)
+    ]
+
+
+def withdrawn_rows(removed: pa.Table, reasons: list[str], withdrawn_by: str, as_of: datetime) -> pa.Table:
+    """The evidence of rows taken out after their gating: no content, the reason and who took them out."""
+    return pa.table(
+        {
+            "artifact_id": removed.column("artifact_id"),
+            "artifact_type": removed.column("artifact_type"),
+            "reason": pa.array(reasons, pa.string()),
+            "withdrawn_by": pa.array([withdrawn_by] * removed.num_rows, pa.string()),
+            "consent_as_of": pa.array([as_of] * removed.num_rows, pa.timestamp("us", tz="UTC")),
+        },
+        schema=WITHDRAWN_SCHEMA,
+    )
