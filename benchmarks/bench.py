@@ -67,18 +67,20 @@ def case_floor(data: Path) -> dict[str, Any]:
 
 
 def case_gate(data: Path, out: Path) -> dict[str, Any]:
+    from consent_gate.config import utc_now
     from consent_gate.pipeline import run_day
     from consent_gate.records import parse_timestamp
 
-    outcome = run_day(_settings(data, out), DAY, parse_timestamp(AS_OF, "as_of"), run_id="bench")
+    outcome = run_day(_settings(data, out), DAY, parse_timestamp(AS_OF, "as_of"), run_id="bench", clock=utc_now)
     return {"published": outcome.manifest["counts"]["content"]["published"]}
 
 
 def case_snapshot(data: Path, out: Path) -> dict[str, Any]:
+    from consent_gate.config import utc_now
     from consent_gate.records import parse_timestamp
     from consent_gate.steps import snapshot_consent
 
-    stage = snapshot_consent(_settings(data, out), DAY, parse_timestamp(AS_OF, "as_of"), run_id="bench")
+    stage = snapshot_consent(_settings(data, out), DAY, parse_timestamp(AS_OF, "as_of"), run_id="bench", clock=utc_now)
     return {"attempt": stage.attempt}
 
 

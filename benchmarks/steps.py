@@ -44,12 +44,13 @@ def _rss_mb() -> float:
 def stage_day(data: Path, out: Path) -> dict[str, Any]:
     from bench import AS_OF, _settings
 
+    from consent_gate.config import utc_now
     from consent_gate.records import parse_timestamp
     from consent_gate.steps import aggregate_day, gate_content, snapshot_consent
 
     settings = _settings(data, out)
     started = time.perf_counter()
-    stage = snapshot_consent(settings, _day(data), parse_timestamp(AS_OF, "as_of"), run_id="steps")
+    stage = snapshot_consent(settings, _day(data), parse_timestamp(AS_OF, "as_of"), run_id="steps", clock=utc_now)
     gate_content(settings, stage)
     aggregate_day(settings, stage)
     return {"attempt": stage.attempt, "seconds": time.perf_counter() - started, "peak_rss_mb": _rss_mb()}

@@ -35,6 +35,34 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
 
 
+NONCONFORMING = "nonconforming"  # a folder name: tests that write invalid manifests on purpose write them there
+
+
+def written_manifests(root: Path) -> list[Path]:
+    """Every manifest version under `root`: published ones and each attempt's (the day's history)."""
+    found = [*root.rglob("_audit/dt=*/manifest.json"), *root.rglob("_audit/dt=*/attempts/*.json")]
+    return sorted(p for p in found if NONCONFORMING not in p.parts)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_manifest_conforms(tmp_path_factory) -> Iterator[None]:
+    """After the session: every manifest the suite produced conforms to docs/manifest.schema.json."""
+    yield
+    import json
+
+    from consent_gate.manifest_schema import manifest_problems
+
+    problems = {}
+    for path in written_manifests(tmp_path_factory.getbasetemp()):
+        try:
+            found = manifest_problems(json.loads(path.read_text()))
+        except ValueError as error:
+            found = [f"not JSON ({type(error).__name__})"]
+        if found:
+            problems[str(path)] = found
+    assert not problems, f"manifests that do not conform to docs/manifest.schema.json: {problems}"
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """Airflow's metadata database, migrated once per session."""

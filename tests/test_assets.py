@@ -10,6 +10,7 @@ from datetime import date
 import pytest
 
 from consent_gate import assets
+from consent_gate.config import utc_now
 from consent_gate.keys import Keyer
 from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
@@ -43,7 +44,7 @@ class RecordedEvents(dict):
 @pytest.fixture
 def published(sample_dir, tmp_path):
     settings = sample_settings(sample_dir, tmp_path)
-    outcome = run_day(settings, DAY, AS_OF, run_id="assets")
+    outcome = run_day(settings, DAY, AS_OF, run_id="assets", clock=utc_now)
     return settings, tmp_path / "consent.db", outcome.manifest
 
 
@@ -103,7 +104,7 @@ def test_a_sweep_announces_each_rewritten_day_keyed_by_day(published, sample_dir
         )  # fmt: skip
     outcome = sweep(
         settings.store(), settings.consent_db, settings.secret, parse_timestamp("2026-11-26T10:00:00Z", "t")
-    )
+    , clock=utc_now)
     summary = {"sweep_id": outcome.sweep_id, "days_rewritten": len(outcome.purges)}
     events = RecordedEvents()
     extra = assets.announce_sweep(events, settings.store(), settings.out, summary)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from consent_gate.audit import REASON_COLOURS, render_day, render_index
+from consent_gate.config import utc_now
 from consent_gate.pipeline import run_day
 from tests.builders import sample_secrets
 from tests.conftest import service_unavailable
@@ -61,7 +62,7 @@ def test_the_index_charts_kept_vs_excluded_by_reason_over_days():
 def audited(sample_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("audited")
     for day in DAYS:
-        run_day(settings_for(sample_dir, out), day, AS_OF, run_id=f"audit-{day}")
+        run_day(settings_for(sample_dir, out), day, AS_OF, run_id=f"audit-{day}", clock=utc_now)
     return out
 
 

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from consent_gate import airflow_local, cli
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.errors import GateCheckFailed
 from consent_gate.keys import Keyer
 from consent_gate.pipeline import run_day
@@ -77,10 +77,10 @@ def evidence(sample_dir, tmp_path_factory) -> Evidence:
         raw=str(sample_dir / "raw"), out=str(out), consent_db=f"sqlite:///{consent_db}", policy=Policy(),
         secret=(sample_dir / "hmac.key").read_bytes(),
     )  # fmt: skip
-    run_day(settings, date.fromisoformat(DAY), AS_OF, run_id="audit", dag_run_id=PUBLISHED_RUN)
+    run_day(settings, date.fromisoformat(DAY), AS_OF, run_id="audit", dag_run_id=PUBLISHED_RUN, clock=utc_now)
     with pytest.raises(GateCheckFailed):  # the sample quarantines a few units: a zero tolerance fails the day
         strict = replace(settings, policy=Policy(max_quarantine_ratio=0.0))
-        run_day(strict, date.fromisoformat(FAILED_DAY), AS_OF, run_id="audit", dag_run_id=FAILED_RUN)
+        run_day(strict, date.fromisoformat(FAILED_DAY), AS_OF, run_id="audit", dag_run_id=FAILED_RUN, clock=utc_now)
     (failed_attempt,) = [p.stem for p in (out / f"_audit/dt={FAILED_DAY}/attempts").glob("*.json")]
 
     published = ds.dataset(out / f"content/dt={DAY}", format="parquet").to_table().to_pylist()

@@ -14,7 +14,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from consent_gate.cli import main
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.consent import COLUMNS, ConsentStoreError, FutureAsOf
 from consent_gate.consent_vector import take_snapshot
 from consent_gate.errors import SweepError
@@ -82,7 +82,7 @@ def _published(sample_dir: Path, tmp_path: Path) -> tuple[Path, Path, RunSetting
     out = tmp_path / "out"
     settings = _settings(sample_dir, db, out)
     keyer = Keyer(settings.secret)
-    run_day(settings, DAY, AS_OF)
+    run_day(settings, DAY, AS_OF, clock=utc_now)
     return db, out, settings, keyer, _busiest_user(sample_dir, out, keyer)
 
 
@@ -103,14 +103,14 @@ def test_a_future_as_of_is_refused_by_the_cli_and_creates_nothing(sample_dir, tm
 def test_a_future_as_of_is_refused_by_run_day_and_the_dag_param(sample_dir, tmp_path):
     settings = _settings(sample_dir, _copy_store(sample_dir, tmp_path), tmp_path / "out")
     with pytest.raises(FutureAsOf):
-        run_day(settings, DAY, parse_timestamp(FUTURE, "as_of"))
+        run_day(settings, DAY, parse_timestamp(FUTURE, "as_of"), clock=utc_now)
     assert not (tmp_path / "out").exists()
     now = datetime.now(UTC)
     with pytest.raises(FutureAsOf, match="param 'as_of'"):
         as_of_for_run(FUTURE, now)
     assert as_of_for_run("2026-11-20T00:00:00Z", now) == AS_OF
     with pytest.raises(SweepError, match="later than now"):
-        sweep(settings.store(), settings.consent_db, settings.secret, parse_timestamp(FUTURE, "as_of"))
+        sweep(settings.store(), settings.consent_db, settings.secret, parse_timestamp(FUTURE, "as_of"), clock=utc_now)
 
 
 def test_a_revoked_subject_with_a_future_dated_grant_is_never_published(sample_dir, tmp_path):
@@ -122,7 +122,7 @@ def test_a_revoked_subject_with_a_future_dated_grant_is_never_published(sample_d
         ("zz_revoke_now", "user", user, "ai_training", "*", "revoke", now, now, "2026-01"),
         ("zz_grant_2030", "user", user, "ai_training", "*", "grant", "2030-01-01T00:00:00Z", now, "2026-01"),
     ])  # fmt: skip
-    stage = snapshot_consent(settings, DAY, AS_OF, run_id="pinned")
+    stage = snapshot_consent(settings, DAY, AS_OF, run_id="pinned", clock=utc_now)
     gate_content(settings, stage)
     aggregate_day(settings, stage)
     assert all(c.passed for c in validate_stage(settings, stage))
@@ -132,13 +132,13 @@ def test_a_revoked_subject_with_a_future_dated_grant_is_never_published(sample_d
     run_json.write_text(json.dumps(run))
     before = (out / f"_audit/dt={DAY}/manifest.json").read_bytes()
     with pytest.raises(SweepError, match="later than now"):
-        publish_stage(settings, stage)
+        publish_stage(settings, stage, clock=utc_now)
     assert (out / f"_audit/dt={DAY}/manifest.json").read_bytes() == before  # the previous version stands
     assert not (out / stage.root).exists()
     with pytest.raises(VerificationError, match="later than now"):
         _verify_future(settings)
     # A run as of now withholds every row of the revoked user, and the sweep agrees.
-    run_day(settings, DAY, datetime.now(UTC))
+    run_day(settings, DAY, datetime.now(UTC), clock=utc_now)
     assert not any(keyer.user(user) in r["user_keys"] for r in _published_keys(out))
 
 
@@ -151,7 +151,7 @@ def _verify_future(settings: RunSettings) -> None:
 def test_explain_refuses_to_evaluate_consent_at_a_future_as_of(sample_dir, tmp_path, capsys):
     out = tmp_path / "out"
     db = _copy_store(sample_dir, tmp_path)
-    run_day(_settings(sample_dir, db, out), DAY, AS_OF)
+    run_day(_settings(sample_dir, db, out), DAY, AS_OF, clock=utc_now)
     manifest_path = out / f"_audit/dt={DAY}/manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["as_of"] = FUTURE  # evidence of a run an older version pinned in the future
@@ -175,7 +175,7 @@ def test_an_out_of_range_consent_instant_fails_its_subject_closed_and_revocation
     out = tmp_path / "out"
     settings = _settings(sample_dir, db, out)
     keyer = Keyer(settings.secret)
-    run_day(settings, DAY, AS_OF)
+    run_day(settings, DAY, AS_OF, clock=utc_now)
     users, _ = sample_identities(sample_dir)
     rows = _published_keys(out)
     published_users = sorted(u for u in users if any(keyer.user(u) in r["user_keys"] for r in rows))
@@ -192,7 +192,7 @@ def test_an_out_of_range_consent_instant_fails_its_subject_closed_and_revocation
         "v",
     )
     _append(db, [far_grant])
-    outcome = run_day(settings, DAY, AS_OF, run_id="far")  # no OutOfBoundsDatetime
+    outcome = run_day(settings, DAY, AS_OF, run_id="far", clock=utc_now)  # no OutOfBoundsDatetime
     unreadable = {r["event_id"]: r["error"] for r in outcome.manifest["consent"]["unreadable_rows"]}
     assert "1900-01-01..2200-01-01" in unreadable["zz_far"]
     after = _published_keys(out)
@@ -200,7 +200,7 @@ def test_an_out_of_range_consent_instant_fails_its_subject_closed_and_revocation
     assert any(keyer.user(revoked) in r["user_keys"] for r in after)
     stamp = _stamp(datetime.now(UTC) - timedelta(seconds=1))
     _append(db, [("zz_revoke", "user", revoked, "ai_training", "*", "revoke", stamp, stamp, "v")])
-    result = sweep(settings.store(), settings.consent_db, settings.secret, datetime.now(UTC))
+    result = sweep(settings.store(), settings.consent_db, settings.secret, datetime.now(UTC), clock=utc_now)
     assert result.rows_removed > 0
     assert not any(keyer.user(revoked) in r["user_keys"] for r in _published_keys(out))
     artifact = after[0]["artifact_id"]
@@ -216,14 +216,14 @@ def test_an_out_of_range_consent_instant_fails_its_subject_closed_and_revocation
 
 def test_the_sweep_deletes_a_young_stage_holding_a_withdrawn_subjects_rows(sample_dir, tmp_path):
     db, out, settings, keyer, user = _published(sample_dir, tmp_path)
-    killed = snapshot_consent(settings, DAY, AS_OF, run_id="killed")  # a run killed after gating
+    killed = snapshot_consent(settings, DAY, AS_OF, run_id="killed", clock=utc_now)  # a run killed after gating
     gate_content(settings, killed)
     other_day = date(2026, 11, 3)
-    quiet = snapshot_consent(settings, other_day, AS_OF, run_id="quiet")  # holds nothing of that user
+    quiet = snapshot_consent(settings, other_day, AS_OF, run_id="quiet", clock=utc_now)  # holds nothing of that user
     assert (out / killed.root / "content/part-0000.parquet").exists()
     stamp = _stamp(datetime.now(UTC) - timedelta(seconds=1))
     _append(db, [("zz_revoke", "user", user, "ai_training", "*", "revoke", stamp, stamp, "v")])
-    result = sweep(settings.store(), settings.consent_db, settings.secret, datetime.now(UTC))
+    result = sweep(settings.store(), settings.consent_db, settings.secret, datetime.now(UTC), clock=utc_now)
     assert result.abandoned_stages_deleted == 1
     assert not (out / killed.root).exists()
     assert (out / quiet.root).exists()  # young, nothing withdrawn: its run ends it
@@ -256,7 +256,7 @@ def test_a_bad_consent_db_url_is_one_line_error(sample_dir, tmp_path, capsys, ur
     for command in (["run", "--date", str(DAY)], ["sweep"], ["verify", "--date", str(DAY)]):
         out = tmp_path / "out"
         if command[0] == "verify":
-            run_day(_settings(sample_dir, _copy_store(sample_dir, tmp_path), out), DAY, AS_OF)
+            run_day(_settings(sample_dir, _copy_store(sample_dir, tmp_path), out), DAY, AS_OF, clock=utc_now)
         code, err = _cli(
             capsys, *command, "--consent-db", url, "--raw", str(sample_dir / "raw"), "--out", str(out),
             "--key-file", str(sample_dir / "hmac.key"),

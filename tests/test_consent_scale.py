@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.consent import COLUMNS
 from consent_gate.consent_store import observe_reads
 from consent_gate.pipeline import run_day
@@ -48,7 +48,7 @@ def test_after_the_snapshot_no_step_reads_the_whole_store(sample_dir, tmp_path):
         secret=(sample_dir / "hmac.key").read_bytes(),
     )  # fmt: skip
     with observe_reads() as reads:
-        run_day(settings, DAY, AS_OF)
+        run_day(settings, DAY, AS_OF, clock=utc_now)
     snapshots = [rows for purpose, rows in reads if purpose == "snapshot"]
     assert snapshots == [total]  # read once, whole
     later = [(purpose, rows) for purpose, rows in reads if purpose != "snapshot"]
@@ -61,7 +61,7 @@ def test_after_the_snapshot_no_step_reads_the_whole_store(sample_dir, tmp_path):
         raw=str(sample_dir / "raw"), out=str(plain), consent_db=f"sqlite:///{sample_dir / 'consent.db'}",
         policy=Policy(), secret=(sample_dir / "hmac.key").read_bytes(),
     )  # fmt: skip
-    run_day(baseline, DAY, AS_OF)
+    run_day(baseline, DAY, AS_OF, clock=utc_now)
     published = ds.dataset(tmp_path / f"out/content/dt={DAY}", format="parquet").to_table().sort_by("artifact_id")
     expected = ds.dataset(plain / f"content/dt={DAY}", format="parquet").to_table().sort_by("artifact_id")
     assert published.num_rows > 0 and published.equals(expected)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from consent_gate.cli import main
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.errors import GateCheckFailed, RunRefused, ShrinkRefused
 from consent_gate.pipeline import run_day
 from tests.builders import (
@@ -136,7 +136,7 @@ def test_a_duplicate_recipient_key_is_quarantined_never_read_last_key_wins(world
     line = line.replace("SENT", ts(at(3)))
     line += '"recipient": "everyone", "text": "meet me later"}'
     good_meeting(raw, "m_0", chat=[chat_line("c1", "p_1"), line])
-    run_day(settings, DAY, AS_OF)
+    run_day(settings, DAY, AS_OF, clock=utc_now)
     errors = quarantine(out)
     unit = f"meetings/dt={DAY}/m_0/chat.jsonl:2"
     assert "field 'recipient': duplicate key" in errors[unit]
@@ -163,7 +163,7 @@ def test_non_strict_json_is_one_quarantined_unit_naming_file_and_field(world, na
     raw, out, settings = world
     folder = good_meeting(raw, "m_1")
     (folder / name).write_text(content)
-    outcome = run_day(settings, DAY, AS_OF)
+    outcome = run_day(settings, DAY, AS_OF, clock=utc_now)
     assert outcome.published
     error = quarantine(out)[f"meetings/dt={DAY}/m_1/{name}"]
     assert f"field '{field}'" in error
@@ -173,7 +173,7 @@ def test_non_strict_json_is_one_quarantined_unit_naming_file_and_field(world, na
 def test_a_lone_surrogate_in_a_chat_line_names_the_line_and_field(world):
     raw, out, settings = world
     good_meeting(raw, "m_2", chat=[chat_line("c1", "p_1"), '{"message_id": "c2", "text": "\\udc00"}'])
-    run_day(settings, DAY, AS_OF)
+    run_day(settings, DAY, AS_OF, clock=utc_now)
     assert quarantine(out)[f"meetings/dt={DAY}/m_2/chat.jsonl:2"] == "field 'text': lone surrogate in a string"
 
 
@@ -184,7 +184,7 @@ def test_a_sent_at_in_year_9999_is_quarantined_not_a_crash(world):
     raw, out, settings = world
     late = {**chat_line("c3", "p_1"), "sent_at": "9999-12-31T23:59:59Z"}
     good_meeting(raw, "m_0", chat=[chat_line("c1", "p_1"), late])
-    run_day(settings, DAY, AS_OF)
+    run_day(settings, DAY, AS_OF, clock=utc_now)
     error = quarantine(out)[f"meetings/dt={DAY}/m_0/chat.jsonl:2"]
     assert "field 'sent_at': timestamp outside 1900-01-01..2200-01-01 UTC" in error
     assert "m_0/chat/c3" not in published_ids(out)
@@ -195,7 +195,7 @@ def test_a_cue_two_million_hours_in_is_quarantined_not_published_in_2254(world):
     transcript = "WEBVTT\n\n00:00:01.000 --> 00:00:02.000\nAda Lovelace: hello\n\n"
     transcript += "2000000:00:00.000 --> 2000000:00:01.000\nAda Lovelace: far away\n\n"
     good_meeting(raw, "m_0", transcript=transcript)
-    run_day(settings, DAY, AS_OF)
+    run_day(settings, DAY, AS_OF, clock=utc_now)
     assert "starts outside the meeting" in quarantine(out)[f"meetings/dt={DAY}/m_0/transcript.vtt#2"]
     captured = pq.read_table(out / f"content/dt={DAY}").column("captured_at").to_pylist()
     assert max(captured).year == 2026
@@ -210,7 +210,7 @@ def test_an_email_in_a_group_key_is_published_as_other_and_never_appears(world):
         telemetry_event(1000 + n, user_id=f"u_{n}", platform=EMAIL, client_version="6.3.0; " + EMAIL) for n in range(12)
     ]
     write_telemetry(raw, events, "part-0002.jsonl.gz")
-    outcome = run_day(settings, DAY, AS_OF)
+    outcome = run_day(settings, DAY, AS_OF, clock=utc_now)
     groups = pq.read_table(out / f"aggregates/dt={DAY}").to_pylist()
     assert {"platform": "other", "client_version": "other", "event_count": 12} in [
         {k: g[k] for k in ("platform", "client_version", "event_count")} for g in groups
@@ -238,7 +238,7 @@ def test_telemetry_delivered_twice_is_counted_once_and_conflicts_are_quarantined
     redelivered = [dict(e, ingested_by="relay-2") for e in first[:10]]  # keys the gate never reads may differ
     conflicting = dict(first[20], platform="ios")
     write_telemetry(raw, redelivered + [conflicting], "part-0002.jsonl.gz")
-    outcome = run_day(settings, DAY, AS_OF)
+    outcome = run_day(settings, DAY, AS_OF, clock=utc_now)
     telemetry = outcome.manifest["counts"]["telemetry"]
     assert telemetry["duplicate"] == 10
     assert telemetry["quarantined"] == 2  # both deliveries of ev_20
@@ -254,7 +254,7 @@ def test_a_meeting_without_participants_is_quarantined_and_its_summary_never_pub
     raw, out, settings = world
     write_meeting(raw, meeting_record("m_0", "acct_1", []),
                   summary={"summary_id": "s1", "generated_at": ts(at(61)), "text": "the whole meeting"})  # fmt: skip
-    run_day(settings, DAY, AS_OF)
+    run_day(settings, DAY, AS_OF, clock=utc_now)
     assert "field 'participants': empty" in quarantine(out)[f"meetings/dt={DAY}/m_0"]
     assert not any(a.startswith("m_0/") for a in published_ids(out))
 
@@ -275,7 +275,7 @@ def test_links_are_never_followed_and_each_is_a_quarantined_unit(world, tmp_path
     (folder / "m_2/transcript.vtt").mkdir()  # a folder named like the file
     elsewhere = good_meeting(tmp_path / "elsewhere", "m_9")
     (folder / "m_9").symlink_to(elsewhere)  # a linked meeting folder
-    outcome = run_day(settings, DAY, AS_OF)
+    outcome = run_day(settings, DAY, AS_OF, clock=utc_now)
     errors = quarantine(out)
     assert "symbolic link" in errors[f"meetings/dt={DAY}/m_0/transcript.vtt"]
     assert "symbolic link" in errors[f"meetings/dt={DAY}/m_1/chat.jsonl"]
@@ -291,7 +291,7 @@ def test_a_linked_telemetry_file_is_not_read_and_fails_the_day(world, tmp_path):
     outside = write_telemetry(tmp_path / "other", [telemetry_event(n) for n in range(5)])
     (raw / f"telemetry/dt={DAY}/part-0009.jsonl.gz").symlink_to(outside)
     with pytest.raises(GateCheckFailed, match="telemetry_files_complete"):
-        run_day(settings, DAY, AS_OF)
+        run_day(settings, DAY, AS_OF, clock=utc_now)
     assert not (out / f"content/dt={DAY}").exists() and leftovers(out) == []
 
 
@@ -304,7 +304,7 @@ def test_a_folder_named_like_an_email_is_quarantined_by_its_hash_only(world):
     (raw / f"meetings/dt={DAY}/m_x").rename(raw / f"meetings/dt={DAY}/{EMAIL}")
     (raw / f"meetings/dt={DAY}/{EMAIL}/meeting.json").write_text(json.dumps(meeting_record(EMAIL, "acct_1", people())))
     (raw / f"meetings/dt={DAY}/m_0" / f"notes-{EMAIL}.txt").write_text("a file named like its owner")
-    run_day(settings, DAY, AS_OF)
+    run_day(settings, DAY, AS_OF, clock=utc_now)
     digests = [hashlib.sha256(name.encode()).hexdigest() for name in (EMAIL, f"notes-{EMAIL}.txt")]
     for digest in digests:
         [(unit, error)] = [(u, e) for u, e in quarantine(out).items() if digest in u]
@@ -319,17 +319,17 @@ def test_a_folder_named_like_an_email_is_quarantined_by_its_hash_only(world):
 
 def test_nothing_arrived_refuses_the_run_and_keeps_the_published_day(world, tmp_path):
     raw, out, settings = world
-    run_day(settings, DAY, AS_OF)
+    run_day(settings, DAY, AS_OF, clock=utc_now)
     before = tree(out)
     empty = RunSettings(**{**settings.__dict__, "raw": str(tmp_path / "no-such-zone")})
     with pytest.raises(RunRefused, match=f"nothing arrived for {DAY}"):
-        run_day(empty, DAY, AS_OF)
+        run_day(empty, DAY, AS_OF, clock=utc_now)
     assert tree(out) == before and leftovers(out) == []
 
 
 def test_a_rerun_with_less_than_half_the_units_needs_allow_shrink(world):
     raw, out, settings = world
-    run_day(settings, DAY, AS_OF)
+    run_day(settings, DAY, AS_OF, clock=utc_now)
     before = tree(out)
     for n in (1, 2, 3):
         for path in sorted((raw / f"meetings/dt={DAY}/m_{n}").iterdir()):
@@ -337,10 +337,10 @@ def test_a_rerun_with_less_than_half_the_units_needs_allow_shrink(world):
         (raw / f"meetings/dt={DAY}/m_{n}").rmdir()
     (raw / f"telemetry/dt={DAY}/part-0001.jsonl.gz").unlink()
     with pytest.raises(ShrinkRefused, match="--allow-shrink"):
-        run_day(settings, DAY, AS_OF)
+        run_day(settings, DAY, AS_OF, clock=utc_now)
     assert_kept(before, out)
     assert leftovers(out) == []
-    outcome = run_day(RunSettings(**{**settings.__dict__, "allow_shrink": True}), DAY, AS_OF)
+    outcome = run_day(RunSettings(**{**settings.__dict__, "allow_shrink": True}), DAY, AS_OF, clock=utc_now)
     assert outcome.published and {a.split("/")[0] for a in published_ids(out)} == {"m_0"}
 
 
@@ -382,7 +382,7 @@ def test_a_truncated_gzip_fails_the_day_whatever_its_name(world, name):
     part = write_telemetry(raw, [telemetry_event(1000 + n, user_id=f"u_{n}") for n in range(900)], name)
     part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
     with pytest.raises(GateCheckFailed, match="telemetry_files_complete"):
-        run_day(settings, DAY, AS_OF)
+        run_day(settings, DAY, AS_OF, clock=utc_now)
     assert not (out / f"content/dt={DAY}").exists() and leftovers(out) == []
     [attempt] = (out / f"_audit/dt={DAY}/attempts").glob("*.json")
     checks = {c["name"]: c for c in json.loads(attempt.read_text())["checks"]}
@@ -435,7 +435,7 @@ def test_a_full_disk_fails_the_run_plainly_and_leaves_no_partial_files(world, sm
     raw, _, settings = world
     out = small_disk / "out"
     settings = RunSettings(**{**settings.__dict__, "out": str(out)})
-    run_day(settings, DAY, AS_OF)
+    run_day(settings, DAY, AS_OF, clock=utc_now)
     before = tree(out)
     _fill(small_disk, leave)
     args = cli_args(settings, tmp_path)
@@ -454,7 +454,7 @@ def test_a_read_only_output_fails_the_run_in_one_line_and_keeps_the_published_da
     raw, _, settings = world
     out = small_disk / "out"
     settings = RunSettings(**{**settings.__dict__, "out": str(out)})
-    run_day(settings, DAY, AS_OF)
+    run_day(settings, DAY, AS_OF, clock=utc_now)
     before = tree(out)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     try:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from consent_gate.checks import reconciliation_checks
 from consent_gate.cli import main
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.errors import RunRefused
 from consent_gate.keys import Keyer
 from consent_gate.publication import record_failed_attempt
@@ -184,7 +184,7 @@ def test_staged_steps_account_for_every_unit_and_stage_only_what_the_reference_a
     try:
         config = _settings(root)
         try:
-            stage = snapshot_consent(config, date.fromisoformat(DAY), AS_OF, run_id="fuzz")
+            stage = snapshot_consent(config, date.fromisoformat(DAY), AS_OF, run_id="fuzz", clock=utc_now)
         except RunRefused as error:  # everything was renamed away: nothing arrived
             assert "\n" not in str(error)
             return
@@ -202,7 +202,7 @@ def test_staged_steps_account_for_every_unit_and_stage_only_what_the_reference_a
             assert not any(name in text for name in ODD_NAMES[:5]), "an invalid name was echoed"
             assert OUTSIDE_TEXT not in text
         finally:
-            record_failed_attempt(config, stage, "fuzz: staged only")
+            record_failed_attempt(config, stage, "fuzz: staged only", clock=utc_now)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -10,6 +10,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from consent_gate import lineage
+from consent_gate.config import utc_now
 from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
 from tests.conftest import sample_settings
@@ -22,7 +23,7 @@ DAY = date(2026, 11, 2)
 @pytest.fixture
 def publication(sample_dir, tmp_path):
     settings = sample_settings(sample_dir, tmp_path)
-    return settings, run_day(settings, DAY, parse_timestamp("2026-11-20T00:00:00Z", "as_of")).manifest
+    return settings, run_day(settings, DAY, parse_timestamp("2026-11-20T00:00:00Z", "as_of"), clock=utc_now).manifest
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.errors import GateCheckFailed
 from consent_gate.gate import CONTENT_SCHEMA, REASONS
 from consent_gate.pipeline import run_day
@@ -33,7 +33,7 @@ def settings_for(sample: Path, out: Path, **policy) -> RunSettings:
 @pytest.fixture(scope="module")
 def published(sample_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    outcome = run_day(settings_for(sample_dir, out), DAY, AS_OF, run_id="test")
+    outcome = run_day(settings_for(sample_dir, out), DAY, AS_OF, run_id="test", clock=utc_now)
     return out, outcome
 
 
@@ -103,15 +103,15 @@ def test_no_raw_id_name_or_email_leaves_the_gate(published, sample_dir):
 
 def test_same_inputs_and_as_of_give_the_same_rows(published, sample_dir, tmp_path):
     out, _ = published
-    run_day(settings_for(sample_dir, tmp_path), DAY, AS_OF, run_id="again")
+    run_day(settings_for(sample_dir, tmp_path), DAY, AS_OF, run_id="again", clock=utc_now)
     first, second = read_content(out), read_content(tmp_path)
     assert first.sort_by("artifact_id").equals(second.sort_by("artifact_id"))
 
 
 def test_a_rerun_replaces_the_day_without_duplicates(sample_dir, tmp_path):
     settings = settings_for(sample_dir, tmp_path)
-    first = run_day(settings, DAY, AS_OF, run_id="one")
-    second = run_day(settings, DAY, AS_OF, run_id="two")
+    first = run_day(settings, DAY, AS_OF, run_id="one", clock=utc_now)
+    second = run_day(settings, DAY, AS_OF, run_id="two", clock=utc_now)
     table = read_content(tmp_path)
     assert table.num_rows == first.manifest["counts"]["content"]["published"]
     assert len(set(table.column("artifact_id").to_pylist())) == table.num_rows
@@ -124,11 +124,11 @@ def test_a_rerun_replaces_the_day_without_duplicates(sample_dir, tmp_path):
 
 
 def test_a_failed_check_publishes_nothing_and_keeps_the_evidence(sample_dir, tmp_path):
-    good = run_day(settings_for(sample_dir, tmp_path), DAY, AS_OF, run_id="good")
+    good = run_day(settings_for(sample_dir, tmp_path), DAY, AS_OF, run_id="good", clock=utc_now)
     before = read_content(tmp_path)
     strict = settings_for(sample_dir, tmp_path, max_quarantine_ratio=0.0)
     with pytest.raises(GateCheckFailed, match="quarantine_ratio"):
-        run_day(strict, DAY, AS_OF, run_id="strict")
+        run_day(strict, DAY, AS_OF, run_id="strict", clock=utc_now)
     assert read_content(tmp_path).equals(before)
     manifest = json.loads((tmp_path / f"_audit/dt={DAY}/manifest.json").read_text())
     assert manifest["attempt"] == good.manifest["attempt"]
@@ -140,10 +140,10 @@ def test_a_failed_check_publishes_nothing_and_keeps_the_evidence(sample_dir, tmp
 
 def test_a_pinned_as_of_before_a_revocation_sees_the_older_consent(sample_dir, tmp_path):
     early = parse_timestamp("2026-11-02T00:00:00Z", "as_of")
-    outcome = run_day(settings_for(sample_dir, tmp_path), DAY, early, run_id="early")
+    outcome = run_day(settings_for(sample_dir, tmp_path), DAY, early, run_id="early", clock=utc_now)
     assert outcome.manifest["as_of"] == early.isoformat()
     assert set(read_content(tmp_path).column("consent_as_of").to_pylist()) <= {early}
-    late = run_day(settings_for(sample_dir, tmp_path / "late"), DAY, AS_OF, run_id="late")
+    late = run_day(settings_for(sample_dir, tmp_path / "late"), DAY, AS_OF, run_id="late", clock=utc_now)
     assert outcome.manifest["consent"]["visible_events"] < late.manifest["consent"]["visible_events"]
 
 
@@ -162,7 +162,7 @@ def test_the_gate_streams_in_bounded_batches_with_identical_results(published, s
 
     monkeypatch.setattr(steps, "decide", recording_decide)
     small = dataclasses.replace(settings_for(sample_dir, tmp_path), batch_size=25)
-    run_day(small, DAY, AS_OF, run_id="small-batches")
+    run_day(small, DAY, AS_OF, run_id="small-batches", clock=utc_now)
     biggest_meeting = 200  # a batch closes at the first meeting that takes it past batch_size
     assert len(seen) > 10 and max(seen) < 25 + biggest_meeting
     assert read_content(tmp_path).sort_by("artifact_id").equals(read_content(out).sort_by("artifact_id"))
@@ -178,7 +178,7 @@ def test_a_telemetry_file_broken_mid_way_blocks_publication(sample_dir, tmp_path
     settings = settings_for(sample_dir, tmp_path / "out")
     settings = RunSettings(**{**settings.__dict__, "raw": str(raw)})
     with pytest.raises(GateCheckFailed, match="telemetry_files_complete"):
-        run_day(settings, DAY, AS_OF, run_id="broken")
+        run_day(settings, DAY, AS_OF, run_id="broken", clock=utc_now)
     assert not (tmp_path / "out/content").exists()
 
 
@@ -187,7 +187,7 @@ def test_reported_exclusion_reasons_must_cover_every_excluded_row(sample_dir, tm
     from consent_gate.steps import aggregate_day, gate_content, snapshot_consent
 
     settings = settings_for(sample_dir, tmp_path)
-    stage = snapshot_consent(settings, DAY, AS_OF, run_id="reasons")
+    stage = snapshot_consent(settings, DAY, AS_OF, run_id="reasons", clock=utc_now)
     gate_content(settings, stage)
     aggregate_day(settings, stage)
     assert all(c.passed for c in reconciliation_checks(settings, stage))

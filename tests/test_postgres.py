@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.consent import COLUMNS, ConsentStoreError, subject_key, to_ns
 from consent_gate.consent_vector import take_snapshot
 from consent_gate.pipeline import run_day
@@ -166,7 +166,7 @@ def test_typed_timestamp_columns_are_refused(postgres_database, column_type, sho
     with pytest.raises(ConsentStoreError, match=f"consent_events.effective_at is {shown}, not text"):
         take_snapshot(postgres_database, at(24 * 60))
     with pytest.raises(ConsentStoreError, match="not text"):
-        run_day(_settings(sample_dir, tmp_path / "out", postgres_database), DAY, AS_OF)
+        run_day(_settings(sample_dir, tmp_path / "out", postgres_database), DAY, AS_OF, clock=utc_now)
     assert not (tmp_path / "out" / "content").exists()
 
 
@@ -204,8 +204,9 @@ def _published(out: Path) -> dict[str, Any]:
 def test_the_gate_publishes_the_same_rows_with_postgresql_as_with_sqlite(sample_dir, postgres_database, tmp_path):
     _create_text_table(postgres_database)
     assert write_consent_events(postgres_database, _sample_rows(sample_dir)) > 0
-    run_day(_settings(sample_dir, tmp_path / "sqlite", f"sqlite:///{sample_dir / 'consent.db'}"), DAY, AS_OF)
-    run_day(_settings(sample_dir, tmp_path / "pg", postgres_database), DAY, AS_OF)
+    sqlite = f"sqlite:///{sample_dir / 'consent.db'}"
+    run_day(_settings(sample_dir, tmp_path / "sqlite", sqlite), DAY, AS_OF, clock=utc_now)
+    run_day(_settings(sample_dir, tmp_path / "pg", postgres_database), DAY, AS_OF, clock=utc_now)
     sqlite_run, pg_run = _published(tmp_path / "sqlite"), _published(tmp_path / "pg")
     assert pg_run["content"].num_rows > 0
     assert pg_run["content"].equals(sqlite_run["content"])

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow.dataset as ds
 import pytest
 
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.layout import Stage
 from consent_gate.manifest import read_manifest
 from consent_gate.pipeline import run_day
@@ -70,9 +70,9 @@ def harness_main(spec: dict[str, Any]) -> None:
     settings = _settings(spec)
     if spec.get("sweep_as_of"):
         as_of = parse_timestamp(spec["sweep_as_of"], "as_of")
-        sweep(settings.store(), settings.consent_db, settings.secret, as_of, sweep_id=spec["attempt"])
+        sweep(settings.store(), settings.consent_db, settings.secret, as_of, sweep_id=spec["attempt"], clock=utc_now)
     else:
-        publish_stage(settings, Stage(date.fromisoformat(spec["day"]), spec["attempt"]))
+        publish_stage(settings, Stage(date.fromisoformat(spec["day"]), spec["attempt"]), clock=utc_now)
     print(json.dumps(calls))
 
 
@@ -152,8 +152,8 @@ def world(sample_dir, tmp_path) -> dict[str, Any]:
         "secret": str(sample_dir / "hmac.key"), "day": DAY.isoformat(),
     }  # fmt: skip
     settings = _settings(spec)
-    run_day(settings, DAY, parse_timestamp(AS_OF_OLD, "as_of"), run_id="baseline")
-    template = snapshot_consent(settings, DAY, parse_timestamp(AS_OF_NEW, "as_of"), run_id="template")
+    run_day(settings, DAY, parse_timestamp(AS_OF_OLD, "as_of"), run_id="baseline", clock=utc_now)
+    template = snapshot_consent(settings, DAY, parse_timestamp(AS_OF_NEW, "as_of"), run_id="template", clock=utc_now)
     gate_content(settings, template)
     aggregate_day(settings, template)
     assert all(check.passed for check in validate_stage(settings, template))
@@ -202,7 +202,7 @@ def test_a_publication_killed_anywhere_leaves_a_whole_version_and_the_next_run_s
 
         # The retry of the killed attempt recovers under the day lock: rolled back, or (after the commit) done.
         try:
-            publish_stage(world["settings"], stage)
+            publish_stage(world["settings"], stage, clock=utc_now)
             outcome = "published"
         except InterruptedPublication:
             outcome = "rolled_back"
@@ -215,7 +215,7 @@ def test_a_publication_killed_anywhere_leaves_a_whole_version_and_the_next_run_s
 
     # The next run succeeds and replaces the day, keeping every attempt's manifest in the history.
     settings = world["settings"]
-    outcome = run_day(settings, DAY, parse_timestamp(AS_OF_NEW, "as_of"), run_id="after-crashes")
+    outcome = run_day(settings, DAY, parse_timestamp(AS_OF_NEW, "as_of"), run_id="after-crashes", clock=utc_now)
     manifest = assert_day_consistent(out)
     assert outcome.published and manifest["run_id"] == "after-crashes"
     history = {p.stem for p in (out / f"_audit/dt={DAY}/attempts").glob("*.json")}
@@ -240,7 +240,7 @@ def test_a_publication_that_raises_rolls_back_and_keeps_its_evidence(world, monk
     monkeypatch.setattr(publish, "_swap_local", failing_second_swap)
     stage = stage_copy(world, "raises")
     with pytest.raises(OSError, match="disk went away"):
-        publish_stage(world["settings"], stage)
+        publish_stage(world["settings"], stage, clock=utc_now)
     assert assert_day_consistent(out)["attempt"] == previous["attempt"]
     failed = json.loads((out / f"_audit/dt={DAY}/attempts/raises.json").read_text())
     assert failed["status"] == "failed" and "disk went away" in failed["failure"]
@@ -308,7 +308,7 @@ def test_a_sweep_killed_anywhere_leaves_a_whole_version_and_the_next_sweep_purge
         # The next sweep (an hour later, as the schedule would run it) recovers the day and purges.
         settings = _settings({**revoked_world["spec"], "out": str(out)})
         later = parse_timestamp(SWEEP_AS_OF, "as_of") + timedelta(hours=1)
-        sweep(settings.store(), settings.consent_db, settings.secret, later)
+        sweep(settings.store(), settings.consent_db, settings.secret, later, clock=utc_now)
         assert folder_version(out / f"content/dt={DAY}") == new_version, point
         assert rows_of(out, user_key) == 0, point
         manifest = assert_day_consistent(out)

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from consent_gate import publication, steps
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.manifest import read_manifest
 from consent_gate.pipeline import run_day
 from consent_gate.publish import OutputStore, published_files
@@ -111,10 +111,10 @@ def test_a_day_on_s3_publishes_the_same_rows_as_on_local_files(sample_dir, bucke
     name, options = bucket
     settings = s3_settings(sample_dir, name, options)
     upload_landing_zone(sample_dir, settings)
-    outcome = run_day(settings, DAY, AS_OF, run_id="s3")
+    outcome = run_day(settings, DAY, AS_OF, run_id="s3", clock=utc_now)
     local = RunSettings(**{**settings.__dict__, "raw": str(sample_dir / "raw"), "out": str(tmp_path / "local"),
                            "storage_options": {}})  # fmt: skip
-    expected = run_day(local, DAY, AS_OF, run_id="local")
+    expected = run_day(local, DAY, AS_OF, run_id="local", clock=utc_now)
 
     store = settings.store()
     content = read_s3_table(store, f"content/dt={DAY}").sort_by("artifact_id")
@@ -257,7 +257,7 @@ def test_a_publication_on_s3_stopped_anywhere_recovers_to_one_whole_version(publ
     settings, store = published_on_s3
     for point, stop_before, new_version_stands in STOPS:
         before = read_manifest(store, DAY)
-        stage = steps.snapshot_consent(settings, DAY, LATER, run_id="stopped")
+        stage = steps.snapshot_consent(settings, DAY, LATER, run_id="stopped", clock=utc_now)
         for shard in range(2):
             steps.gate_content(settings, stage, shard=shard, shards=2)
         steps.aggregate_day(settings, stage)
@@ -265,12 +265,12 @@ def test_a_publication_on_s3_stopped_anywhere_recovers_to_one_whole_version(publ
         with monkeypatch.context() as patch:
             calls = instrument(patch, store, lambda: None, stop_before=stop_before)
             try:
-                publication.publish_stage(settings, stage)
+                publication.publish_stage(settings, stage, clock=utc_now)
                 outcome = "published"
             except Interrupted:
                 outcome = "interrupted"
         if outcome == "interrupted":
-            publication.record_failed_attempt(settings, stage, "stopped")  # the run's teardown
+            publication.record_failed_attempt(settings, stage, "stopped", clock=utc_now)  # the run's teardown
         manifest = read_manifest(store, DAY)
         assert manifest["attempt"] in (before["attempt"], stage.attempt), point
         # The store holds exactly the manifest's version: every listed file with its sha256, nothing more.
@@ -310,7 +310,13 @@ def test_a_sweep_on_s3_purges_a_revoked_user_and_keeps_the_history(published_on_
     revoked_at = parse_timestamp("2026-11-21T09:00:00Z", "recorded_at")
     append_consent(consent_db, [revocation("zz_s3_sweep", "user", user_id, revoked_at)])
 
-    outcome = sweep(store, f"sqlite:///{consent_db}", settings.secret, parse_timestamp("2026-11-21T10:00:00Z", "as_of"))
+    outcome = sweep(
+        store,
+        f"sqlite:///{consent_db}",
+        settings.secret,
+        parse_timestamp("2026-11-21T10:00:00Z", "as_of"),
+        clock=utc_now,
+    )
     assert [p["partition"] for p in outcome.purges] == [DAY.isoformat()] and outcome.rows_removed > 0
     after = published_content(store)
     assert after.num_rows == before.num_rows - outcome.rows_removed

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from consent_gate import publication, steps
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.errors import GateCheckFailed
 from consent_gate.records import parse_timestamp
 from consent_gate.sources import LandingZone
@@ -31,7 +31,7 @@ def settings_for(sample: Path, out: str, **overrides) -> RunSettings:
 
 def run_sharded(settings: RunSettings, day: date, as_of: datetime, shards: int, *, skip: int | None = None) -> dict:
     """The DAG's steps in this process: one snapshot, `shards` gate_content calls, checks, publish."""
-    stage = steps.snapshot_consent(settings, day, as_of, run_id=f"shards-{shards}")
+    stage = steps.snapshot_consent(settings, day, as_of, run_id=f"shards-{shards}", clock=utc_now)
     for shard in range(shards):
         if shard != skip:
             steps.gate_content(settings, stage, shard=shard, shards=shards)
@@ -39,9 +39,9 @@ def run_sharded(settings: RunSettings, day: date, as_of: datetime, shards: int, 
     checks = validate_stage(settings, stage)
     failed = [c.name for c in checks if not c.passed]
     if failed:
-        publication.record_failed_attempt(settings, stage, f"checks failed: {', '.join(failed)}")
+        publication.record_failed_attempt(settings, stage, f"checks failed: {', '.join(failed)}", clock=utc_now)
         raise GateCheckFailed(f"checks failed: {', '.join(failed)}")
-    return publication.publish_stage(settings, stage)
+    return publication.publish_stage(settings, stage, clock=utc_now)
 
 
 def published_tables(out: Path, day: date = DAY) -> dict[str, object]:

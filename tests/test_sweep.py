@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from consent_gate.cli import main
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.consent import COLUMNS, subject_key
 from consent_gate.gate import CONTENT_SCHEMA
 from consent_gate.keyed_consent import keyed_consent, withdrawal_reasons
@@ -122,7 +122,7 @@ def world(sample_dir, tmp_path_factory) -> World:
     out = root / "out"
     settings = settings_for(sample_dir, consent_db, out)
     for day in DAYS:
-        run_day(settings, day, AS_OF, run_id=f"publish-{day}")
+        run_day(settings, day, AS_OF, run_id=f"publish-{day}", clock=utc_now)
     before = content_rows(out)
     assert sorted(before) == [f"dt={d}" for d in DAYS]
 
@@ -157,7 +157,7 @@ def world(sample_dir, tmp_path_factory) -> World:
     # A rerun of an old day, pinned to the as_of it was first published with (before the revocations).
     rerun_day = next(d for d in DAYS if any(holds(r, keyer.user(user_id), keyer.account(account_id))
                                             for r in before[f"dt={d}"]))  # fmt: skip
-    rerun = run_day(settings, rerun_day, AS_OF, run_id="rerun-pinned")
+    rerun = run_day(settings, rerun_day, AS_OF, run_id="rerun-pinned", clock=utc_now)
     return World(
         out, consent_db, settings, user_id, account_id, keyer.user(user_id), keyer.account(account_id),
         before, first, after_first, second, full, after_second, rerun, rerun_day, secrets,
@@ -317,7 +317,9 @@ def test_a_back_dated_revocation_below_the_watermark_triggers_a_full_sweep(world
     users, _ = sample_identities(Path(world.settings.raw).parent)
     victim = next(u for u in sorted(users) if any(keyer.user(u) in r["user_keys"] for r in published))
     append_consent(db, [revocation("zz_back_dated", "user", victim, REVOKED_AT)])  # recorded below the watermark
-    outcome = sweep(OutputStore(str(out)), f"sqlite:///{db}", world.settings.secret, SWEEP_AS_OF + timedelta(hours=2))
+    outcome = sweep(
+        OutputStore(str(out)), f"sqlite:///{db}", world.settings.secret, SWEEP_AS_OF + timedelta(hours=2), clock=utc_now
+    )
     assert outcome.mode == "full" and outcome.rows_removed > 0
     assert not any(keyer.user(victim) in r["user_keys"] for rows in content_rows(out).values() for r in rows)
 
@@ -337,7 +339,9 @@ def test_a_sweep_waits_for_the_day_lock_of_a_running_publication(world, tmp_path
     result: list[SweepOutcome] = []
     with store.day_lock(day):
         worker = threading.Thread(
-            target=lambda: result.append(sweep(store, f"sqlite:///{db}", world.settings.secret, SWEEP_AS_OF))
+            target=lambda: result.append(
+                sweep(store, f"sqlite:///{db}", world.settings.secret, SWEEP_AS_OF, clock=utc_now)
+            )
         )
         worker.start()
         worker.join(timeout=3)
@@ -449,10 +453,10 @@ def test_the_sweep_deletes_stages_of_runs_that_never_ended_and_keeps_their_evide
 
     settings = settings_for(sample_dir, sample_dir / "consent.db", tmp_path / "out")
     store = settings.store()
-    abandoned = snapshot_consent(settings, DAYS[0], AS_OF, run_id="died")
+    abandoned = snapshot_consent(settings, DAYS[0], AS_OF, run_id="died", clock=utc_now)
     gate_content(settings, abandoned)  # staged content, then the process "died": nobody ended the attempt
     died = store.read_json(abandoned / "run.json")
-    running = snapshot_consent(settings, DAYS[1], AS_OF, run_id="still-running")
+    running = snapshot_consent(settings, DAYS[1], AS_OF, run_id="still-running", clock=utc_now)
     now = datetime.now(UTC)
     run = store.read_json(running / "run.json")
     store.write_json(running / "run.json", {**run, "started_at": (now + timedelta(hours=30)).isoformat()})

@@ -9,7 +9,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.explain import explain
 from consent_gate.keys import Keyer
 from consent_gate.pipeline import run_day
@@ -67,7 +67,7 @@ def why_day(tmp_path_factory):
         raw=str(raw), out=str(out), consent_db=write_consent_db(root / "consent.db", WHY_CONSENT),
         policy=Policy(max_quarantine_ratio=1.0), secret=secret,
     )  # fmt: skip
-    outcome = run_day(settings_, T0.date(), at(24 * 60), run_id="why")
+    outcome = run_day(settings_, T0.date(), at(24 * 60), run_id="why", clock=utc_now)
     content = ds.dataset(out / f"content/dt={DAY}", format="parquet").to_table().to_pylist()
     audit = out / f"_audit/dt={DAY}"
     excluded = {r["artifact_id"]: r["reason"] for r in pq.read_table(audit / "excluded.parquet").to_pylist()}
@@ -177,7 +177,7 @@ def test_speakers_evidence_that_misses_a_segment_fails_the_check(tmp_path):
         raw=str(tmp_path / "raw"), out=str(tmp_path / "out"), policy=Policy(max_quarantine_ratio=1.0),
         consent_db=write_consent_db(tmp_path / "consent.db", WHY_CONSENT), secret=b"k" * 32,
     )  # fmt: skip
-    stage = snapshot_consent(settings_, T0.date(), at(24 * 60), run_id="speakers")
+    stage = snapshot_consent(settings_, T0.date(), at(24 * 60), run_id="speakers", clock=utc_now)
     gate_content(settings_, stage)
     aggregate_day(settings_, stage)
     assert {c.name: c.passed for c in reconciliation_checks(settings_, stage)}["speakers_evidence_reconciles"]

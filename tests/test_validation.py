@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.errors import GateCheckFailed
 from consent_gate.layout import Stage
 from consent_gate.publication import publish_stage, record_failed_attempt
@@ -36,7 +36,7 @@ def settings_for(sample: Path, out: Path) -> RunSettings:
 
 def attempt(settings: RunSettings, tamper: Tamper | None = None) -> tuple[Stage, dict[str, bool]]:
     """The steps of run_day, with a tamper between staging and validation; failures keep their evidence."""
-    stage = snapshot_consent(settings, DAY, AS_OF, run_id="test")
+    stage = snapshot_consent(settings, DAY, AS_OF, run_id="test", clock=utc_now)
     gate_content(settings, stage)
     aggregate_day(settings, stage)
     if tamper:
@@ -44,11 +44,11 @@ def attempt(settings: RunSettings, tamper: Tamper | None = None) -> tuple[Stage,
     checks = validate_stage(settings, stage)
     results = {c.name: c.passed for c in checks}
     if all(results.values()):
-        publish_stage(settings, stage)
+        publish_stage(settings, stage, clock=utc_now)
         return stage, results
     with pytest.raises(GateCheckFailed, match="checks failed"):
-        publish_stage(settings, stage)
-    record_failed_attempt(settings, stage, "checks failed")
+        publish_stage(settings, stage, clock=utc_now)
+    record_failed_attempt(settings, stage, "checks failed", clock=utc_now)
     return stage, results
 
 

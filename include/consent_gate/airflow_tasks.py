@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from consent_gate import errors, publication, steps
@@ -39,9 +39,9 @@ def snapshot_task(params: Any, interval_start: Any, interval_end: Any, run_id: s
     params = params or {}
     day = partition_for_run(interval_start, interval_end, params.get("day"))
     shards = shard_count(params.get("shards"))
-    as_of = as_of_for_run(params.get("as_of"), datetime.now(UTC))
+    as_of = as_of_for_run(params.get("as_of"), utc_now())
     settings = settings_from_airflow()
-    stage = steps.snapshot_consent(settings, day, as_of, run_id=run_id or "manual", dag_run_id=run_id)
+    stage = steps.snapshot_consent(settings, day, as_of, run_id=run_id or "manual", dag_run_id=run_id, clock=utc_now)
     log.info("partition %s, consent as of %s, stage %s", day, as_of.isoformat(), stage.root)
     return {
         "day": day.isoformat(), "attempt": stage.attempt, "shards": shards,
@@ -70,7 +70,8 @@ def validate_task(payload: dict[str, str]) -> dict[str, str]:
         log.info("check %s: %s (%s)", check.name, "passed" if check.passed else "FAILED", check.detail)
     failed = [c.name for c in checks if not c.passed]
     if failed:
-        evidence = publication.record_failed_attempt(settings, stage, f"checks failed: {', '.join(failed)}")
+        reason = f"checks failed: {', '.join(failed)}"
+        evidence = publication.record_failed_attempt(settings, stage, reason, clock=utc_now)
         raise AirflowFailException(f"checks failed: {', '.join(failed)}; nothing published; evidence: {evidence}")
     return payload
 
@@ -83,7 +84,7 @@ def publish_task(payload: dict[str, Any], outlet_events: Any = None) -> str:
     settings = replace(settings_from_airflow(), allow_shrink=payload.get("allow_shrink") is True)
     stage = _stage(payload)
     try:
-        manifest = publication.publish_stage(settings, stage)
+        manifest = publication.publish_stage(settings, stage, clock=utc_now)
     except (errors.GateCheckFailed, InterruptedPublication) as error:
         raise AirflowFailException(f"{error}; evidence under {attempts_folder(stage.day)}/") from None
     log.info("published %s: %s content rows", manifest["partition"], manifest["counts"]["content"]["published"])
@@ -102,7 +103,8 @@ def end_attempt_task(payload: dict[str, str]) -> str | None:
     """The run's teardown, whatever its tasks did: a stage that was not published is recorded as a
     failed attempt and deleted, so no staged content outlives the run. A published stage is gone already."""
     settings, stage = settings_from_airflow(), _stage(payload)
-    evidence = publication.record_failed_attempt(settings, stage, "the run ended without publishing this attempt")
+    reason = "the run ended without publishing this attempt"
+    evidence = publication.record_failed_attempt(settings, stage, reason, clock=utc_now)
     log.info("attempt %s of %s ended; evidence: %s", stage.attempt, stage.day.isoformat(), evidence)
     return evidence
 
@@ -118,6 +120,7 @@ def sweep_task(params: Any, run_id: str | None = None) -> dict[str, Any]:
     outcome = sweep(
         settings.store(), settings.consent_db, settings.secret, as_of, full=bool(params.get("full")),
         max_stage_age=timedelta(hours=settings.policy.max_stage_age_hours), dag_run_id=run_id,
+        clock=utc_now,
     )  # fmt: skip
     return {
         "sweep_id": outcome.sweep_id,

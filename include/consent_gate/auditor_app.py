@@ -31,6 +31,7 @@ from fastapi.responses import HTMLResponse, Response
 # the offline reports' building blocks, so both kinds of page look and escape alike
 from consent_gate.audit import _checks_table, _page, _table, bar_chart, outcome_counts
 from consent_gate.layout import AUDIT, attempt_record, attempts_folder, audit_day, day_of, file_name, manifest_path
+from consent_gate.manifest_schema import ManifestInvalid, check_manifest
 from consent_gate.publish import OutputStore
 
 if TYPE_CHECKING:  # the pipeline (pyarrow, GX) is imported when a page needs it, not when Airflow loads plugins
@@ -108,6 +109,13 @@ def _json(store: OutputStore, relative: str) -> Any:
     return None if data is None else json.loads(data)
 
 
+def _manifest(store: OutputStore, relative: str) -> dict[str, Any] | None:
+    """A manifest the view shows or trusts: None when absent; ManifestInvalid (the page is refused)
+    when it does not conform to docs/manifest.schema.json."""
+    data = _json(store, relative)
+    return None if data is None else check_manifest(data, relative)
+
+
 def published_days(store: OutputStore) -> list[str]:
     """Days with a published manifest or any attempt, newest first."""
     days = [day_of(f) for f in store.folders(AUDIT) if re.fullmatch(_DAY, f)]
@@ -118,7 +126,7 @@ def day_attempts(store: OutputStore, day: str) -> list[dict[str, Any]]:
     """Every attempt's manifest of a day (published versions and failed attempts), oldest first."""
     found = []
     for relative in store.files(attempts_folder(day), ".json"):
-        manifest = _json(store, relative)
+        manifest = _manifest(store, relative)
         if isinstance(manifest, dict):
             manifest["_name"] = file_name(relative).removesuffix(".json")
             found.append(manifest)
@@ -141,7 +149,7 @@ def run_evidence(store: OutputStore, dag_id: str, run_id: str) -> tuple[str, Any
     if dag_id == SWEEP_DAG:
         return next((("sweep", r) for r in sweep_records(store) if r.get("dag_run_id") == run_id), None)
     for day in published_days(store):
-        manifest = _json(store, manifest_path(day))
+        manifest = _manifest(store, manifest_path(day))
         if isinstance(manifest, dict) and manifest.get("dag_run_id") == run_id:
             return ("day", day)
         attempts = [a for a in day_attempts(store, day) if a.get("dag_run_id") == run_id]
@@ -226,7 +234,7 @@ def render_evidence(base: str, folder: str | None, manifest: dict[str, Any], tit
 
 
 def render_day_page(store: OutputStore, base: str, day: str) -> str | None:
-    manifest = _json(store, manifest_path(day))
+    manifest = _manifest(store, manifest_path(day))
     attempts = day_attempts(store, day)
     if not isinstance(manifest, dict):
         failed = [a for a in attempts if a.get("status") == "failed"]
@@ -254,7 +262,7 @@ def render_day_page(store: OutputStore, base: str, day: str) -> str | None:
 
 def render_attempt_page(store: OutputStore, base: str, day: str, name: str) -> str | None:
     """A failed attempt, with its reports; or an earlier published version, superseded by a rerun or a sweep."""
-    manifest = _json(store, attempt_record(day, name))
+    manifest = _manifest(store, attempt_record(day, name))
     if not isinstance(manifest, dict):
         return None
     folder = f"{attempts_folder(day)}/{name}"  # a failed attempt's reports, when it got as far as writing them
@@ -322,7 +330,7 @@ def render_index_page(store: OutputStore, base: str) -> str:
     """Every day (status, figures, checks) and, beside them, every sweep (rows purged, latency)."""
     day_rows = []
     for day in published_days(store):
-        manifest = _json(store, manifest_path(day))
+        manifest = _manifest(store, manifest_path(day))
         attempts = day_attempts(store, day)
         failed = sum(1 for a in attempts if a.get("status") == "failed")
         shown = manifest if isinstance(manifest, dict) else (attempts[-1] if attempts else {})
@@ -439,6 +447,12 @@ def create_app(settings: Callable[[], RunSettings], read_access: Callable[[str],
     app = FastAPI(title="consent-gate audit", docs_url=None, redoc_url=None, openapi_url=None)
     daily = [Depends(read_access(DAILY_DAG))]
     both = [Depends(read_access(DAILY_DAG)), Depends(read_access(SWEEP_DAG))]
+
+    @app.exception_handler(ManifestInvalid)
+    def refuse_invalid_manifest(request: Request, error: ManifestInvalid) -> HTMLResponse:
+        # Fail closed: a manifest that does not conform is not shown. The message names the file and
+        # the field, never a value.
+        return HTMLResponse(_page("consent-gate: evidence refused", f"<p class=\"fail\">{_e(str(error))}</p>"), 500)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:

@@ -14,17 +14,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from consent_gate.config import RunSettings
-from consent_gate.gate import (
-    REASONS,
-)
-from consent_gate.layout import (
-    TELEMETRY_REPORT,
-    Stage,
-    is_content_report,
-)
-from consent_gate.publish import (
-    OutputStore,
-)
+from consent_gate.gate import REASONS
+from consent_gate.layout import TELEMETRY_REPORT, Stage, file_name, is_content_report
+from consent_gate.publish import OutputStore
 from consent_gate.speakers import UNIDENTIFIED_REASONS
 from consent_gate.steps import ContentReport
 
@@ -110,17 +102,54 @@ def _speakers_check(store: OutputStore, stage: Stage, content: dict[str, Any]) -
     )
 
 
-def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResult]:
-    """SPEC §3: every unit ends in exactly one outcome, counted from what was actually written."""
-    store = settings.store()
-    counts = staged_counts(settings, stage)
-    content, telemetry = counts["content"], counts["telemetry"]
-    published = store.parquet_rows(store.files(stage / "content", ".parquet"))
-    excluded = store.parquet_rows(store.files(stage / "audit/excluded", ".parquet"))
-    quarantined = store.parquet_rows(
-        [p for p in store.files(stage / "audit/quarantine", ".parquet") if "/content-" in p]
+@dataclass(frozen=True)
+class Ledger:
+    """What the stage's files actually hold, counted once: the reconciliation checks and the GX
+    `reconciliation` suite (`validation.reconciliation_frame`) both read it."""
+
+    published: int  # content rows
+    excluded: int  # excluded content rows
+    quarantined: int  # content units quarantined
+    telemetry_quarantined: int  # telemetry lines quarantined
+    aggregated: int  # events in the staged groups
+
+    @property
+    def content_accounted(self) -> int:
+        return self.published + self.excluded + self.quarantined
+
+
+def _quarantine_rows(store: OutputStore, stage_root: str, kind: str) -> int:
+    files = store.files(f"{stage_root}/audit/quarantine", ".parquet")
+    return store.parquet_rows([p for p in files if file_name(p).startswith(kind)])
+
+
+def stage_ledger(store: OutputStore, stage_root: str) -> Ledger:
+    """Count the stage's written outcomes: rows per file from Parquet metadata, events from the groups."""
+    aggregated = 0
+    for path in store.files(f"{stage_root}/aggregates", ".parquet"):
+        with store.open(path) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(columns=["event_count"]):
+                aggregated += pc.sum(batch.column("event_count")).as_py() or 0
+    return Ledger(
+        published=store.parquet_rows(store.files(f"{stage_root}/content", ".parquet")),
+        excluded=store.parquet_rows(store.files(f"{stage_root}/audit/excluded", ".parquet")),
+        quarantined=_quarantine_rows(store, stage_root, "content-"),
+        telemetry_quarantined=_quarantine_rows(store, stage_root, "telemetry"),
+        aggregated=aggregated,
     )
-    accounted = published + excluded + quarantined
+
+
+def reconciliation_checks(
+    settings: RunSettings, stage: Stage, counts: dict[str, Any] | None = None, ledger: Ledger | None = None
+) -> list[CheckResult]:
+    """SPEC §3: every unit ends in exactly one outcome, counted from what was actually written.
+    `counts` and `ledger` are computed here unless the caller (validate_stage) already has them."""
+    store = settings.store()
+    counts = counts if counts is not None else staged_counts(settings, stage)
+    ledger = ledger if ledger is not None else stage_ledger(store, stage.root)
+    content, telemetry = counts["content"], counts["telemetry"]
+    published, excluded, quarantined = ledger.published, ledger.excluded, ledger.quarantined
+    accounted = ledger.content_accounted
     checks = [
         CheckResult(
             "content_reconciles",
@@ -133,11 +162,7 @@ def reconciliation_checks(settings: RunSettings, stage: Stage) -> list[CheckResu
         shards_check(settings, stage),
         _speakers_check(store, stage, content),
     ]
-    aggregated = 0
-    for path in store.files(stage / "aggregates", ".parquet"):
-        with store.open(path) as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(columns=["event_count"]):
-                aggregated += sum(batch.column("event_count").to_pylist())
+    aggregated = ledger.aggregated
     outcomes = (
         telemetry["aggregated"] + telemetry["suppressed_events"] + telemetry["out_of_partition"]
         + telemetry.get("duplicate", 0) + telemetry["quarantined"]

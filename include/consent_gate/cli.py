@@ -13,7 +13,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from consent_gate.config import RunSettings, load_policy, project_var
+from consent_gate.config import RunSettings, load_policy, project_var, utc_now
 from consent_gate.consent import ConsentStoreError, FutureAsOf, refuse_future_as_of
 from consent_gate.errors import GateCheckFailed, RunRefused, os_reason
 from consent_gate.keys import MissingSecretError, create_secret_file, load_secret
@@ -152,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     as_of = refuse_future_as_of(args.as_of, datetime.now(UTC), "--as-of") if args.as_of else datetime.now(UTC)
     _say(f"gating {args.date} with consent as of {as_of.isoformat()}")
     try:
-        outcome = run_day(settings, args.date, as_of, run_id="cli", progress=_say)
+        outcome = run_day(settings, args.date, as_of, run_id="cli", progress=_say, clock=utc_now)
     except (ConsentStoreError, RunRefused, OSError) as error:
         _say(f"FAILED, nothing published: {one_line(error)}")
         return 1
@@ -198,6 +198,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         outcome = sweep(
             settings.store(), settings.consent_db, settings.secret, as_of, full=args.full,
             max_stage_age=timedelta(hours=settings.policy.max_stage_age_hours),
+            clock=utc_now,
         )  # fmt: skip
     except (ConsentStoreError, SweepError) as error:
         _say(f"FAILED, the watermark did not move: {error}")

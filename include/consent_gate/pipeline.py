@@ -14,11 +14,9 @@ from datetime import date, datetime
 from typing import Any
 
 from consent_gate.checks import CheckResult
-from consent_gate.config import RunSettings
+from consent_gate.config import Clock, RunSettings
 from consent_gate.errors import AttemptNotRecorded, GateCheckFailed
-from consent_gate.layout import (
-    manifest_path,
-)
+from consent_gate.layout import manifest_path
 from consent_gate.publication import publish_stage, record_failed_attempt
 from consent_gate.steps import Progress, aggregate_day, gate_content, snapshot_consent
 from consent_gate.validation import validate_stage
@@ -40,6 +38,7 @@ def run_day(
     run_id: str = "cli",
     dag_run_id: str | None = None,
     progress: Progress | None = None,
+    clock: Clock,
 ) -> RunOutcome:
     """All steps for one day in this process. Raises GateCheckFailed after keeping the evidence.
     `progress` hears each step's time (and the snapshot's rows read and rate)."""
@@ -53,7 +52,9 @@ def run_day(
 
     stage = timed(
         "snapshot_consent",
-        lambda: snapshot_consent(settings, day, as_of, run_id=run_id, dag_run_id=dag_run_id, progress=progress),
+        lambda: snapshot_consent(
+            settings, day, as_of, run_id=run_id, dag_run_id=dag_run_id, progress=progress, clock=clock
+        ),
     )
     try:
         timed("gate_content", lambda: gate_content(settings, stage, progress=progress))
@@ -62,10 +63,10 @@ def run_day(
         if not all(c.passed for c in checks):
             failed = ", ".join(c.name for c in checks if not c.passed)
             raise GateCheckFailed(f"checks failed: {failed}")
-        manifest = timed("publish", lambda: publish_stage(settings, stage))
+        manifest = timed("publish", lambda: publish_stage(settings, stage, clock=clock))
     except BaseException as error:  # Ctrl-C too: no staged content outlives the run
         try:
-            record_failed_attempt(settings, stage, f"{type(error).__name__}: {error}")
+            record_failed_attempt(settings, stage, f"{type(error).__name__}: {error}", clock=clock)
         except AttemptNotRecorded as unrecorded:  # the run's own error stays the one raised
             error.add_note(str(unrecorded))
         raise

@@ -8,18 +8,13 @@ consent of now is re-applied (no resurrection), the folders are exchanged with t
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from consent_gate import audit
 from consent_gate.checks import staged_counts
-from consent_gate.config import RunSettings
+from consent_gate.config import Clock, RunSettings
 from consent_gate.errors import AttemptNotRecorded, GateCheckFailed, ShrinkRefused, os_reason
-from consent_gate.gate import (
-    EXCLUDED_SCHEMA,
-    SPEAKERS_SCHEMA,
-    WITHDRAWN_SCHEMA,
-)
+from consent_gate.gate import EXCLUDED_SCHEMA, SPEAKERS_SCHEMA, WITHDRAWN_SCHEMA
 from consent_gate.layout import (
     AUDIT,
     CHECKS_REPORT,
@@ -35,7 +30,7 @@ from consent_gate.layout import (
     file_name,
     manifest_path,
 )
-from consent_gate.manifest import build_manifest, read_manifest
+from consent_gate.manifest import FAILED, PUBLISHED, Manifest, build_manifest, read_manifest
 from consent_gate.parquet import merge_parquet
 from consent_gate.publish import (
     JOURNAL,
@@ -77,7 +72,7 @@ def _output_files(settings: RunSettings, stage: Stage) -> list[dict[str, Any]]:
     return outputs
 
 
-def record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> str | None:
+def record_failed_attempt(settings: RunSettings, stage: Stage, reason: str, *, clock: Clock) -> str | None:
     """End an attempt that will not publish: keep its evidence under `_audit/dt=D/attempts/` (once),
     then delete its stage, so no staged content outlives its run (a revocation could not reach it).
 
@@ -86,7 +81,7 @@ def record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> s
     be, and AttemptNotRecorded says plainly what was and was not left behind; nothing half-written stays.
     """
     try:
-        return _record_failed_attempt(settings, stage, reason)
+        return _record_failed_attempt(settings, stage, reason, clock)
     except Exception as error:  # noqa: BLE001  a full disk, a read-only mount, a stage cut short by either
         store = settings.store()
         store.remove(stage.root)
@@ -105,7 +100,7 @@ def _why(error: Exception) -> str:
     return os_reason(error) if isinstance(error, OSError) else f"{type(error).__name__}: the stage is incomplete"
 
 
-def _record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> str | None:
+def _record_failed_attempt(settings: RunSettings, stage: Stage, reason: str, clock: Clock) -> str | None:
     """End an attempt that will not publish: keep its evidence under `_audit/dt=D/attempts/` (once),
     then delete its stage, so no staged content outlives its run (a revocation could not reach it).
 
@@ -122,23 +117,23 @@ def _record_failed_attempt(settings: RunSettings, stage: Stage, reason: str) -> 
             store.remove(stage.root)
             return evidence if store.exists(evidence) else None
         if not store.exists(evidence):
-            manifest = build_manifest(settings, stage, status="failed")
-            manifest["failure"] = reason
-            _keep_failed_attempt(store, stage, manifest)
+            _keep_failed_attempt(store, stage, build_manifest(settings, stage, FAILED, now=clock(), failure=reason))
         store.remove(stage.root)
     return evidence
 
 
-def _keep_failed_attempt(store: OutputStore, stage: Stage, manifest: dict[str, Any]) -> str:
+def _keep_failed_attempt(store: OutputStore, stage: Stage, manifest: Manifest) -> str:
     """Write a failed attempt's manifest and reports under `_audit/dt=D/attempts/` (day lock held)."""
     target = attempt_record(stage.day, stage.attempt)
-    store.write_json(target, manifest)
-    audit.keep_failed_attempt(store, stage / "audit", target.removesuffix(".json"), manifest)
+    written = manifest.to_json()
+    store.write_json(target, written)
+    audit.keep_failed_attempt(store, stage / "audit", target.removesuffix(".json"), written)
     return target
 
 
-def publish_stage(settings: RunSettings, stage: Stage) -> dict[str, Any]:
-    """Publish a validated stage: content, aggregates, then the audit evidence, each atomically."""
+def publish_stage(settings: RunSettings, stage: Stage, *, clock: Clock) -> dict[str, Any]:
+    """Publish a validated stage: content, aggregates, then the audit evidence, each atomically.
+    `clock` gives the instant whose consent is re-applied (no resurrection) and the manifest's end."""
     store = settings.store()
     day = stage.day.isoformat()
     if not store.exists(stage / CHECKS_REPORT):
@@ -165,9 +160,9 @@ def publish_stage(settings: RunSettings, stage: Stage) -> dict[str, Any]:
                 refuse_shrink(store, stage, staged_counts(settings, stage)["units_in"])
             begin_publication(store, stage.root)
             try:
-                manifest = _publish_locked(settings, stage)
+                manifest = _publish_locked(settings, stage, clock)
             except BaseException as error:
-                _abandon_publication(settings, stage, error)
+                _abandon_publication(settings, stage, error, clock)
                 raise
     audit.write_index(store)
     return manifest
@@ -186,7 +181,7 @@ def refuse_shrink(store: OutputStore, stage: Stage, units_in: int) -> None:
         )
 
 
-def _abandon_publication(settings: RunSettings, stage: Stage, error: BaseException) -> None:
+def _abandon_publication(settings: RunSettings, stage: Stage, error: BaseException, clock: Clock) -> None:
     """A publication that raised (day lock held): undo what it exchanged, then keep its evidence.
     Past its commit only the cleanup failed: the new version is published; it is finished instead."""
     store, day = settings.store(), stage.day.isoformat()
@@ -196,8 +191,8 @@ def _abandon_publication(settings: RunSettings, stage: Stage, error: BaseExcepti
         store.remove(stage.root)
         return
     try:
-        manifest: dict[str, Any] | None = build_manifest(settings, stage, status="failed")
-        manifest["failure"] = f"publication failed: {type(error).__name__}: {error}"
+        failure = f"publication failed: {type(error).__name__}: {error}"
+        manifest: Manifest | None = build_manifest(settings, stage, FAILED, now=clock(), failure=failure)
     except Exception:  # the evidence is best effort; the original error is what the caller sees
         manifest = None
     settle_publication(store, stage.root)  # undone: the previous version is whole again
@@ -210,11 +205,11 @@ def _abandon_publication(settings: RunSettings, stage: Stage, error: BaseExcepti
         store.remove(stage.root)
 
 
-def _publish_locked(settings: RunSettings, stage: Stage) -> dict[str, Any]:
+def _publish_locked(settings: RunSettings, stage: Stage, clock: Clock) -> dict[str, Any]:
     """The publication itself, day lock held and journal begun: stage evidence, exchange, commit."""
     store, day = settings.store(), stage.day.isoformat()
     # SPEC §7: whatever as_of was pinned, revocations visible now are applied before publishing.
-    withheld = withhold_withdrawn(store, stage.root, settings.consent_db, settings.secret, datetime.now(UTC))
+    withheld = withhold_withdrawn(store, stage.root, settings.consent_db, settings.secret, clock())
     if withheld["rows"]:
         failed = [c.name for c in validate_stage(settings, stage) if not c.passed]
         if failed:
@@ -222,9 +217,9 @@ def _publish_locked(settings: RunSettings, stage: Stage) -> dict[str, Any]:
     for folder in ("content", "aggregates"):  # object stores: never overwrite a file of the current version
         versioned_names(store, stage / folder, attempt_suffix(stage.attempt))
     _finish_audit(settings, stage)
-    manifest = build_manifest(settings, stage, status="published")
-    manifest["outputs"] = _output_files(settings, stage)
-    manifest["withdrawn_since_as_of"] = withheld
+    manifest = build_manifest(
+        settings, stage, PUBLISHED, now=clock(), outputs=_output_files(settings, stage), withdrawn_since_as_of=withheld
+    ).to_json()
     for folder in ("content", "aggregates"):
         store.makedirs(stage / folder)
     store.write_json(stage / "audit/manifest.json", manifest)

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 import consent_gate
 from consent_gate.aggregates import AGGREGATE_SCHEMA, GroupValues, aggregate_telemetry
-from consent_gate.config import PROJECT_ROOT, RunSettings
+from consent_gate.config import PROJECT_ROOT, Clock, RunSettings
 from consent_gate.consent import ConsentSnapshot, refuse_future_as_of, subject_key
 from consent_gate.consent_store import consent_batches
 from consent_gate.consent_vector import (
@@ -54,9 +54,7 @@ from consent_gate.layout import (
     part_name,
 )
 from consent_gate.parquet import ParquetSink
-from consent_gate.publish import (
-    OutputStore,
-)
+from consent_gate.publish import OutputStore
 from consent_gate.records import Quarantined, parse_timestamp
 from consent_gate.sources import Artifact, InputFile, LandingZone, NotARegularFile, read_meeting
 
@@ -69,8 +67,8 @@ INPUTS_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("sha256
 Progress = Callable[[str], None]
 
 
-def new_attempt_id(run_id: str | None = None) -> str:
-    base = run_id or f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+def new_attempt_id(run_id: str | None, now: datetime) -> str:
+    base = run_id or f"cli__{now.astimezone(UTC).strftime('%Y%m%dT%H%M%S')}"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
     return new_id(safe, uuid.uuid4().hex[:8])
 
@@ -86,10 +84,6 @@ def code_version() -> str:
     return f"{consent_gate.__version__}+{commit}" if commit else consent_gate.__version__
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
 # --- step 1: consent snapshot -------------------------------------------------------------------
 
 
@@ -101,6 +95,7 @@ def snapshot_consent(
     run_id: str,
     dag_run_id: str | None = None,
     progress: Progress | None = None,
+    clock: Clock,
 ) -> Stage:
     """Pin `as_of`, read the consent store once (column-wise), judge it vectorized and write the
     snapshot file into a new stage with its checksum; every later step reads that file, not the store.
@@ -109,12 +104,13 @@ def snapshot_consent(
     Refused (RunRefused, nothing staged) when nothing arrived for the day: a wrong `--raw` or a partition
     not delivered yet must not publish "0 of 0" over a published day.
     """
-    as_of = refuse_future_as_of(as_of, datetime.now(UTC))
+    now = clock()
+    as_of = refuse_future_as_of(as_of, now)
     require_arrivals(settings.zone(), day)
-    stage = Stage(day, new_attempt_id(run_id))
+    stage = Stage(day, new_attempt_id(run_id, now))
     store = settings.store()
     try:
-        _write_run_record(settings, store, stage, as_of, run_id, dag_run_id, progress)
+        _write_run_record(settings, store, stage, as_of, run_id, dag_run_id, progress, now)
     except OSError as error:  # a full disk, a read-only output: no attempt began, so none is recorded
         store.remove(stage.root)  # a half-written stage is not left behind
         raise RunRefused(
@@ -142,7 +138,7 @@ def require_arrivals(zone: LandingZone, day: date) -> None:
 
 def _write_run_record(
     settings: RunSettings, store: OutputStore, stage: Stage, as_of: datetime, run_id: str,
-    dag_run_id: str | None, progress: Progress | None,
+    dag_run_id: str | None, progress: Progress | None, now: datetime,
 ) -> None:  # fmt: skip
     import tempfile
 
@@ -160,7 +156,7 @@ def _write_run_record(
             "dag_run_id": dag_run_id,
             "attempt": stage.attempt,
             "partition": stage.day.isoformat(),
-            "started_at": _now(),
+            "started_at": now.isoformat(),
             "code_version": code_version(),
             "policy": {**asdict(settings.policy), "checksum": settings.policy.checksum},
             "consent": {

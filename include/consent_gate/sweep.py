@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from consent_gate import audit as audit_pages
-from consent_gate.config import Clock, utc_now
+from consent_gate.config import Clock
 from consent_gate.consent import (
     SUBJECT_TYPES,
     FutureAsOf,
@@ -56,6 +56,7 @@ from consent_gate.layout import (
     staging_day,
     sweep_log,
 )
+from consent_gate.manifest import Manifest, swept_version
 from consent_gate.parquet import read_table, write_table
 from consent_gate.publish import (
     OutputStore,
@@ -141,7 +142,7 @@ def sweep(
     as_of: datetime,
     *,
     full: bool = False,
-    clock: Clock = utc_now,
+    clock: Clock,
     sweep_id: str | None = None,
     max_stage_age: timedelta = timedelta(hours=24),
     dag_run_id: str | None = None,
@@ -302,22 +303,15 @@ def _stage_evidence(store: OutputStore, day: str, stage: str, withdrawn: pa.Tabl
     evidence = {"excluded.parquet": EXCLUDED_SCHEMA, "withdrawn.parquet": WITHDRAWN_SCHEMA}
     for name, schema in evidence.items():
         _append_rows(store, f"{staged}/{name}", withdrawn, schema)
-    manifest = json.loads(store.fs.cat_file(store.path(f"{staged}/manifest.json")))
-    content = (manifest.get("counts") or {}).get("content")
-    if content is not None:
-        content["published"] -= purge["rows_removed"]
-        for reason, count in purge["removed_by_reason"].items():
-            content["excluded"][reason] = content["excluded"].get(reason, 0) + count
+    previous = Manifest.from_json(json.loads(store.fs.cat_file(store.path(f"{staged}/manifest.json"))))
     rewritten = [(f"{staged}/{name}", f"{audit}/{name}") for name in evidence]
     rewritten += [(path, f"{folder}/{file_name(path)}") for path in store.files(f"{stage}/content", ".parquet")]
     outputs = [
-        o for o in manifest.get("outputs", [])
+        o for o in previous.outputs or []
         if not o["path"].startswith(f"{folder}/") and o["path"] not in {p for _, p in rewritten}
     ]  # fmt: skip
     outputs += [store.output_entry(relative, published_as) for relative, published_as in rewritten]
-    manifest["outputs"] = sorted(outputs, key=lambda o: o["path"])
-    manifest["sweeps"] = [*manifest.get("sweeps", []), {k: v for k, v in purge.items() if k != "manifest"}]
-    manifest["version"] = purge["sweep_id"]
+    manifest = swept_version(previous, purge, outputs).to_json()
     store.write_json(f"{staged}/manifest.json", manifest)
     store.write_json(f"{staged}/{HISTORY}/{purge['sweep_id']}.json", manifest)
     audit_pages.write_day_report(store, staged, manifest)  # the day's report.html follows the new version

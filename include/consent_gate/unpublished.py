@@ -16,9 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from consent_gate.consent import (
-    ConsentSnapshot,
-)
+from consent_gate.consent import ConsentSnapshot
 from consent_gate.errors import SweepError
 from consent_gate.gate import EXCLUDED_SCHEMA
 from consent_gate.keyed_consent import consent_changed_since, withdrawal_reasons, withdrawn_rows
@@ -34,25 +32,10 @@ from consent_gate.layout import (
     shard_of_part,
     staging_day,
 )
+from consent_gate.manifest import abandoned_manifest
 from consent_gate.parquet import read_table, write_table
-from consent_gate.publish import (
-    OutputStore,
-    recover_day,
-)
+from consent_gate.publish import OutputStore, recover_day
 from consent_gate.records import parse_timestamp
-
-
-def abandoned_attempt_record(run: dict[str, Any], started_before: datetime) -> dict[str, Any]:
-    """The failed-attempt evidence of a stage deleted as abandoned: its run.json, no counts (it never ended)."""
-    keep = ("run_id", "dag_run_id", "attempt", "partition", "code_version", "policy", "consent", "started_at")
-    return {
-        **{k: run.get(k) for k in keep},
-        "as_of": run["consent"]["as_of"],
-        "status": "failed",
-        "failure": f"abandoned: the run never ended this attempt; its stage (started before "
-        f"{started_before.isoformat()}) was deleted by the revocation sweep",
-        "counts": None,
-    }
 
 
 def stage_holds_withdrawn(store: OutputStore, root: str, snapshot: ConsentSnapshot) -> bool:
@@ -95,13 +78,14 @@ def discard_abandoned_stages(
                     continue  # a run that may still be going: its own teardown or publication ends it
                 evidence = attempt_record(day, attempt)
                 if run is not None and not store.exists(evidence):
-                    record = abandoned_attempt_record(run, started_before)
-                    if withdrawn:
-                        record["failure"] = (
-                            "its staged content holds rows whose consent was withdrawn; the revocation sweep "
-                            "deleted the stage (SPEC §7)"
-                        )
-                    store.write_json(evidence, record)
+                    failure = (
+                        "its staged content holds rows whose consent was withdrawn; the revocation sweep "
+                        "deleted the stage (SPEC §7)"
+                        if withdrawn
+                        else f"abandoned: the run never ended this attempt; its stage (started before "
+                        f"{started_before.isoformat()}) was deleted by the revocation sweep"
+                    )
+                    store.write_json(evidence, abandoned_manifest(run, failure).to_json())
                 store.remove(root)
                 deleted += 1
             if not store.folders(staging_day(day)):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from consent_gate.aggregates import AGGREGATE_SCHEMA, GROUP_FIELDS
-from consent_gate.checks import CheckResult, reconciliation_checks, staged_counts
+from consent_gate.checks import CheckResult, Ledger, reconciliation_checks, stage_ledger, staged_counts
 from consent_gate.config import RunSettings
 from consent_gate.gate import CONTENT_SCHEMA
 from consent_gate.layout import CHECKS_REPORT, Stage
@@ -288,39 +288,20 @@ class _IdBuckets:
                 writer.close()
 
 
-def reconciliation_frame(store: OutputStore, stage_root: str, counts: dict[str, Any]) -> Any:
+def reconciliation_frame(ledger: Ledger, counts: dict[str, Any]) -> Any:
     """One row per ledger: the units that came in and the outcomes actually written for them."""
     import pandas as pd
-    import pyarrow.parquet as pq
 
-    def rows(folder: str, keep: str = "") -> int:
-        total = 0
-        for path in store.files(f"{stage_root}/{folder}", ".parquet"):
-            if keep in path.rsplit("/", 1)[-1]:
-                with store.open(path) as handle:
-                    total += pq.ParquetFile(handle).metadata.num_rows
-        return total
-
-    aggregated = 0
-    for batch in _parquet_batches(store, store.files(f"{stage_root}/aggregates", ".parquet"), ["event_count"]):
-        aggregated += sum(v or 0 for v in batch.column("event_count").to_pylist())
     content, telemetry = counts["content"], counts["telemetry"]
-    published, excluded = rows("content"), rows("audit/excluded")
-    quarantined = rows("audit/quarantine", "content-")
-    telemetry_quarantined = rows("audit/quarantine", "telemetry")
+    telemetry_outcomes = (
+        ledger.aggregated + telemetry["suppressed_events"] + telemetry["out_of_partition"]
+        + telemetry.get("duplicate", 0) + ledger.telemetry_quarantined
+    )  # fmt: skip
     ledgers = [
-        ("content", content["units_in"], published + excluded + quarantined),
-        ("content_published", content["published"], published),
-        (
-            "telemetry",
-            telemetry["lines_read"],
-            aggregated
-            + telemetry["suppressed_events"]
-            + telemetry["out_of_partition"]
-            + telemetry.get("duplicate", 0)
-            + telemetry_quarantined,
-        ),
-        ("telemetry_aggregated", telemetry["aggregated"], aggregated),
+        ("content", content["units_in"], ledger.content_accounted),
+        ("content_published", content["published"], ledger.published),
+        ("telemetry", telemetry["lines_read"], telemetry_outcomes),
+        ("telemetry_aggregated", telemetry["aggregated"], ledger.aggregated),
     ]
     return pd.DataFrame(ledgers, columns=["ledger", "units_in", "accounted_for"])
 
@@ -386,8 +367,11 @@ class _Runner:
         return Path(self.context.root_directory) / "uncommitted/data_docs/local_site"
 
 
-def run_suites(store: OutputStore, stage_root: str, day: date, *, k: int, counts: dict[str, Any]) -> list[SuiteOutcome]:
-    """Run every suite over the stage; write sanitized results and offline Data Docs into `audit/`."""
+def run_suites(
+    store: OutputStore, stage_root: str, day: date, *, k: int, counts: dict[str, Any], ledger: Ledger | None = None
+) -> list[SuiteOutcome]:
+    """Run every suite over the stage; write sanitized results and offline Data Docs into `audit/`.
+    `ledger`: the stage's counted outcomes, when the caller counted them already."""
     import pandas as pd
     import pyarrow as pa
 
@@ -432,7 +416,8 @@ def run_suites(store: OutputStore, stage_root: str, day: date, *, k: int, counts
         frame = pd.concat(frames, ignore_index=True) if frames else AGGREGATE_SCHEMA.empty_table().to_pandas()
         runner.run(outcomes["aggregates"], frame)
 
-        runner.run(outcomes["reconciliation"], reconciliation_frame(store, stage_root, counts))
+        ledger = ledger if ledger is not None else stage_ledger(store, stage_root)
+        runner.run(outcomes["reconciliation"], reconciliation_frame(ledger, counts))
         write_reports(store, f"{stage_root}/audit", list(outcomes.values()), runner.docs_folder())
     return list(outcomes.values())
 
@@ -494,7 +479,9 @@ def check_details(outcome: SuiteOutcome) -> str:
     return f"{outcome.expectations} expectation results over {outcome.batches} batch(es){failed}"
 
 
-def evidence_checks(settings: RunSettings, stage: Stage) -> list[CheckResult]:
+def evidence_checks(
+    settings: RunSettings, stage: Stage, counts: dict[str, Any] | None = None, ledger: Ledger | None = None
+) -> list[CheckResult]:
     """The GX suites and the independent re-verification, as checks; an error in either fails closed.
 
     Their reports go to the stage's `audit/` folder, so publication puts them under `_audit/dt=D/`.
@@ -502,9 +489,9 @@ def evidence_checks(settings: RunSettings, stage: Stage) -> list[CheckResult]:
     store = settings.store()
     checks: list[CheckResult] = []
     try:
-        outcomes = run_suites(
-            store, stage.root, stage.day, k=settings.policy.k_min_distinct_users, counts=staged_counts(settings, stage)
-        )
+        counts = counts if counts is not None else staged_counts(settings, stage)
+        k = settings.policy.k_min_distinct_users
+        outcomes = run_suites(store, stage.root, stage.day, k=k, counts=counts, ledger=ledger)
         checks += [CheckResult(f"gx_{o.suite}", o.passed, check_details(o)) for o in outcomes]
     except Exception as error:  # noqa: BLE001  (any failure to validate is a failed check, named by type only)
         checks.append(CheckResult("gx_suites", False, f"validation could not run: {type(error).__name__}"))
@@ -521,7 +508,8 @@ def evidence_checks(settings: RunSettings, stage: Stage) -> list[CheckResult]:
 
 def validate_stage(settings: RunSettings, stage: Stage) -> list[CheckResult]:
     """Every check the stage must pass before publication; the results go to the stage."""
-    checks = reconciliation_checks(settings, stage)
-    checks += evidence_checks(settings, stage)  # GX suites + independent re-verification, reports in audit/
+    counts, ledger = staged_counts(settings, stage), stage_ledger(settings.store(), stage.root)  # counted once
+    checks = reconciliation_checks(settings, stage, counts, ledger)
+    checks += evidence_checks(settings, stage, counts, ledger)  # GX suites + re-verification, reports in audit/
     settings.store().write_json(stage / CHECKS_REPORT, [asdict(c) for c in checks])
     return checks

@@ -29,7 +29,8 @@ from typing import Any
 
 from consent_gate.consent_store import ConsentStoreError, consent_batches, read_subject_rows
 from consent_gate.keys import Keyer
-from consent_gate.layout import content_day
+from consent_gate.layout import content_day, manifest_path
+from consent_gate.manifest_schema import ManifestInvalid, read_checked
 from consent_gate.publish import OutputStore
 from consent_gate.records import parse_timestamp
 
@@ -344,6 +345,12 @@ def verify_stage(
 
 
 def verify_published_day(store: OutputStore, day: date, consent_db: str, secret: bytes, now: datetime) -> Verification:
-    """A published day against the consent visible `now` (read-only: nothing is written)."""
+    """A published day against the consent visible `now` (read-only: nothing is written). A manifest
+    that does not conform to its schema is refused before any row is read (VerificationError)."""
+    if store.exists(manifest_path(day)):
+        try:
+            read_checked(store, manifest_path(day))
+        except ManifestInvalid as error:
+            raise VerificationError(str(error)) from None
     files = store.files(content_day(day), ".parquet")
     return verify_files(store, files, consent_db, now, Keyer(secret), check_as_of=False)

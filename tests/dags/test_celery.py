@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from consent_gate.config import Policy
+from consent_gate.config import Policy, utc_now
 from consent_gate.consent import COLUMNS
 from consent_gate.pipeline import RunSettings, run_day
 from consent_gate.records import parse_timestamp
@@ -177,7 +177,7 @@ def test_celery_executor_runs_the_day_in_four_shards_like_a_local_run(
         raw=str(sample_dir / "raw"), out=str(tmp_path / "local"), consent_db=f"sqlite:///{sample_dir / 'consent.db'}",
         policy=Policy(), secret=(sample_dir / "hmac.key").read_bytes(),
     )  # fmt: skip
-    run_day(local_settings, DAY, parse_timestamp(AS_OF, "as_of"))
+    run_day(local_settings, DAY, parse_timestamp(AS_OF, "as_of"), clock=utc_now)
     local = published(tmp_path / "local")
     assert celery["content"].num_rows > 0
     for name in ("content", "aggregates", "excluded"):

@@ -8,7 +8,7 @@ from datetime import date
 import pyarrow.dataset as ds
 import pytest
 
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
 
@@ -54,7 +54,7 @@ def test_dag_test_publishes_the_same_rows_as_the_cli(airflow_db, airflow_env, sa
         raw=str(sample_dir / "raw"), out=str(cli_out), consent_db=f"sqlite:///{sample_dir / 'consent.db'}",
         policy=Policy(), secret=(sample_dir / "hmac.key").read_bytes(),
     )  # fmt: skip
-    run_day(settings, date(2026, 11, 2), parse_timestamp(AS_OF, "as_of"))
+    run_day(settings, date(2026, 11, 2), parse_timestamp(AS_OF, "as_of"), clock=utc_now)
     expected = ds.dataset(cli_out / "content/dt=2026-11-02", format="parquet").to_table()
     assert published.sort_by("artifact_id").equals(expected.sort_by("artifact_id"))
 

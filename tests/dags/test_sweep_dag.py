@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from consent_gate.config import Policy, RunSettings
+from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.keys import Keyer
 from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
@@ -32,7 +32,7 @@ def published(monkeypatch, sample_dir, tmp_path):
         raw=str(sample_dir / "raw"), out=str(out), consent_db=f"sqlite:///{db}", policy=Policy(),
         secret=(sample_dir / "hmac.key").read_bytes(),
     )  # fmt: skip
-    run_day(settings, DAY, AS_OF, run_id="publish")
+    run_day(settings, DAY, AS_OF, run_id="publish", clock=utc_now)
     monkeypatch.setenv("AIRFLOW_CONN_CONSENT_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
     monkeypatch.setenv("AIRFLOW_VAR_CONSENT_GATE_RAW_URI", str(sample_dir / "raw"))
     monkeypatch.setenv("AIRFLOW_VAR_CONSENT_GATE_OUT_URI", str(out))
