@@ -28,7 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # Rules applied to records: the gate, k-anonymity, keyed consent, re-verification, reports.
     "rules": ("gate", "aggregates", "keyed_consent", "verify", "audit", "explain"),
     # The day's steps over a stage, its checks and its manifest.
-    "steps": ("steps", "checks", "manifest", "validation", "unpublished"),
+    "steps": ("steps", "checks", "manifest", "validation", "gx_reports", "unpublished"),
     # Transactions over published data: publication, the whole day, the revocation sweep.
     "orchestration": ("publication", "pipeline", "sweep"),
     # Entry points: Airflow task bodies and callbacks, the command line, the auditor view, tooling.

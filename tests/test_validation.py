@@ -13,12 +13,13 @@ import pytest
 
 from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.errors import GateCheckFailed
+from consent_gate.gx_reports import offline_html
 from consent_gate.layout import Stage
 from consent_gate.publication import publish_stage, record_failed_attempt
 from consent_gate.publish import OutputStore
 from consent_gate.records import parse_timestamp
 from consent_gate.steps import aggregate_day, gate_content, snapshot_consent
-from consent_gate.validation import offline_html, validate_stage
+from consent_gate.validation import validate_stage
 
 DAY = date(2026, 11, 2)
 AS_OF = parse_timestamp("2026-11-20T00:00:00Z", "as_of")
