@@ -219,3 +219,33 @@ ARROWS = (
     "--> -->\n00:00:05.000 --> 00:00:06.000\nthird\n00:00:07.000 --> 00:00:08.000\nfourth\n\n"
     "00:00:09.000 -x -->\n\n00:00:10.000 - - >-->\n"
 )
+
+
+def manifest(day: str = DAY, **fields: Any) -> dict[str, Any]:
+    """A published manifest that conforms to docs/manifest.schema.json, for tests that hand-make evidence;
+    `fields` replace top-level fields."""
+    sha = "0" * 64
+    content = {"meetings": 1, "units_in": 5, "published": 4, "excluded": {"private_message": 1}, "quarantined": 0}
+    telemetry = {"lines_read": 0, "aggregated": 0, "suppressed_events": 0, "out_of_partition": 0, "quarantined": 0}
+    instant = f"{day}T23:00:00+00:00"
+    return {
+        "run_id": "test",
+        "dag_run_id": None,
+        "attempt": "test__abcd1234",
+        "partition": day,
+        "code_version": "0.1.0",
+        "policy": {"version": "builtin-2", "checksum": sha, "k_min_distinct_users": 10},
+        "as_of": instant,
+        "consent": {"as_of": instant, "checksum": "c", "visible_events": 3},
+        "status": "published",
+        "inputs": {"files": 2, "listed_in": "inputs.parquet"},
+        "counts": {
+            "content": content, "telemetry": telemetry, "units_in": 5, "quarantined": 0, "quarantine_ratio": 0.0,
+        },  # fmt: skip
+        "checks": [{"name": "content_reconciles", "passed": True, "detail": "5 = 4 + 1 + 0"}],
+        "started_at": instant,
+        "ended_at": instant,
+        "outputs": [{"path": f"content/dt={day}/part-0000.vabcd1234.parquet", "sha256": sha, "bytes": 10, "rows": 4}],
+        "withdrawn_since_as_of": {"pinned_as_of": instant, "as_of": instant, "rows": 0, "excluded": {}},
+        **fields,
+    }

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from consent_gate.auditor_app import DAILY_DAG, allowed_path, read_evidence, render_index_page, run_evidence
 from consent_gate.publish import OutputStore
+from tests.builders import manifest
 from tests.test_s3 import bucket, s3_endpoint  # noqa: F401 (fixtures)
 
 ALLOWED = [
@@ -86,9 +87,9 @@ def test_a_symlink_is_not_followed_even_to_an_allowed_name(tmp_path):
 def test_evidence_is_read_through_output_store_on_s3(bucket):  # noqa: F811 (the imported fixture)
     name, options = bucket
     store = OutputStore(f"s3://{name}/out", options)
-    manifest = {"partition": "2026-11-02", "status": "published", "dag_run_id": "manual__s3", "checks": [],
-                "counts": {"content": {"published": 7, "excluded": {}, "quarantined": 0}}}  # fmt: skip
-    store.write_json("_audit/dt=2026-11-02/manifest.json", manifest)
+    evidence = manifest("2026-11-02", dag_run_id="manual__s3", checks=[])
+    evidence["counts"]["content"].update(published=7, excluded={}, quarantined=0)
+    store.write_json("_audit/dt=2026-11-02/manifest.json", evidence)
     store.write_bytes("_audit/dt=2026-11-02/report.html", b"<p>report</p>")
     store.write_bytes("content/dt=2026-11-02/part-0000.parquet", b"PAR1")
     assert read_evidence(store, "_audit/dt=2026-11-02/report.html") == b"<p>report</p>"

@@ -19,6 +19,7 @@ from consent_gate.manifest import Manifest, abandoned_manifest, swept_version
 from consent_gate.manifest_schema import ManifestInvalid, check_manifest, manifest_problems
 from consent_gate.publish import OutputStore
 from consent_gate.verify import VerificationError, verify_published_day
+from tests.builders import manifest
 from tests.conftest import NONCONFORMING
 
 pytestmark = pytest.mark.unit
@@ -29,31 +30,7 @@ SECRET_VALUE = "value-that-must-not-be-echoed"
 
 
 def published() -> dict[str, Any]:
-    return {
-        "run_id": "cli",
-        "dag_run_id": None,
-        "attempt": "cli__20261120T000000__abcd1234",
-        "partition": DAY,
-        "code_version": "0.1.0",
-        "policy": {"version": "builtin-2", "checksum": SHA, "k_min_distinct_users": 10},
-        "as_of": "2026-11-20T00:00:00+00:00",
-        "consent": {"as_of": "2026-11-20T00:00:00+00:00", "checksum": "c", "visible_events": 3},
-        "status": "published",
-        "inputs": {"files": 2, "listed_in": "inputs.parquet"},
-        "counts": {
-            "content": {"meetings": 1, "units_in": 5, "published": 4, "excluded": {"private_message": 1},
-                        "quarantined": 0},
-            "telemetry": {"lines_read": 0, "aggregated": 0, "suppressed_events": 0, "out_of_partition": 0,
-                          "quarantined": 0},
-            "units_in": 5, "quarantined": 0, "quarantine_ratio": 0.0,
-        },
-        "checks": [{"name": "content_reconciles", "passed": True, "detail": "5 = 4 + 1 + 0"}],
-        "started_at": "2026-11-20T00:00:01+00:00",
-        "ended_at": "2026-11-20T00:00:09+00:00",
-        "outputs": [{"path": f"content/dt={DAY}/part-0000.vabcd1234.parquet", "sha256": SHA, "bytes": 10, "rows": 4}],
-        "withdrawn_since_as_of": {"pinned_as_of": "2026-11-20T00:00:00+00:00", "as_of": "2026-11-20T00:00:05+00:00",
-                                  "rows": 0, "excluded": {}},
-    }  # fmt: skip
+    return manifest(DAY)
 
 
 def test_a_manifest_round_trips_through_the_model_and_conforms():

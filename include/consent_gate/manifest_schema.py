@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 
-from consent_gate.config import PROJECT_ROOT
 from consent_gate.publish import OutputStore
 
-SCHEMA_FILE = PROJECT_ROOT / "docs" / "manifest.schema.json"
+# docs/manifest.schema.json, through the package's link to it: an installed wheel carries a copy.
+SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 
 
 class ManifestInvalid(ValueError):
@@ -43,7 +44,7 @@ def manifest_problems(data: Any) -> list[str]:
             problems.append(f"{where}: unexpected field(s) {', '.join(sorted(set(error.instance) - allowed))}")
         else:
             problems.append(f"{where}: breaks the schema's '{rule}' rule")
-    return problems
+    return list(dict.fromkeys(problems))  # one line per problem: `required` reports each missing field
 
 
 def check_manifest(data: Any, name: str) -> dict[str, Any]:
