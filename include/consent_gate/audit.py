@@ -11,7 +11,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from consent_gate.layout import AUDIT, attempts_folder, day_of, manifest_path
+from consent_gate.layout import AUDIT, attempts_folder, day_folders_glob, day_name, day_of, manifest_path
 from consent_gate.publish import OutputStore
 
 REASON_COLOURS = {
@@ -264,7 +264,7 @@ def render_index(days: Sequence[dict[str, Any]]) -> str:
         passed = sum(1 for c in checks if c.get("passed"))
         rows.append(
             (
-                f'<a href="dt={_e(entry["day"])}/report.html">{_e(entry["day"])}</a>',
+                f'<a href="{_e(day_name(entry["day"]))}/report.html">{_e(entry["day"])}</a>',
                 _e(manifest.get("status")),
                 outcome["published"],
                 sum(v for k, v in outcome.items() if k not in ("published", "quarantined")),
@@ -323,7 +323,7 @@ def write_day_report(
 def write_index(store: OutputStore) -> str:
     """`_audit/index.html` across every published day."""
     days = []
-    for folder in sorted(store.fs.glob(store.path(f"{AUDIT}/dt=*"))):
+    for folder in sorted(store.fs.glob(store.path(day_folders_glob(AUDIT)))):
         day = day_of(folder)
         if day is None or not store.exists(manifest_path(day)):
             continue

@@ -43,9 +43,14 @@ def _iso(day: date | str) -> str:
     return day.isoformat() if isinstance(day, date) else day
 
 
+def day_name(day: date | str) -> str:
+    """`dt=D`: the folder name of a day's partition."""
+    return f"{_DAY_PREFIX}{_iso(day)}"
+
+
 def day_folder(dataset: str, day: date | str) -> str:
     """`<dataset>/dt=D`: a day's partition of a dataset (content, aggregates, _audit, _staging)."""
-    return f"{dataset}/{_DAY_PREFIX}{_iso(day)}"
+    return f"{dataset}/{day_name(day)}"
 
 
 def content_day(day: date | str) -> str:
@@ -62,6 +67,11 @@ def audit_day(day: date | str) -> str:
 
 def staging_day(day: date | str) -> str:
     return day_folder(STAGING, day)
+
+
+def day_folders_glob(dataset: str) -> str:
+    """A glob for every day's partition of a dataset."""
+    return f"{dataset}/{_DAY_PREFIX}*"
 
 
 def manifest_path(day: date | str) -> str:
