@@ -253,13 +253,7 @@ def load_snapshot(settings: RunSettings, stage: Stage, subjects: set[str]) -> Co
     pepper = pseudonym_pepper(settings.secret)
     names = {pseudonym(pepper, key): key for key in subjects}
     with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as local:
-        if store.is_local:
-            path = store.path(stage / written["path"])
-        else:
-            path = f"{local}/snapshot.parquet"
-            with store.open(stage / written["path"]) as source, open(path, "wb") as target:
-                while chunk := source.read(8 << 20):
-                    target.write(chunk)
+        path = store.local_file(stage / written["path"], local)
         if file_sha256(path) != written["sha256"]:
             raise GateCheckFailed("the stage's consent snapshot file changed since it was written; refusing to gate")
         events = read_snapshot_events(path, names)
@@ -842,8 +836,7 @@ def _publish_locked(settings: RunSettings, stage: Stage) -> dict[str, Any]:
     store.write_json(stage / "audit/manifest.json", manifest)
     audit.write_day_report(store, stage / "audit", manifest)
     attempts = f"_audit/dt={day}/attempts"
-    if store.is_local and store.exists(attempts):  # the folder is exchanged whole: the history goes with it
-        store.copy_tree(attempts, stage / "audit/attempts")  # hard links; the published history stays whole
+    store.carry_history(attempts, stage / "audit/attempts")
     store.write_json(stage / f"audit/attempts/{stage.attempt}.json", manifest)
     publish_folders(
         store,
