@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consent_gate.auditor_app import DAILY_DAG, allowed_path, read_evidence, render_index_page, run_evidence
-from consent_gate.publish import OutputStore
+from consent_gate.stores import storage_for
 from tests.builders import manifest
 from tests.test_s3 import bucket, s3_endpoint  # noqa: F401 (fixtures)
 
@@ -75,7 +75,7 @@ def test_a_symlink_is_not_followed_even_to_an_allowed_name(tmp_path):
     (tmp_path / "elsewhere.json").write_text('{"secret": 1}')
     (day / "validation/linked.json").symlink_to(tmp_path / "elsewhere.json")
     (out / "_audit/dt=2026-11-03").symlink_to(day)
-    store = OutputStore(str(out))
+    store = storage_for(str(out))
     assert read_evidence(store, "_audit/dt=2026-11-02/validation/summary.json") == b"[]"
     assert read_evidence(store, "_audit/dt=2026-11-02/validation/linked.json") is None
     assert read_evidence(store, "_audit/dt=2026-11-03/validation/summary.json") is None
@@ -86,7 +86,7 @@ def test_a_symlink_is_not_followed_even_to_an_allowed_name(tmp_path):
 @pytest.mark.integration
 def test_evidence_is_read_through_output_store_on_s3(bucket):  # noqa: F811 (the imported fixture)
     name, options = bucket
-    store = OutputStore(f"s3://{name}/out", options)
+    store = storage_for(f"s3://{name}/out", options)
     evidence = manifest("2026-11-02", dag_run_id="manual__s3", checks=[])
     evidence["counts"]["content"].update(published=7, excluded={}, quarantined=0)
     store.write_json("_audit/dt=2026-11-02/manifest.json", evidence)

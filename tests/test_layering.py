@@ -24,7 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "consent_vector", "layout", "errors",
     ),
     # Where things are read and written: the landing zone, the output store, settings.
-    "io": ("sources", "publish", "config", "runs", "parquet", "manifest_schema"),
+    "io": ("storage", "stores", "sources", "publish", "config", "runs", "parquet", "manifest_schema"),
     # Rules applied to records: the gate, k-anonymity, keyed consent, re-verification, reports.
     "rules": ("gate", "aggregates", "keyed_consent", "verify", "audit", "explain"),
     # The day's steps over a stage, its checks and its manifest.

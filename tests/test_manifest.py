@@ -18,6 +18,7 @@ from consent_gate.config import Policy, RunSettings
 from consent_gate.manifest import Manifest, abandoned_manifest, swept_version
 from consent_gate.manifest_schema import ManifestInvalid, check_manifest, manifest_problems
 from consent_gate.publish import OutputStore
+from consent_gate.stores import storage_for
 from consent_gate.verify import VerificationError, verify_published_day
 from tests.builders import manifest
 from tests.conftest import NONCONFORMING
@@ -94,7 +95,7 @@ def write_nonconforming_day(tmp_path: Path) -> OutputStore:
     (audit / "manifest.json").write_text(json.dumps(manifest))
     (audit / "attempts" / f"{manifest['attempt']}.json").write_text(json.dumps(manifest))
     (out / f"content/dt={DAY}").mkdir(parents=True)
-    return OutputStore(str(out))
+    return storage_for(str(out))
 
 
 def test_verify_refuses_a_nonconforming_manifest_before_reading_anything(tmp_path):

@@ -48,7 +48,7 @@ WRAPPED = ("write_json", "write_bytes", "remove", "makedirs", "copy_tree")
 
 def harness_main(spec: dict[str, Any]) -> None:
     """Publish one stage; with kill_after=N, SIGKILL this process right after the Nth wrapped call."""
-    import consent_gate.publish as publish
+    import consent_gate.stores as stores
 
     calls: list[str] = []
     kill_after = spec["kill_after"]
@@ -64,8 +64,8 @@ def harness_main(spec: dict[str, Any]) -> None:
         return wrapper
 
     for name in WRAPPED:
-        setattr(publish.OutputStore, name, counted(name, getattr(publish.OutputStore, name)))
-    publish._swap_local = counted("swap", publish._swap_local)
+        setattr(stores.LocalStorage, name, counted(name, getattr(stores.LocalStorage, name)))
+    stores._swap_local = counted("swap", stores._swap_local)
     os.link = counted("link", os.link)  # each hard link of the copied attempts history
     settings = _settings(spec)
     if spec.get("sweep_as_of"):
@@ -225,11 +225,11 @@ def test_a_publication_killed_anywhere_leaves_a_whole_version_and_the_next_run_s
 
 def test_a_publication_that_raises_rolls_back_and_keeps_its_evidence(world, monkeypatch):
     """An exception between two exchanges (not a kill) is undone at once by the failing process."""
-    import consent_gate.publish as publish
+    import consent_gate.stores as stores
 
     out = world["out"]
     previous = assert_day_consistent(out)
-    real_swap, swaps = publish._swap_local, []
+    real_swap, swaps = stores._swap_local, []
 
     def failing_second_swap(staged: str, target: str) -> None:
         swaps.append(target)
@@ -237,7 +237,7 @@ def test_a_publication_that_raises_rolls_back_and_keeps_its_evidence(world, monk
             raise OSError("disk went away")
         real_swap(staged, target)
 
-    monkeypatch.setattr(publish, "_swap_local", failing_second_swap)
+    monkeypatch.setattr(stores, "_swap_local", failing_second_swap)
     stage = stage_copy(world, "raises")
     with pytest.raises(OSError, match="disk went away"):
         publish_stage(world["settings"], stage, clock=utc_now)

@@ -29,6 +29,7 @@ from consent_gate.manifest import read_manifest
 from consent_gate.pipeline import run_day
 from consent_gate.publish import OutputStore, published_files
 from consent_gate.records import parse_timestamp
+from consent_gate.stores import storage_for
 from consent_gate.validation import validate_stage
 from tests.test_shards import run_sharded
 
@@ -83,7 +84,7 @@ def bucket(s3_endpoint, monkeypatch) -> tuple[str, dict[str, Any]]:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_endpoint}}
     name = f"consent-gate-{uuid.uuid4().hex[:10]}"
-    store = OutputStore(f"s3://{name}", options)
+    store = storage_for(f"s3://{name}", options)
     store.fs.mkdir(name)
     return name, options
 
@@ -96,7 +97,7 @@ def s3_settings(sample: Path, bucket_name: str, options: dict[str, Any]) -> RunS
 
 
 def upload_landing_zone(sample: Path, settings: RunSettings) -> None:
-    store = OutputStore(settings.raw, settings.storage_options)
+    store = storage_for(settings.raw, settings.storage_options)
     for folder in ("meetings", "telemetry"):
         store.fs.put(str(sample / "raw" / folder / f"dt={DAY}"), f"{store.root_path}/{folder}/", recursive=True)
     assert store.files(f"telemetry/dt={DAY}", ".jsonl.gz")

@@ -25,8 +25,8 @@ from consent_gate.gate import CONTENT_SCHEMA
 from consent_gate.keyed_consent import keyed_consent, withdrawal_reasons
 from consent_gate.keys import Keyer
 from consent_gate.pipeline import RunOutcome, run_day
-from consent_gate.publish import OutputStore
 from consent_gate.records import parse_timestamp
+from consent_gate.stores import storage_for
 from consent_gate.sweep import SweepOutcome, sweep
 from tests.builders import at, consent_row, sample_identities, sample_secrets
 
@@ -318,7 +318,7 @@ def test_a_back_dated_revocation_below_the_watermark_triggers_a_full_sweep(world
     victim = next(u for u in sorted(users) if any(keyer.user(u) in r["user_keys"] for r in published))
     append_consent(db, [revocation("zz_back_dated", "user", victim, REVOKED_AT)])  # recorded below the watermark
     outcome = sweep(
-        OutputStore(str(out)), f"sqlite:///{db}", world.settings.secret, SWEEP_AS_OF + timedelta(hours=2), clock=utc_now
+        storage_for(str(out)), f"sqlite:///{db}", world.settings.secret, SWEEP_AS_OF + timedelta(hours=2), clock=utc_now
     )
     assert outcome.mode == "full" and outcome.rows_removed > 0
     assert not any(keyer.user(victim) in r["user_keys"] for rows in content_rows(out).values() for r in rows)
@@ -334,7 +334,7 @@ def test_a_sweep_waits_for_the_day_lock_of_a_running_publication(world, tmp_path
     victim = content_rows(out)[f"dt={day}"][0]["account_keys"][0]
     account_id = next(a for a in sample_identities(Path(world.settings.raw).parent)[1] if keyer.account(a) == victim)
     append_consent(db, [revocation("zz_locked", "account", account_id, REVOKED_AT)])
-    store = OutputStore(str(out))
+    store = storage_for(str(out))
     before = file_digests(out, f"content/dt={day}/")
     result: list[SweepOutcome] = []
     with store.day_lock(day):

@@ -13,7 +13,7 @@ from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.explain import explain
 from consent_gate.keys import Keyer
 from consent_gate.pipeline import run_day
-from consent_gate.publish import OutputStore
+from consent_gate.stores import storage_for
 from tests.builders import (
     ARROWS,
     DAY,
@@ -160,7 +160,7 @@ def test_the_manifest_counts_unidentified_speakers_by_reason(why_day):
 
 def test_explain_shows_the_speaker_source_and_the_unidentified_reason(why_day):
     out = why_day[0]
-    store = OutputStore(str(out))
+    store = storage_for(str(out))
     unidentified = explain(store, T0.date(), "m_voice_prefix/transcript/1").render()
     assert "a voice span" in unidentified and "several_speakers" in unidentified
     assert "Alice" not in unidentified and "screen" not in unidentified  # no names, no words

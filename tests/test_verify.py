@@ -17,7 +17,7 @@ from consent_gate.cli import main
 from consent_gate.consent import subject_key, to_ns
 from consent_gate.gate import CONTENT_SCHEMA
 from consent_gate.keys import Keyer
-from consent_gate.publish import OutputStore
+from consent_gate.stores import storage_for
 from consent_gate.verify import VerificationError, verify_files
 from tests.builders import at, consent_row, snapshot, write_consent_db
 from tests.test_validation import DAY, attempt, content_part, rewrite, settings_for
@@ -40,7 +40,7 @@ def chat_row(artifact_id: str = "m_1/chat/1", user: str = "u_1", account: str = 
 def verify_rows(tmp_path: Path, consent: list[tuple], rows: list[dict]):
     url = write_consent_db(tmp_path / "consent.db", consent)
     pq.write_table(pa.Table.from_pylist(rows, schema=CONTENT_SCHEMA), tmp_path / "part-0000.parquet")
-    return verify_files(OutputStore(str(tmp_path)), ["part-0000.parquet"], url, AS_OF, KEYER)
+    return verify_files(storage_for(str(tmp_path)), ["part-0000.parquet"], url, AS_OF, KEYER)
 
 
 CASES = [

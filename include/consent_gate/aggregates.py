@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, NamedTuple
 
-import fsspec
 import fsspec.core
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,7 +47,7 @@ from consent_gate.records import (
     require_object,
     require_str,
 )
-from consent_gate.sources import open_no_follow
+from consent_gate.sources import LandingZone
 from consent_gate.verify import connect
 
 AGGREGATE_SCHEMA = pa.schema(
@@ -205,23 +204,19 @@ class _TelemetryFile:
     """The numbered lines of one gzip file; a read failure ends the lines and is kept in `error`.
 
     Catching the failure here, not around the caller's loop, keeps a bug in line handling from
-    being mistaken for a corrupt file. Local files are opened with O_NOFOLLOW (SPEC §2.1).
+    being mistaken for a corrupt file. The file is opened through the landing zone, so a link is
+    never followed (SPEC §2.1).
     """
 
-    def __init__(self, url: str, storage_options: dict[str, Any]) -> None:
-        self.url = url
-        self.storage_options = storage_options
+    def __init__(self, zone: LandingZone, relative: str) -> None:
+        self.zone = zone
+        self.relative = relative
         self.error: str | None = None
 
     @contextlib.contextmanager
     def _open(self) -> Iterator[Any]:
-        protocol, path = fsspec.core.split_protocol(self.url)
-        if protocol in (None, "file", "local"):
-            with open_no_follow(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as handle:
-                yield handle
-        else:
-            with fsspec.open(self.url, "rb", compression="gzip", **self.storage_options) as handle:
-                yield handle
+        with self.zone.open_binary(self.relative) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as handle:
+            yield handle
 
     def lines(self) -> Iterator[tuple[int, bytes]]:
         number = 0
@@ -272,9 +267,10 @@ def aggregate_telemetry(
             day_groups.counts.lines_read += 1
             day_groups.counts.unreadable_files += 1
             day_groups.quarantine_unit(unit.unit, unit.error)
+        zone = LandingZone(landing_root, storage_options)
         units = [relative_unit(url, landing_root) for url in files]
-        for index, (url, unit) in enumerate(zip(files, units, strict=True)):
-            day_groups.read_file(_TelemetryFile(url, storage_options or {}), unit, index)
+        for index, unit in enumerate(units):
+            day_groups.read_file(_TelemetryFile(zone, unit), unit, index)
         day_groups.close()
         table = _publish_groups(day_groups, k, units, spill)
     finally:

@@ -142,8 +142,8 @@ def daily_run_failed(context: dict[str, Any]) -> None:
     from airflow.sdk import Variable
 
     from consent_gate.config import project_var
-    from consent_gate.publish import OutputStore
     from consent_gate.runs import VAR_OUT, partition_for_run
+    from consent_gate.stores import storage_for
 
     run = context.get("dag_run")
     run_id = getattr(run, "run_id", None)
@@ -153,7 +153,7 @@ def daily_run_failed(context: dict[str, Any]) -> None:
             getattr(run, "data_interval_start", None), getattr(run, "data_interval_end", None), conf.get("day")
         ).isoformat()
         # only where the outputs are: the alert must not depend on the consent store or the HMAC secret
-        store = OutputStore(Variable.get(VAR_OUT, default=str(project_var() / "out")))
+        store = storage_for(Variable.get(VAR_OUT, default=str(project_var() / "out")))
         evidence, attempt = attempt_of_run(store, day, run_id)
     except Exception as error:  # the alert goes out even when the evidence cannot be read
         log.exception("reading the failed run's evidence")

@@ -13,12 +13,9 @@ content or raw ids; `explain` gives the same answer as `consent-gate explain`.
 
 from __future__ import annotations
 
-import errno
 import html
 import mimetypes
-import os
 import re
-import stat
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from itertools import islice
@@ -33,6 +30,7 @@ from consent_gate.audit import _checks_table, _page, _table, bar_chart, outcome_
 from consent_gate.layout import AUDIT, attempt_record, attempts_folder, audit_day, day_of, file_name, manifest_path
 from consent_gate.manifest_schema import ManifestInvalid, check_manifest
 from consent_gate.publish import OutputStore
+from consent_gate.storage import NotARegularFile
 
 if TYPE_CHECKING:  # the pipeline (pyarrow, GX) is imported when a page needs it, not when Airflow loads plugins
     from consent_gate.config import RunSettings
@@ -75,31 +73,16 @@ def allowed_path(relative: str) -> bool:
 
 
 def read_evidence(store: OutputStore, relative: str) -> bytes | None:
-    """An allowed evidence file's bytes; None when not allowed, missing, not a regular file, or reached
-    through a symlink (local storage: a link planted in the output folder must not serve /etc)."""
+    """An allowed evidence file's bytes; None when not allowed, missing, too large, not a regular file,
+    or reached through a symlink (a link planted in a local output folder must not serve /etc)."""
     if not allowed_path(relative):
         return None
-    if not store.is_local:  # object stores have no symlinks; keys are opened as given
-        if not store.exists(relative):
-            return None
-        with store.open(relative) as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-        return data if len(data) <= MAX_FILE_BYTES else None
-    root = os.path.realpath(store.root_path)
-    target = os.path.join(root, relative)
-    if os.path.realpath(target) != target:  # a symlink anywhere below the root
-        return None
     try:
-        descriptor = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as error:
-        if error.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EACCES):
-            return None
-        raise
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE_BYTES:
-            return None
-        return handle.read()
+        with store.open_no_follow(relative) as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except (NotARegularFile, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+        return None
+    return data if len(data) <= MAX_FILE_BYTES else None
 
 
 def _json(store: OutputStore, relative: str) -> Any:

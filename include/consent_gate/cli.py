@@ -235,9 +235,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_files(args: argparse.Namespace) -> int:
     """One URI a line: exactly the published version's files, even while a new version is being copied."""
-    from consent_gate.publish import OutputStore, published_files
+    from consent_gate.publish import published_files
+    from consent_gate.stores import storage_for
 
-    uris = published_files(OutputStore(args.out), args.date.isoformat(), args.dataset)
+    uris = published_files(storage_for(args.out), args.date.isoformat(), args.dataset)
     if not uris:
         print(f"consent-gate: {args.date} is not published under {args.out}", file=sys.stderr)
         return 2
@@ -247,9 +248,9 @@ def cmd_files(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from consent_gate.audit import write_index
-    from consent_gate.publish import OutputStore
+    from consent_gate.stores import storage_for
 
-    print(f"{args.out}/{write_index(OutputStore(args.out))}")
+    print(f"{args.out}/{write_index(storage_for(args.out))}")
     return 0
 
 

@@ -119,9 +119,9 @@ class RunSettings:
         return LandingZone(self.raw, self.storage_options)
 
     def store(self) -> OutputStore:
-        from consent_gate.publish import OutputStore
+        from consent_gate.stores import storage_for
 
-        return OutputStore(self.out, self.storage_options)
+        return storage_for(self.out, self.storage_options)
 
 
 def project_var() -> Path:

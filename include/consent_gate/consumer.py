@@ -61,13 +61,13 @@ def read_day_task(params: Any, dag_run: Any, triggering_asset_events: Any) -> di
     from airflow.sdk import Variable
 
     from consent_gate.config import project_var
-    from consent_gate.publish import OutputStore
     from consent_gate.runs import VAR_OUT
+    from consent_gate.stores import storage_for
 
     day = day_of_run(params, getattr(dag_run, "partition_key", None))
     events = list((triggering_asset_events or {}).get(CONTENT, []) if triggering_asset_events else [])
     change = change_from_events(events, day)
-    read = read_day(OutputStore(Variable.get(VAR_OUT, default=str(project_var() / "out"))), day)
+    read = read_day(storage_for(Variable.get(VAR_OUT, default=str(project_var() / "out"))), day)
     # A later publication or sweep may have replaced the version the event named: read the current one.
     read["kind"] = change["kind"] if change else "manual"
     read["event_version_is_current"] = bool(change) and change.get("manifest_sha256") == read["manifest_sha256"]

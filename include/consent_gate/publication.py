@@ -225,8 +225,7 @@ def _publish_locked(settings: RunSettings, stage: Stage, clock: Clock) -> dict[s
     store.write_json(stage / "audit/manifest.json", manifest)
     audit.write_day_report(store, stage / "audit", manifest)
     attempts = attempts_folder(day)
-    if store.is_local and store.exists(attempts):  # the folder is exchanged whole: the history goes with it
-        store.copy_tree(attempts, stage / "audit/attempts")  # hard links; the published history stays whole
+    store.carry_history(attempts, stage / "audit/attempts")
     store.write_json(stage / f"audit/attempts/{stage.attempt}.json", manifest)
     publish_folders(
         store,

@@ -1,23 +1,19 @@
 """Reading the landing zone: meeting folders into artifacts, bad units into quarantine.
 
-Storage is reached through fsspec, so the same code reads local paths, `file://` and `s3://` URIs.
+Storage is reached through `stores.storage_for`, so the same code reads local paths, `file://` and
+`s3://` URIs, and never follows a symbolic link.
 Every file is read once: its bytes are hashed for the manifest and parsed from the same buffer.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
 import re
-import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
-
-import fsspec
 
 from consent_gate import webvtt_reader
 from consent_gate.records import (
@@ -32,6 +28,8 @@ from consent_gate.records import (
     safe_name,
 )
 from consent_gate.speakers import attribute, speakers_by_name
+from consent_gate.storage import NOT_FOLLOWED, NotARegularFile
+from consent_gate.stores import storage_for
 
 ARTIFACT_TYPES = ("transcript_segment", "chat_message", "summary", "recording")
 CONTENT_TYPE_OF = {
@@ -109,12 +107,7 @@ class MeetingRead:
     units_in: int = 0  # cues, chat lines, summaries, recordings read, and units quarantined whole
 
 
-NOT_FOLLOWED = "a symbolic link: never followed (SPEC §2.1)"
 BAD_NAME = "name is not [A-Za-z0-9._-]{1,128} (named here by its sha256)"
-
-
-class NotARegularFile(OSError):
-    """A landing-zone path that is a symlink, a folder or a device where a file was expected."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -137,19 +130,16 @@ class Entry:
 
 
 class LandingZone:
-    """A landing zone root (path or fsspec URI) and the day partitions below it.
-
-    Local zones are read without following symbolic links (SPEC §2.1): listings use lstat, and files
-    are opened component by component with O_NOFOLLOW, so a link swapped in after the listing is
-    refused too. Object stores have no links.
+    """A landing zone root (path or fsspec URI) and the day partitions below it, read through the
+    root's storage (`stores.storage_for`, chosen once), which never follows a symbolic link (SPEC §2.1):
+    local listings use lstat, and files are opened component by component with O_NOFOLLOW, so a link
+    swapped in after the listing is refused too. Object stores have no links.
     """
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
         self.root = root.rstrip("/")
-        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
-        self._root_path = self._root_path.rstrip("/")
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        self.is_local = protocol in ("file", "local")
+        self._storage = storage_for(self.root, storage_options)
+        self.fs = self._storage.fs
 
     def meetings_prefix(self, day: date) -> str:
         return f"meetings/dt={day.isoformat()}"
@@ -158,39 +148,15 @@ class LandingZone:
         return f"telemetry/dt={day.isoformat()}"
 
     def _abs(self, relative: str) -> str:
-        return f"{self._root_path}/{relative}"
+        return self._storage.path(relative)
 
     def entries(self, relative: str) -> list[Entry]:
         """The names directly under `relative` (sorted; none when it does not exist), links not followed."""
-        if self.is_local:
-            try:
-                with os.scandir(self._open_path(relative, directory=True)) as listing:
-                    found = [(e.name, _local_kind(e)) for e in listing]
-            except FileNotFoundError:
-                return []
-            except NotARegularFile:
-                raise NotARegularFile(f"{relative}: {NOT_FOLLOWED}") from None
-        else:
-            base = self._abs(relative)
-            if not self.fs.exists(base):
-                return []
-            found = [
-                (e["name"].rstrip("/").rsplit("/", 1)[-1], "directory" if e["type"] == "directory" else "file")
-                for e in self.fs.ls(base, detail=True)
-            ]
+        try:
+            found = self._storage.listing(relative)
+        except NotARegularFile:
+            raise NotARegularFile(f"{relative}: {NOT_FOLLOWED}") from None
         return sorted(Entry(safe_name(name), kind, is_safe_name(name)) for name, kind in found)
-
-    def _open_path(self, relative: str, *, directory: bool = False) -> str:
-        """A local path whose every component below the root is checked not to be a link."""
-        path = self._root_path
-        for part in relative.split("/"):
-            path = f"{path}/{part}"
-            mode = os.lstat(path).st_mode
-            if stat.S_ISLNK(mode):
-                raise NotARegularFile(f"{relative}: {NOT_FOLLOWED}")
-        if directory and not stat.S_ISDIR(mode):
-            raise NotARegularFile(f"{relative}: not a folder")
-        return path
 
     def meeting_folders(self, day: date) -> list[str]:
         """Relative paths of every entry of the day's meetings folder, sorted (a stable order).
@@ -221,47 +187,18 @@ class LandingZone:
 
     def url(self, relative: str) -> str:
         """A URL fsspec opens with this zone's protocol."""
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        path = self._abs(relative)
-        return path if protocol in ("file", "local") else f"{protocol}://{path}"
+        return self._storage.uri(relative)
 
     def open_binary(self, relative: str) -> Any:
-        """A binary file object; locally opened with O_NOFOLLOW below a link-free folder path."""
-        if not self.is_local:
-            return self.fs.open(self._abs(relative), "rb")
-        return open_no_follow(self._open_path(relative))
+        """A binary file object, opened without following a link anywhere below the root."""
+        return self._storage.open_no_follow(relative)
 
     def read_bytes(self, relative: str) -> bytes | None:
         """The file's bytes, or None when it does not exist; NotARegularFile for a link or folder."""
         try:
-            if not self.is_local:
-                return self.fs.cat_file(self._abs(relative))
-            with self.open_binary(relative) as handle:
-                return handle.read()
+            return self._storage.read_bytes(relative)
         except FileNotFoundError:
             return None
-
-
-def open_no_follow(path: str) -> Any:
-    """Open a local regular file for reading without following a link at its last component."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise NotARegularFile(NOT_FOLLOWED) from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, FIFO or device named like a data file
-        os.close(fd)
-        raise NotARegularFile("not a regular file")
-    return os.fdopen(fd, "rb")
-
-
-def _local_kind(entry: os.DirEntry[str]) -> str:
-    if entry.is_symlink():
-        return "symlink"
-    if entry.is_dir(follow_symlinks=False):
-        return "directory"
-    return "file" if entry.is_file(follow_symlinks=False) else "other"
 
 
 def input_file(path: str, data: bytes) -> InputFile:

@@ -186,13 +186,7 @@ def load_snapshot(settings: RunSettings, stage: Stage, subjects: set[str]) -> Co
     pepper = pseudonym_pepper(settings.secret)
     names = {pseudonym(pepper, key): key for key in subjects}
     with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as local:
-        if store.is_local:
-            path = store.path(stage / written["path"])
-        else:
-            path = f"{local}/snapshot.parquet"
-            with store.open(stage / written["path"]) as source, open(path, "wb") as target:
-                while chunk := source.read(8 << 20):
-                    target.write(chunk)
+        path = store.local_file(stage / written["path"], local)
         if file_sha256(path) != written["sha256"]:
             raise GateCheckFailed("the stage's consent snapshot file changed since it was written; refusing to gate")
         events = read_snapshot_events(path, names)

@@ -297,8 +297,8 @@ def _stage_evidence(store: OutputStore, day: str, stage: str, withdrawn: pa.Tabl
     if not store.exists(manifest_path(day)):
         return "missing"  # content was purged all the same; the sweep log holds the record
     for relative in store.tree(audit):
-        if not store.is_local and relative.startswith(f"{HISTORY}/"):
-            continue  # object stores leave the append-only history in place (publish._publish_remote)
+        if store.history_stays_in_place and relative.startswith(f"{HISTORY}/"):
+            continue  # the append-only history is not staged (stores.ObjectStorage.exchange_folders)
         store.copy_file(f"{audit}/{relative}", f"{staged}/{relative}")  # server-side on object stores
     evidence = {"excluded.parquet": EXCLUDED_SCHEMA, "withdrawn.parquet": WITHDRAWN_SCHEMA}
     for name, schema in evidence.items():

@@ -287,9 +287,8 @@ def _verify(
         visible_consent_events=_scalar(connection, "SELECT count(*) FROM visible"),
         failed_closed_subjects=_scalar(connection, "SELECT count(*) FROM failed_closed"),
     )
-    if not store.is_local:
-        connection.register_filesystem(store.fs)
-    paths = [_readable_path(store, f) for f in content_files]
+    store.attach_to(connection)
+    paths = [store.uri(f) for f in content_files]
     if not paths:
         return result
     connection.read_parquet(paths).create_view("published_files")
@@ -319,14 +318,6 @@ def _split(script: str) -> list[str]:
 def _scalar(connection: Any, sql: str) -> int:
     rows = connection.execute(sql).fetchall()  # fetched to the end: DuckDB refuses new work on a pending result
     return int(rows[0][0]) if rows else 0
-
-
-def _readable_path(store: OutputStore, relative: str) -> str:
-    """A path DuckDB can read: the local file, or the object-store URL through the registered fsspec."""
-    if store.is_local:
-        return store.path(relative)
-    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
-    return f"{protocol}://{store.path(relative)}"
 
 
 # --- entry points ---------------------------------------------------------------------------------

@@ -1,0 +1,199 @@
+"""The storage contract: every implementation of `storage.OutputStore` passes the same tests.
+
+`LocalStorage` runs on a temporary folder, `ObjectStorage` on moto's S3-API server (as in test_s3).
+A third backend joins by adding a param to the `store` fixture (and to `linkable_store` if it can hold
+symbolic links); publication, the sweep and the landing zone then run on it unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import duckdb
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from consent_gate.publish import (
+    JOURNAL,
+    OutputStore,
+    begin_publication,
+    publish_folders,
+    settle_publication,
+    versioned_names,
+)
+from consent_gate.storage import NotARegularFile
+from consent_gate.stores import LocalStorage, ObjectStorage, storage_for
+from tests.builders import manifest
+from tests.test_s3 import bucket, s3_endpoint  # noqa: F401 (fixtures)
+
+DAY = "2026-11-02"
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("local", marks=pytest.mark.unit),
+        pytest.param("s3", marks=pytest.mark.integration),
+    ]
+)
+def store(request, tmp_path) -> OutputStore:
+    if request.param == "local":
+        return storage_for(str(tmp_path / "out"))
+    name, options = request.getfixturevalue("bucket")
+    return storage_for(f"s3://{name}/out", options)
+
+
+@pytest.fixture
+def linkable_store(tmp_path) -> OutputStore:
+    """A store on which a symbolic link can be planted (object stores have none)."""
+    return storage_for(str(tmp_path / "out"))
+
+
+def parquet(ids: list[str]) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"artifact_id": pa.array(ids, pa.string())}), sink)
+    return sink.getvalue()
+
+
+def ids_in(store: OutputStore, folder: str) -> list[str]:
+    ids: list[str] = []
+    for relative in store.files(folder, ".parquet"):
+        with store.open(relative) as handle:
+            ids += pq.read_table(handle).column("artifact_id").to_pylist()
+    return sorted(ids)
+
+
+# --- choosing the implementation ------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_the_uri_chooses_the_implementation(tmp_path):
+    assert type(storage_for(str(tmp_path))) is LocalStorage
+    assert type(storage_for(f"file://{tmp_path}")) is LocalStorage
+    assert type(storage_for(str(tmp_path))) is LocalStorage  # the interface's name gives the URI's choice
+    assert type(storage_for("memory://consent-gate-storage-test")) is ObjectStorage
+
+
+@pytest.mark.integration
+def test_an_s3_uri_is_object_storage(bucket):  # noqa: F811 (the imported fixture)
+    name, options = bucket
+    assert type(storage_for(f"s3://{name}/out", options)) is ObjectStorage
+
+
+# --- the contract ---------------------------------------------------------------------------------
+
+
+def test_whole_files_are_written_read_and_removed(store, tmp_path):
+    store.write_bytes("a/b/data.bin", b"\x00bytes")
+    store.write_json("a/doc.json", {"k": [1, 2]})
+    assert store.read_bytes("a/b/data.bin") == b"\x00bytes"
+    assert store.read_json("a/doc.json") == {"k": [1, 2]}
+    with store.open_no_follow("a/b/data.bin") as handle:
+        assert handle.read() == b"\x00bytes"
+    with open(store.local_file("a/b/data.bin", str(tmp_path)), "rb") as handle:
+        assert handle.read() == b"\x00bytes"
+    store.copy_file("a/b/data.bin", "c/copy.bin")
+    store.write_bytes("c/copy.bin", b"changed")
+    assert store.read_bytes("a/b/data.bin") == b"\x00bytes"  # a copy, never a link to the source
+    with pytest.raises(FileNotFoundError):
+        store.open_no_follow("a/missing.bin")
+    store.remove("a")
+    store.remove("never/there")
+    assert not store.exists("a/doc.json") and store.exists("c/copy.bin")
+
+
+def test_listings_name_files_and_folders_relative_to_the_root(store):
+    store.write_bytes("day/one.parquet", b"1")
+    store.write_bytes("day/two.json", b"2")
+    store.write_bytes("day/attempts/a.json", b"3")
+    assert store.files("day", ".parquet") == ["day/one.parquet"]
+    assert store.folders("day") == ["attempts"]
+    assert store.tree("day") == ["attempts/a.json", "one.parquet", "two.json"]
+    assert sorted(store.listing("day")) == [("attempts", "directory"), ("one.parquet", "file"), ("two.json", "file")]
+    assert store.glob("day/*/a.json") == ["day/attempts/a.json"]
+    assert store.listing("nowhere") == [] and store.files("nowhere") == [] and store.tree("nowhere") == []
+
+
+def test_uris_reach_the_same_bytes_through_fsspec_and_duckdb(store):
+    store.write_bytes("content/part-0000.parquet", parquet(["a1", "a2"]))
+    uri = store.uri("content/part-0000.parquet")
+    options = store.fs.storage_options if isinstance(store, ObjectStorage) else {}
+    with fsspec.open(uri, "rb", **options) as handle:
+        assert pq.read_table(handle).num_rows == 2
+    assert store.parquet_rows(["content/part-0000.parquet"]) == 2
+    connection = duckdb.connect()
+    store.attach_to(connection)
+    assert connection.read_parquet([uri]).aggregate("count(*)").fetchall() == [(2,)]
+
+
+def publish_version(store: OutputStore, attempt: str, ids: list[str]) -> None:
+    """Stage one version of a day (content and evidence with its history) and publish it."""
+    stage = f"_staging/dt={DAY}/{attempt}"
+    store.write_bytes(f"{stage}/content/part-0000.parquet", parquet(ids))
+    store.write_json(f"{stage}/audit/manifest.json", manifest(DAY, attempt=attempt))
+    versioned_names(store, f"{stage}/content", attempt)
+    with store.day_lock(DAY):
+        begin_publication(store, stage)
+        store.carry_history(f"_audit/dt={DAY}/attempts", f"{stage}/audit/attempts")
+        store.write_json(f"{stage}/audit/attempts/{attempt}.json", manifest(DAY, attempt=attempt))
+        swaps = [(f"{stage}/content", f"content/dt={DAY}"), (f"{stage}/audit", f"_audit/dt={DAY}")]
+        publish_folders(store, stage, swaps)  # the evidence last: its exchange is the commit
+    store.remove(stage)
+
+
+def test_a_publication_replaces_each_folder_whole_and_keeps_the_history(store):
+    publish_version(store, "first", ["a1", "a2", "a3"])
+    publish_version(store, "second", ["b1"])
+    assert ids_in(store, f"content/dt={DAY}") == ["b1"]  # the previous version's files are gone
+    assert store.read_json(f"_audit/dt={DAY}/manifest.json")["attempt"] == "second"
+    assert store.files(f"_audit/dt={DAY}/attempts", ".json") == [
+        f"_audit/dt={DAY}/attempts/first.json",
+        f"_audit/dt={DAY}/attempts/second.json",
+    ]
+    assert not store.tree(f"_staging/dt={DAY}")
+
+
+def test_a_publication_journaled_but_not_begun_settles_as_rolled_back(store):
+    publish_version(store, "first", ["a1"])
+    stage = f"_staging/dt={DAY}/second"
+    store.write_bytes(f"{stage}/content/part-0000.parquet", parquet(["b1"]))
+    begin_publication(store, stage)
+    assert settle_publication(store, stage) == "rolled_back"
+    assert ids_in(store, f"content/dt={DAY}") == ["a1"]
+    assert settle_publication(store, stage) == "rolled_back"  # settling twice changes nothing
+
+
+def test_remove_deletes_a_single_file(store, request):
+    if isinstance(store, LocalStorage):
+        # shutil.rmtree(ignore_errors=True) leaves a file alone, so a local publication's journal stays
+        # until its stage is removed, and local crash recovery (recover_day after a kill between the
+        # journal's removal and the stage's) relies on that: change the two together.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="local remove() deletes folders only"))
+    store.write_json(f"stage/{JOURNAL}", {"swaps": []})
+    store.remove(f"stage/{JOURNAL}")
+    assert not store.exists(f"stage/{JOURNAL}")
+
+
+# --- links: never followed ------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_a_link_anywhere_on_the_way_is_listed_never_followed(linkable_store, tmp_path):
+    store = linkable_store
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.json").write_text(json.dumps({"secret": 1}))
+    store.write_bytes("day/real.json", b"{}")
+    root = tmp_path / "out"
+    (root / "day/link.json").symlink_to(elsewhere / "secret.json")
+    (root / "linked-day").symlink_to(elsewhere)
+    assert sorted(store.listing("day")) == [("link.json", "symlink"), ("real.json", "file")]
+    for relative in ("day/link.json", "linked-day/secret.json"):
+        with pytest.raises(NotARegularFile):
+            store.open_no_follow(relative)
+    with pytest.raises(NotARegularFile):
+        store.listing("linked-day")
+    with pytest.raises(NotARegularFile):
+        store.open_no_follow("day")  # a folder is not a regular file
