@@ -15,10 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consent_gate import aggregates
+from consent_gate import aggregates, telemetry
 from consent_gate.aggregates import (
     AGGREGATE_SCHEMA,
-    GroupValues,
     TelemetryAccountingError,
     TelemetryAggregate,
     TelemetryCounts,
@@ -26,6 +25,7 @@ from consent_gate.aggregates import (
 )
 from consent_gate.config import DEFAULT_EVENT_TYPES, Policy
 from consent_gate.records import load_json
+from consent_gate.telemetry import GroupValues
 
 pytestmark = pytest.mark.unit
 
@@ -384,7 +384,7 @@ def test_only_allow_listed_keys_are_ever_read(tmp_path, monkeypatch):
         decoded = load_json(data, where)
         return _KeySpy(decoded) if isinstance(decoded, dict) else decoded
 
-    monkeypatch.setattr(aggregates, "load_json", spying_loads)
+    monkeypatch.setattr(telemetry, "load_json", spying_loads)
     _KeySpy.looked_at = set()
     part = write_part(tmp_path, [
         event(email=EMAIL, ip="10.0.0.7", device_id="dev_1", duration_ms=5),
@@ -394,7 +394,7 @@ def test_only_allow_listed_keys_are_ever_read(tmp_path, monkeypatch):
     result = run(tmp_path, part)
     assert result.counts.telemetry_in == 1 and result.counts.quarantined == 4
     assert _KeySpy.looked_at and _KeySpy.looked_at <= ALLOW_LIST
-    assert set(aggregates.ALLOWED_FIELDS) == ALLOW_LIST
+    assert set(telemetry.ALLOWED_FIELDS) == ALLOW_LIST
 
 
 def test_an_extra_key_holding_an_email_never_appears_in_output_or_errors(tmp_path):

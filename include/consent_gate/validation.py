@@ -29,7 +29,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from consent_gate.aggregates import AGGREGATE_SCHEMA, GROUP_FIELDS
+from consent_gate.aggregates import AGGREGATE_SCHEMA
 from consent_gate.checks import CheckResult, Ledger, reconciliation_checks, stage_ledger, staged_counts
 from consent_gate.config import RunSettings
 from consent_gate.gate import CONTENT_SCHEMA
@@ -37,6 +37,7 @@ from consent_gate.gx_reports import RESULT_FORMAT, SuiteOutcome, check_details, 
 from consent_gate.layout import CHECKS_REPORT, Stage
 from consent_gate.publish import OutputStore
 from consent_gate.steps import day_subjects
+from consent_gate.telemetry import GROUP_FIELDS
 from consent_gate.verify import verify_stage
 
 SUITES = ("content", "content_keys", "content_ids", "aggregates", "reconciliation")
