@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from consent_gate.consent import ConsentStoreError
 from consent_gate.consent_store import create_consent_indexes, observe_reads, read_consent_table
 from consent_gate.gate import CONTENT_SCHEMA
-from consent_gate.sweep import keyed_consent_table, withdrawal_reasons
+from consent_gate.keyed_consent import keyed_consent_table, withdrawal_reasons
 from consent_gate.keys import Keyer
 from consent_gate.sweep_scope import changed_consent, sweep_scope
 from tests.builders import at, consent_row, write_consent_db
@@ -38,19 +38,28 @@ hours = st.integers(min_value=-96, max_value=96).map(lambda h: at(h * 60))  # da
 
 
 @st.composite
-def consent_stores(draw) -> list[tuple[Any, ...]]:
-    rows = [consent_row(f"g{i}", s, subject_type=t, effective=at(-200 * 60)) for i, (t, s) in enumerate(SUBJECTS)]
+def consent_stores(draw) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The rows present at the watermark, and the rows inserted since: recorded at any time from a day
+    before it on (back-dated a little); an insert further below sends the sweep full (the fingerprint)."""
+    present = [consent_row(f"g{i}", s, subject_type=t, effective=at(-200 * 60)) for i, (t, s) in enumerate(SUBJECTS)]
+    inserted: list[tuple[Any, ...]] = []
     for n in range(draw(st.integers(0, 14))):
         subject_type, subject_id = draw(st.sampled_from(SUBJECTS))
+        later = draw(st.booleans())
         effective = draw(hours)
+        recorded = effective + timedelta(hours=draw(st.sampled_from([0, 0, 2, 30, -30])))  # -30: back-dated effect
+        if later:
+            recorded = max(recorded, WATERMARK - timedelta(hours=draw(st.sampled_from([0, 3, 20]))))
+        elif recorded > WATERMARK:
+            recorded = WATERMARK - timedelta(hours=1)
         row = consent_row(
-            f"e{n:02d}" if draw(st.integers(0, 5)) else draw(st.sampled_from([r[0] for r in rows])),  # a duplicate id
+            f"e{n:02d}" if draw(st.integers(0, 5)) else draw(st.sampled_from([r[0] for r in present + inserted])),
             subject_id,
             draw(st.sampled_from(["grant", "revoke", "revoke"])),
             subject_type=subject_type,
             content_type=draw(st.sampled_from(["*", "chat", "transcript"])),
             effective=effective,
-            recorded=effective + timedelta(hours=draw(st.sampled_from([0, 0, 2, 30, -30]))),  # -30: back-dated effect
+            recorded=recorded,
             purpose=draw(st.sampled_from(["ai_training"] * 6 + ["marketing", None])),
         )
         mutation = draw(st.integers(0, 20))
@@ -58,12 +67,12 @@ def consent_stores(draw) -> list[tuple[Any, ...]]:
             row = (*row[:5], "maybe", *row[6:])
         elif mutation == 1:
             row = (*row[:6], draw(st.sampled_from(BAD_INSTANTS + ODD_INSTANTS)), *row[7:])
-        elif mutation == 2:
+        elif mutation == 2 and later:  # an unreadable recorded_at is always in the changed range
             row = (*row[:7], draw(st.sampled_from(BAD_INSTANTS + ODD_INSTANTS)), row[8])
         elif mutation == 3:
             row = (row[0], draw(st.sampled_from(["", "team", None])), *row[2:])
-        rows.append(row)
-    return rows
+        (inserted if later else present).append(row)
+    return present, inserted
 
 
 def published(captured: list) -> pa.Table:
@@ -82,18 +91,22 @@ def published(captured: list) -> pa.Table:
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=consent_stores(), gated_after=st.integers(0, 48), swept_after=st.integers(1, 96))
-def test_an_incremental_sweep_removes_what_a_full_sweep_removes(tmp_path_factory, rows, gated_after, swept_after):
-    url = write_consent_db(tmp_path_factory.mktemp("store") / "consent.db", rows)
-    gated_at = WATERMARK + timedelta(hours=gated_after)  # a day published at or after the watermark
-    as_of = gated_at + timedelta(hours=swept_after)
-    whole = read_consent_table(url)
-    content = published([at(-150 * 60), at(-30 * 60), gated_at - timedelta(minutes=1)])
+@given(store=consent_stores(), swept_after=st.integers(1, 96))
+def test_an_incremental_sweep_removes_what_a_full_sweep_removes(tmp_path_factory, store, swept_after):
+    """Published content is what was eligible at the watermark (the last sweep's invariant) or was
+    gated since; the incremental sweep over the store of now removes from it what a full sweep removes."""
+    present, inserted = store
+    folder = tmp_path_factory.mktemp("store")
+    at_watermark = read_consent_table(write_consent_db(folder / "then.db", present))
+    url = write_consent_db(folder / "now.db", present + inserted)
+    as_of = WATERMARK + timedelta(hours=swept_after)
+    content = published([at(-150 * 60), at(-30 * 60), WATERMARK - timedelta(minutes=1)])
     try:
-        gated, full = (keyed_consent_table(whole, KEYER, moment, None) for moment in (gated_at, as_of))
+        then = keyed_consent_table(at_watermark, KEYER, WATERMARK, None)
+        full = keyed_consent_table(read_consent_table(url), KEYER, as_of, None)
     except ConsentStoreError:  # a row no one can be named by: the gate and a full sweep refuse to decide,
         assume(False)  # so nothing was published and no watermark was written over such a store
-    content = content.filter(pa.array([r is None for r in withdrawal_reasons(content, gated.snapshot)]))
+    content = content.filter(pa.array([r is None for r in withdrawal_reasons(content, then.snapshot)]))
     incremental = changed_consent(url, KEYER, WATERMARK, as_of, purpose="test").consent
     assert withdrawal_reasons(content, incremental.snapshot, incremental.affected) == withdrawal_reasons(
         content, full.snapshot
@@ -145,8 +158,9 @@ def _check_reads_only_what_changed(url: str, append) -> None:
     quiet, read = _scoped_reads(url, watermark, WATERMARK + timedelta(hours=1))
     assert quiet.mode == "incremental" and quiet.consent.affected == set() and read == 0
 
-    append([consent_row("r1", "u_12", "revoke", effective=WATERMARK + timedelta(minutes=5)),
-            consent_row("r2", "acct_9", "revoke", content_type="chat", effective=WATERMARK + timedelta(minutes=6))])  # fmt: skip
+    soon = WATERMARK + timedelta(minutes=5)
+    append([consent_row("r1", "u_12", "revoke", effective=soon),
+            consent_row("r2", "acct_9", "revoke", content_type="chat", effective=soon)])  # fmt: skip
     changed, read = _scoped_reads(url, watermark, WATERMARK + timedelta(hours=1))
     assert changed.mode == "incremental" and changed.subjects_judged == 2
     assert changed.consent.affected == {f"user\x1f{KEYER.user('u_12')}", f"account\x1f{KEYER.account('acct_9')}"}
@@ -186,7 +200,8 @@ def test_an_unreadable_row_naming_no_one_refuses_the_incremental_sweep_as_it_doe
     url = _old_store(db, 20)
     _append(db, [(*consent_row("nameless", "u_3", effective=WATERMARK + timedelta(minutes=5))[:1], "team",
                   *consent_row("nameless", "u_3", effective=WATERMARK + timedelta(minutes=5))[2:])])  # fmt: skip
-    for judge in (lambda: changed_consent(url, KEYER, WATERMARK, WATERMARK + timedelta(hours=1), purpose="test"),
-                  lambda: keyed_consent_table(read_consent_table(url), KEYER, WATERMARK + timedelta(hours=1), None)):  # fmt: skip
+    later = WATERMARK + timedelta(hours=1)
+    for judge in (lambda: changed_consent(url, KEYER, WATERMARK, later, purpose="test"),
+                  lambda: keyed_consent_table(read_consent_table(url), KEYER, later, None)):  # fmt: skip
         with pytest.raises(ConsentStoreError, match="its subject cannot be read"):
             judge()

@@ -308,7 +308,8 @@ def read_subject_rows(url: str, subject_ids: Iterable[str], *, purpose: str) -> 
     wanted = sorted(set(subject_ids))
     named = _read_where_in(url, "subject_id", wanted, purpose=purpose)
     sharing = read_event_rows(url, pc.drop_null(named.column("event_id")).to_pylist(), purpose=purpose)
-    keep = pc.invert(pc.fill_null(pc.is_in(sharing.column("subject_id"), value_set=pa.array(wanted, pa.string())), False))
+    theirs = pc.fill_null(pc.is_in(sharing.column("subject_id"), value_set=pa.array(wanted, pa.string())), False)
+    keep = pc.invert(theirs)
     return pa.concat_tables([named, sharing.filter(keep)])
 
 
@@ -337,8 +338,8 @@ def count_recorded_before(url: str, bound: str) -> int:
     count its watermark kept to see rows inserted below, or deleted from below, the watermark."""
     with connect(url) as (address, connection):
         if address.backend == "sqlite":
-            query, params = "SELECT count(*) FROM consent_events WHERE recorded_at >= '1900' AND recorded_at < ?", (bound,)
-            return int(connection.execute(query, params).fetchone()[0])
+            query = "SELECT count(*) FROM consent_events WHERE recorded_at >= '1900' AND recorded_at < ?"
+            return int(connection.execute(query, (bound,)).fetchone()[0])
         with connection.cursor() as cursor:
             cursor.execute(
                 'SELECT count(*) FROM consent_events WHERE recorded_at COLLATE "C" >= \'1900\' '

@@ -11,13 +11,15 @@ A sweep judges incrementally when its watermark still describes the store:
   `full_sweep_every_hours`), and never re-admits content: the gate and re-verification read the
   store itself.
 
-An incremental sweep judges only the subjects named by changed rows (and by rows sharing an event_id
-with one), with all of those subjects' rows: their consent at `as_of` is what a full read would give,
-and `affected` names who may have lost it. Every other subject's consent is as it was at the watermark.
+An incremental sweep judges only the subjects named by rows in the changed range, with all of those
+subjects' rows and every revocation among them: their consent at `as_of` is what a full read gives.
+Every other subject has no row in the changed range and the same rows below it as at the watermark,
+so its consent is what it was there, and every row published since was eligible under it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,7 +36,7 @@ from consent_gate.consent_store import (
     read_consent_table,
     read_subject_rows,
 )
-from consent_gate.sweep import KeyedConsent, keyed_consent_table
+from consent_gate.keyed_consent import KeyedConsent, keyed_consent_table
 from consent_gate.keys import Keyer
 from consent_gate.records import MalformedRecord, parse_timestamp
 
@@ -59,6 +61,7 @@ class SweepScope:
     rows_read: int
     subjects_judged: int | None  # None: every subject (a full sweep)
     fingerprint: dict[str, Any]  # {"bound": recorded_at text, "below": rows recorded before it}
+    since: datetime | None = None  # the watermark judged from; None on a full sweep
 
     @property
     def only(self) -> set[str] | None:
@@ -89,9 +92,12 @@ def _names_a_subject(table: pa.Table) -> pa.ChunkedArray:
 
 
 def changed_consent(url: str, keyer: Keyer, since: datetime, as_of: datetime, *, purpose: str) -> ChangedConsent:
-    """`keyed_consent_table` at `as_of` (revocations in force after `since`) over every row of the subjects
-    named by rows that may have changed consent after `since` (and the rows sharing their event_ids).
-    Indexed ranges and look-ups only."""
+    """`keyed_consent_table` at `as_of` over every row of the subjects named by rows that may have changed
+    consent after `since` (and the rows sharing their event_ids). Indexed ranges and look-ups only.
+
+    Every revocation of those subjects counts, not only those in force after `since`: a row recorded
+    a little before `since` but inserted after the last sweep lies inside the changed range and must
+    be judged (rows further below are counted by the fingerprint)."""
     with observe_reads() as reads:
         changed = read_changed_rows(url, since, purpose=f"{purpose}: changed rows")
         subject_ids = pc.unique(pc.filter(changed.column("subject_id"), _names_a_subject(changed))).to_pylist()
@@ -104,7 +110,8 @@ def changed_consent(url: str, keyer: Keyer, since: datetime, as_of: datetime, *,
             pc.fill_null(pc.is_in(changed.column("subject_id"), wanted), False),
             pc.fill_null(pc.is_in(changed.column("event_id"), pc.unique(their_ids)), False),
         )
-        consent = keyed_consent_table(pa.concat_tables([rows, changed.filter(pc.invert(returned))]), keyer, as_of, since)
+        judged = pa.concat_tables([rows, changed.filter(pc.invert(returned))])
+        consent = keyed_consent_table(judged, keyer, as_of, None)  # see the module's docstring
         unreadable = changed.num_rows - pc.sum(_names_a_subject(changed)).as_py() if changed.num_rows else 0
     return ChangedConsent(consent, sum(n for _, n in reads), len(subject_ids), unreadable)
 
@@ -154,4 +161,30 @@ def sweep_scope(
         consent = keyed_consent_table(table, keyer, as_of, None)
         return SweepScope(consent, "full", why, table.num_rows, None, fingerprint)
     changed = changed_consent(url, keyer, since, as_of, purpose="sweep")
-    return SweepScope(changed.consent, "incremental", why, changed.rows_read, changed.subjects_judged, fingerprint)
+    return SweepScope(
+        changed.consent, "incremental", why, changed.rows_read, changed.subjects_judged, fingerprint, since
+    )
+
+
+def stage_consent(
+    scope: SweepScope, url: str, keyer: Keyer, as_of: datetime
+) -> Callable[[dict[str, Any] | None], tuple[KeyedConsent, set[str] | None]]:
+    """For an unpublished stage (its run.json): the consent to judge its content by, and whose. A stage
+    pinned before the watermark may hold rows of subjects who lost consent between its pin and the
+    watermark, which an incremental scope does not name: those stages are judged from their pin."""
+    pinned_scopes: dict[datetime, KeyedConsent] = {}
+
+    def judge(run: dict[str, Any] | None) -> tuple[KeyedConsent, set[str] | None]:
+        if scope.since is None or run is None:  # a full scope; a stage with no run.json holds nothing
+            return scope.consent, scope.only
+        try:
+            pinned = parse_timestamp(run["consent"]["as_of"], "as_of")
+        except (KeyError, TypeError, MalformedRecord):
+            pinned = datetime.min.replace(tzinfo=as_of.tzinfo)  # cannot tell: judge from the beginning
+        if pinned >= scope.since:
+            return scope.consent, scope.only
+        if pinned not in pinned_scopes:
+            pinned_scopes[pinned] = changed_consent(url, keyer, pinned, as_of, purpose="sweep: stage").consent
+        return pinned_scopes[pinned], pinned_scopes[pinned].affected
+
+    return judge
