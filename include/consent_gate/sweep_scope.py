@@ -138,7 +138,7 @@ def _incremental_since(
         return None, "the watermark's fingerprint does not match its as_of"
     if count_recorded_before(url, bound) != below:
         return None, "rows were inserted or deleted below the watermark (back-dated or removed)"
-    return previous, "revocations in force since the watermark"
+    return previous, "nothing changed below the watermark: the subjects of the changed rows are judged"
 
 
 def sweep_scope(
