@@ -4,8 +4,10 @@ Generates one sample day (`--meetings`, cached under --work), then for each stor
 a copy of the sample's SQLite consent store with extra events of subjects that have no meeting (three
 per subject, grants and revocations, all visible at as_of), indexed as `consent-gate sample` indexes it.
 Each case runs `consent-gate run` in its own process (wall time, peak RSS via wait4, the per-step times
-it prints), then a first and a second `consent-gate sweep` with no new revocation. The published rows
-must be the same for every store (compared by sha256 of the sorted content table).
+it prints), then three `consent-gate sweep`s: the first (full: no watermark yet), a second with no new
+revocation, and a third after 100 revocations of users who have published rows (taken out of the store
+again afterwards, so the cached store stays as generated). The published rows must be the same for
+every store (compared by sha256 of the sorted content table).
 
     .venv/bin/python benchmarks/consent_scale.py --meetings 2000 --events 1000,2000000
 
@@ -70,6 +72,31 @@ def store_of(sample_dir: Path, work: Path, events: int) -> Path:
     return target
 
 
+REVOKED = "bench_revoke_"
+
+
+def revoke_published_users(db: Path, count: int) -> int:
+    """Append `count` revocations, recorded now, of the sample's users (who have meetings)."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with sqlite3.connect(db) as connection:
+        users = [r[0] for r in connection.execute(
+            "SELECT DISTINCT subject_id FROM consent_events WHERE subject_type = 'user' "
+            "AND event_id NOT LIKE 'bench_%' ORDER BY subject_id LIMIT ?", (count,)
+        )]  # fmt: skip
+        connection.executemany(
+            "INSERT INTO consent_events VALUES (?, 'user', ?, 'ai_training', '*', 'revoke', ?, ?, '2026-01')",
+            [(f"{REVOKED}{n:04d}", user, now, now) for n, user in enumerate(users)],
+        )
+    return len(users)
+
+
+def forget_revocations(db: Path) -> None:
+    with sqlite3.connect(db) as connection:
+        connection.execute(f"DELETE FROM consent_events WHERE event_id LIKE '{REVOKED}%'")
+
+
 def timed_process(argv: list[str], log: Path) -> tuple[float, int, int]:
     """Wall seconds, peak RSS (bytes) and exit code of one child process; its stderr goes to `log`."""
     started = time.monotonic()
@@ -94,6 +121,9 @@ def main() -> None:
     parser.add_argument("--meetings", type=int, default=2000)
     parser.add_argument("--events", default="1000,2000000")
     parser.add_argument("--work", type=Path, default=PROJECT / "var/bench-consent")
+    parser.add_argument(
+        "--published", type=Path, help="sweep a copy of this published output instead of running the day first"
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     sample_dir = sample(args.work, args.meetings)
@@ -106,18 +136,28 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         common = ["--consent-db", f"sqlite:///{db}", "--out", str(out), "--key-file", str(sample_dir / "hmac.key")]
         run_log = args.work / f"run-{events}.log"
-        wall, rss, code = timed_process(
-            [*CLI, "run", "--date", DAY, "--as-of", AS_OF, "--raw", str(sample_dir / "raw"), *common], run_log
-        )
-        steps = [line.split("] ", 1)[-1] for line in run_log.read_text().splitlines() if "step " in line]
+        if args.published:
+            shutil.copytree(args.published, out)
+            wall, rss, code, steps = 0.0, 0, 0, ["(not run: --published)"]
+        else:
+            wall, rss, code = timed_process(
+                [*CLI, "run", "--date", DAY, "--as-of", AS_OF, "--raw", str(sample_dir / "raw"), *common], run_log
+            )
+            steps = [line.split("] ", 1)[-1] for line in run_log.read_text().splitlines() if "step " in line]
         published = published_digest(out) if code == 0 else (0, "FAILED")
         sweeps = []
-        for _ in range(2):
-            sweeps.append(timed_process([*CLI, "sweep", *common], args.work / f"sweep-{events}.log"))
+        for n in range(3):
+            if n == 2:
+                revoke_published_users(db, 100)
+            try:
+                sweeps.append(timed_process([*CLI, "sweep", *common], args.work / f"sweep-{events}-{n}.log"))
+            finally:
+                if n == 2:
+                    forget_revocations(db)
         rows.append((count, wall, rss, published, steps, sweeps))
         print(f"{count:,} events: run {wall:.1f} s, {rss / 1e6:.0f} MB, published {published}; {'; '.join(steps)}")
         print("  sweeps: " + "; ".join(f"{w:.1f} s, {r / 1e6:.0f} MB (exit {c})" for w, r, c in sweeps), flush=True)
-    print("\n| consent events | run wall | run peak RSS | published rows (digest) | steps | sweep 1st / 2nd |")
+    print("\n| consent events | run wall | run peak RSS | published rows (digest) | steps | sweeps full/quiet/100 |")
     print("|---|---|---|---|---|---|")
     for count, wall, rss, published, steps, sweeps in rows:
         sweep_text = " / ".join(f"{w:.1f} s, {r / 1e9:.2f} GB" for w, r, _ in sweeps)

@@ -308,7 +308,14 @@ def test_the_evidence_names_each_withdrawn_row_and_explain_says_who_took_it_out(
     assert f"required user {world.user_key[:16]}…: at capture grant, at as_of revoke" in text
 
 
-def test_a_back_dated_revocation_below_the_watermark_triggers_a_full_sweep(world, tmp_path):
+@pytest.mark.parametrize(
+    ("back_dated_by", "mode"),
+    [(timedelta(minutes=30), "incremental"), (timedelta(days=10), "full")],
+    ids=["inside-the-changed-range", "far-below-the-watermark"],
+)
+def test_a_back_dated_revocation_below_the_watermark_is_purged(world, tmp_path, back_dated_by, mode):
+    """Recorded before the watermark but inserted after it: a little below, the incremental sweep reads it
+    (the changed range starts a day below); further below, the fingerprint sends the sweep full."""
     out, db = tmp_path / "out", tmp_path / "consent.db"
     shutil.copytree(world.out, out)
     shutil.copyfile(world.consent_db, db)
@@ -316,11 +323,11 @@ def test_a_back_dated_revocation_below_the_watermark_triggers_a_full_sweep(world
     published = [r for rows in content_rows(out).values() for r in rows]
     users, _ = sample_identities(Path(world.settings.raw).parent)
     victim = next(u for u in sorted(users) if any(keyer.user(u) in r["user_keys"] for r in published))
-    append_consent(db, [revocation("zz_back_dated", "user", victim, REVOKED_AT)])  # recorded below the watermark
+    append_consent(db, [revocation("zz_back_dated", "user", victim, SWEEP_AS_OF - back_dated_by)])
     outcome = sweep(
         storage_for(str(out)), f"sqlite:///{db}", world.settings.secret, SWEEP_AS_OF + timedelta(hours=2), clock=utc_now
     )
-    assert outcome.mode == "full" and outcome.rows_removed > 0
+    assert outcome.mode == mode and outcome.rows_removed > 0
     assert not any(keyer.user(victim) in r["user_keys"] for rows in content_rows(out).values() for r in rows)
 
 

@@ -121,6 +121,7 @@ def sweep_task(params: Any, run_id: str | None = None) -> dict[str, Any]:
         settings.store(), settings.consent_db, settings.secret, as_of, full=bool(params.get("full")),
         max_stage_age=timedelta(hours=settings.policy.max_stage_age_hours), dag_run_id=run_id,
         clock=utc_now,
+        full_every=timedelta(hours=settings.policy.full_sweep_every_hours),
     )  # fmt: skip
     return {
         "sweep_id": outcome.sweep_id,

@@ -199,6 +199,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             settings.store(), settings.consent_db, settings.secret, as_of, full=args.full,
             max_stage_age=timedelta(hours=settings.policy.max_stage_age_hours),
             clock=utc_now,
+            full_every=timedelta(hours=settings.policy.full_sweep_every_hours),
         )  # fmt: skip
     except (ConsentStoreError, SweepError) as error:
         _say(f"FAILED, the watermark did not move: {error}")

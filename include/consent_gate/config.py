@@ -53,10 +53,11 @@ DEFAULT_CLIENT_VERSION_PATTERN = r"[0-9]{1,9}(\.[0-9]{1,9}){0,3}"  # dot-separat
 
 @dataclass(frozen=True)
 class Policy:
-    version: str = "builtin-2"
+    version: str = "builtin-3"
     max_quarantine_ratio: float = 0.01
     k_min_distinct_users: int = 10
     max_stage_age_hours: float = 24.0  # an unpublished stage older than this is abandoned: the sweep deletes it
+    full_sweep_every_hours: float = 24.0  # the sweep reads the whole consent store at least this often
     telemetry_event_types: tuple[str, ...] = field(default=DEFAULT_EVENT_TYPES)
     telemetry_platforms: tuple[str, ...] = field(default=DEFAULT_PLATFORMS)
     telemetry_regions: tuple[str, ...] = field(default=DEFAULT_REGIONS)
@@ -78,6 +79,8 @@ class Policy:
             raise ValueError("policy k_min_distinct_users must be at least 1")
         if not self.max_stage_age_hours > 0:
             raise ValueError("policy max_stage_age_hours must be positive")
+        if not self.full_sweep_every_hours > 0:
+            raise ValueError("policy full_sweep_every_hours must be positive")
 
     @property
     def checksum(self) -> str:

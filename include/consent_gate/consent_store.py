@@ -287,39 +287,68 @@ def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
         yield values[start : start + IN_CHUNK]
 
 
+def _read_where_in(url: str, column: str, values: Sequence[str], *, purpose: str) -> pa.Table:
+    parts = [
+        read_consent_table(url, f"WHERE {column} IN ({', '.join('?' * len(chunk))})", chunk, purpose=purpose)
+        for chunk in _chunks(values)
+    ]
+    return pa.concat_tables(parts) if parts else ARROW_SCHEMA.empty_table()
+
+
+def read_event_rows(url: str, event_ids: Iterable[str], *, purpose: str) -> pa.Table:
+    """Every row carrying one of `event_ids` (indexed look-ups)."""
+    return _read_where_in(url, "event_id", sorted(set(event_ids)), purpose=purpose)
+
+
 def read_subject_rows(url: str, subject_ids: Iterable[str], *, purpose: str) -> pa.Table:
     """Every row of the named subject ids, plus every other row sharing an event_id with one of them
     (a duplicated event_id fails both claimants closed): indexed look-ups, never a pass over the store."""
     import pyarrow.compute as pc
 
     wanted = sorted(set(subject_ids))
-    parts = [
-        read_consent_table(url, f"WHERE subject_id IN ({', '.join('?' * len(chunk))})", chunk, purpose=purpose)
-        for chunk in _chunks(wanted)
-    ]
-    named = pa.concat_tables(parts) if parts else ARROW_SCHEMA.empty_table()
-    event_ids = sorted(set(pc.drop_null(named.column("event_id")).to_pylist()))
-    others = []
-    for chunk in _chunks(event_ids):
-        rows = read_consent_table(url, f"WHERE event_id IN ({', '.join('?' * len(chunk))})", chunk, purpose=purpose)
-        keep = pc.invert(
-            pc.fill_null(pc.is_in(rows.column("subject_id"), value_set=pa.array(wanted, pa.string())), False)
-        )
-        others.append(rows.filter(keep))
-    return pa.concat_tables([named, *others])
+    named = _read_where_in(url, "subject_id", wanted, purpose=purpose)
+    sharing = read_event_rows(url, pc.drop_null(named.column("event_id")).to_pylist(), purpose=purpose)
+    theirs = pc.fill_null(pc.is_in(sharing.column("subject_id"), value_set=pa.array(wanted, pa.string())), False)
+    keep = pc.invert(theirs)
+    return pa.concat_tables([named, sharing.filter(keep)])
+
+
+def changed_bound(since: datetime) -> str:
+    """The recorded_at/effective_at text from which a row may have changed consent after `since`: a day
+    earlier, since offsets shift local text by up to 24 h."""
+    return (since - timedelta(days=1)).strftime("%Y-%m-%d")
 
 
 def read_changed_rows(url: str, since: datetime, *, purpose: str) -> pa.Table:
-    """The rows that may have changed consent after `since`: recorded or effective after it (text
-    compared with a day's margin, since offsets shift local text by up to 24 h; indexed ranges), plus rows
-    whose recorded_at cannot be an instant at all (missing, or sorting before any year 1900)."""
-    lower = (since - timedelta(days=1)).strftime("%Y-%m-%d")
+    """The rows that may have changed consent after `since`: recorded or effective from `changed_bound`
+    on (indexed ranges), plus rows whose recorded_at cannot be an instant at all (missing, or sorting
+    before any year 1900). Every other row is counted by `count_recorded_before`."""
+    lower = changed_bound(since)
     return read_consent_table(
         url,
         "WHERE recorded_at/*C*/ >= ? OR effective_at/*C*/ >= ? OR recorded_at/*C*/ < '1900' OR recorded_at IS NULL",
         (lower, lower),
         purpose=purpose,
     )
+
+
+def count_recorded_before(url: str, bound: str) -> int:
+    """How many rows have a recorded_at in ['1900', `bound`): the rows `read_changed_rows` leaves out
+    unless effective later. Counted on the recorded_at index, no row read: a sweep compares it with the
+    count its watermark kept to see rows inserted below, or deleted from below, the watermark."""
+    with connect(url) as (address, connection):
+        if address.backend == "sqlite":
+            query = "SELECT count(*) FROM consent_events WHERE recorded_at >= '1900' AND recorded_at < ?"
+            return int(connection.execute(query, (bound,)).fetchone()[0])
+        with connection.cursor() as cursor:
+            cursor.execute(
+                'SELECT count(*) FROM consent_events WHERE recorded_at COLLATE "C" >= \'1900\' '
+                'AND recorded_at COLLATE "C" < %s',
+                (bound,),
+            )
+            (count,) = cursor.fetchone()
+        connection.rollback()
+        return int(count)
 
 
 def create_consent_indexes(url: str) -> None:

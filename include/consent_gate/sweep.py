@@ -40,7 +40,7 @@ from consent_gate.consent import (
 )
 from consent_gate.errors import SweepError
 from consent_gate.gate import EXCLUDED_SCHEMA, WITHDRAWN_SCHEMA
-from consent_gate.keyed_consent import KeyedConsent, Revocation, read_keyed_consent, withdrawal_reasons, withdrawn_rows
+from consent_gate.keyed_consent import KeyedConsent, Revocation, withdrawal_reasons, withdrawn_rows
 from consent_gate.keys import Keyer
 from consent_gate.layout import (
     CONTENT,
@@ -67,7 +67,8 @@ from consent_gate.publish import (
 )
 from consent_gate.records import parse_timestamp
 from consent_gate.sources import CONTENT_TYPE_OF
-from consent_gate.unpublished import discard_abandoned_stages
+from consent_gate.sweep_scope import SweepScope, stage_consent, sweep_scope
+from consent_gate.unpublished import discard_abandoned_stages, stage_holds_withdrawn
 
 
 @dataclass
@@ -146,9 +147,13 @@ def sweep(
     sweep_id: str | None = None,
     max_stage_age: timedelta = timedelta(hours=24),
     dag_run_id: str | None = None,
+    full_every: timedelta | None = timedelta(hours=24),
 ) -> SweepOutcome:
     """Purge from every published day the rows that current consent (at `as_of`) no longer allows,
-    and delete the stages of runs abandoned longer than `max_stage_age` ago."""
+    and delete the stages of runs abandoned longer than `max_stage_age` ago.
+
+    Reads what changed since the watermark (`sweep_scope`), or the whole store when `full`, when no
+    watermark describes the store any more, or when the last full sweep is `full_every` old."""
     started_at = clock()
     try:
         as_of = refuse_future_as_of(as_of, started_at)
@@ -157,37 +162,33 @@ def sweep(
     keyer = Keyer(secret)
     sweep_id = sweep_id or new_sweep_id(as_of)
     watermark = read_watermark(store)
-    since: datetime | None = None
-    why = "requested" if full else "no earlier sweep"
-    if watermark is not None and not full:
-        previous = parse_timestamp(watermark["as_of"], "as_of")
-        if previous >= as_of:
-            why = "as_of is not after the watermark"
-        elif read_keyed_consent(consent_url, keyer, previous, previous).snapshot.checksum != watermark["checksum"]:
-            why = "the consent visible at the watermark changed (rows back-dated or edited)"
-        else:
-            since, why = previous, "revocations in force since the watermark"
-    consent = read_keyed_consent(consent_url, keyer, as_of, since)
-    affected = None if since is None else consent.affected
+    scope = sweep_scope(consent_url, keyer, as_of, watermark, full=full, full_every=full_every)
+    consent, only = scope.consent, scope.only
     days = published_days(store)
     purges = []
     for day in days:
-        if affected is not None and not affected:
+        if only is not None and not only:
             break  # nothing came into force: no published row can have lost its consent
         with store.day_lock(day):
             recover_day(store, day)  # a publication or sweep of the day killed mid-way: finished or undone
-            purge = _sweep_day(store, day, consent, affected, sweep_id=sweep_id, clock=clock)
+            purge = _sweep_day(store, day, consent, only, sweep_id=sweep_id, clock=clock)
         if purge is not None:
             purges.append(purge)
-    abandoned = discard_abandoned_stages(store, clock() - max_stage_age, consent.snapshot)
+    consent_of_stage = stage_consent(scope, consent_url, keyer, as_of)
+
+    def holds_withdrawn(store: OutputStore, root: str, run: dict[str, Any] | None) -> bool:
+        stage_consent_, whose = consent_of_stage(run)
+        return stage_holds_withdrawn(store, root, stage_consent_.snapshot, whose)
+
+    abandoned = discard_abandoned_stages(store, clock() - max_stage_age, holds_withdrawn)
     record = {
         "sweep_id": sweep_id,
         "dag_run_id": dag_run_id,  # the auditor's run tab finds the sweep of a DAG run by it
         "as_of": as_of.isoformat(),
-        "mode": "incremental" if since is not None else "full",
-        "why": why,
+        "mode": scope.mode,
+        "why": scope.why,
         "watermark_before": watermark["as_of"] if watermark else None,
-        "consent": {"checksum": consent.snapshot.checksum, "visible_events": consent.snapshot.visible_events},
+        "consent": scope.record(),
         "revocations_in_force_since_watermark": len(consent.revocations),
         "fail_closed_subjects": len(consent.fail_closed),
         "days_scanned": len(days),
@@ -202,15 +203,23 @@ def sweep(
     store.write_json(log_path, record)
     if purges:
         audit_pages.write_index(store)
-    _advance_watermark(store, as_of, consent.snapshot.checksum, sweep_id)
+    _advance_watermark(store, as_of, scope, sweep_id, watermark)
     return SweepOutcome(sweep_id, as_of, record["mode"], len(days), purges, log_path, abandoned)
 
 
-def _advance_watermark(store: OutputStore, as_of: datetime, checksum: str, sweep_id: str) -> None:
+def _advance_watermark(
+    store: OutputStore, as_of: datetime, scope: SweepScope, sweep_id: str, before: dict[str, Any] | None
+) -> None:
+    """The next sweep judges from here: `as_of`, the fingerprint of the rows below it, the last full sweep."""
     current = read_watermark(store)
     if current is not None and parse_timestamp(current["as_of"], "as_of") >= as_of:
         return  # a later sweep already got further: never move the watermark back
-    store.write_json(WATERMARK, {"as_of": as_of.isoformat(), "checksum": checksum, "sweep_id": sweep_id})
+    last_full = as_of.isoformat() if scope.mode == "full" else (before or {}).get("last_full_as_of")
+    store.write_json(
+        WATERMARK,
+        {"as_of": as_of.isoformat(), "sweep_id": sweep_id, "last_full_as_of": last_full, **scope.fingerprint,
+         "checksum": scope.record()["checksum"]},
+    )  # fmt: skip
 
 
 def _holds_any(store: OutputStore, files: list[str], affected: set[str]) -> bool:
@@ -246,7 +255,7 @@ def _sweep_day(
     for path in files:
         table = read_table(store, path)
         rows_before += table.num_rows
-        row_reasons = withdrawal_reasons(table, consent.snapshot)
+        row_reasons = withdrawal_reasons(table, consent.snapshot, affected)  # None: a full sweep judges all
         mask = pa.array([r is None for r in row_reasons], pa.bool_())
         kept[file_name(path)] = table.filter(mask)
         removed_parts.append(table.filter(pc.invert(mask)))

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,28 +39,35 @@ from consent_gate.publish import OutputStore, recover_day
 from consent_gate.records import parse_timestamp
 
 
-def stage_holds_withdrawn(store: OutputStore, root: str, snapshot: ConsentSnapshot) -> bool:
-    """Whether a stage's staged content holds a row that `snapshot` (current consent, keyed) no longer
-    allows. A part that cannot be read yet (a run still writing it) is left to its run or to the age rule."""
+def stage_holds_withdrawn(
+    store: OutputStore, root: str, snapshot: ConsentSnapshot, only: set[str] | None = None
+) -> bool:
+    """Whether a stage's staged content holds a row that `snapshot` (current consent, keyed; of the subjects
+    `only`, or of all) no longer allows. A part that cannot be read yet (a run still writing it) is left to
+    its run or to the age rule."""
     for path in store.files(f"{root}/content", ".parquet"):
         try:
             table = read_table(store, path)
         except (OSError, pa.ArrowException):
             continue
         try:
-            if any(reason is not None for reason in withdrawal_reasons(table, snapshot)):
+            if any(reason is not None for reason in withdrawal_reasons(table, snapshot, only)):
                 return True
         except SweepError:
             return True  # rows the sweep cannot evaluate: fail closed
     return False
 
 
+StageJudge = Callable[[OutputStore, str, "dict[str, Any] | None"], bool]
+
+
 def discard_abandoned_stages(
-    store: OutputStore, started_before: datetime, current: ConsentSnapshot | None = None
+    store: OutputStore, started_before: datetime, holds_withdrawn: StageJudge | None = None
 ) -> int:
     """Delete the stages of runs that died without ending their attempt and started before
     `started_before`, and (SPEC §7, revised 2026-11-28) every unpublished stage, whatever its age, whose
-    content holds rows that `current` consent no longer allows; each keeps a failed-attempt record.
+    content `holds_withdrawn` (stage root, its run.json) rows that current consent no longer allows;
+    each keeps a failed-attempt record.
     Returns how many were deleted. A run whose stage is deleted this way fails ("rerun the day").
 
     Under each day's lock: a stage that died publishing (journaled) is finished or undone by
@@ -72,7 +80,7 @@ def discard_abandoned_stages(
             for attempt in store.folders(staging_day(day)):
                 root = f"{staging_day(day)}/{attempt}"
                 run = store.read_json(f"{root}/{RUN_RECORD}") if store.exists(f"{root}/{RUN_RECORD}") else None
-                withdrawn = current is not None and stage_holds_withdrawn(store, root, current)
+                withdrawn = holds_withdrawn is not None and holds_withdrawn(store, root, run)
                 young = run is not None and parse_timestamp(run["started_at"], "started_at") >= started_before
                 if young and not withdrawn:
                     continue  # a run that may still be going: its own teardown or publication ends it

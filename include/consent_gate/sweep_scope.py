@@ -1,0 +1,190 @@
+"""What a sweep must read of the consent store: the rows that changed since its watermark and the rows
+of the subjects they name, never a pass over the whole store unless a full sweep is due (issue 10).
+
+A sweep judges incrementally when its watermark still describes the store:
+- The watermark keeps a fingerprint: how many rows have a recorded_at below the changed-rows bound
+  of its `as_of` (`consent_store.count_recorded_before`, counted on the recorded_at index). Every
+  other row is read by `read_changed_rows`. A row inserted below the watermark (back-dated) or
+  deleted from below it changes the count, and the sweep goes full.
+- An UPDATE in place of an old row keeps the count. Consent history is append-only by contract
+  (SPEC §2.2); an edit in place is caught by the periodic full sweep (policy
+  `full_sweep_every_hours`), and never re-admits content: the gate and re-verification read the
+  store itself.
+
+An incremental sweep judges only the subjects named by rows in the changed range, with all of those
+subjects' rows and every revocation among them: their consent at `as_of` is what a full read gives.
+Every other subject has no row in the changed range and the same rows below it as at the watermark,
+so its consent is what it was there, and every row published since was eligible under it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from consent_gate.consent import SUBJECT_TYPES
+from consent_gate.consent_store import (
+    changed_bound,
+    count_recorded_before,
+    observe_reads,
+    read_changed_rows,
+    read_consent_table,
+    read_subject_rows,
+)
+from consent_gate.keyed_consent import KeyedConsent, keyed_consent_table
+from consent_gate.keys import Keyer
+from consent_gate.records import MalformedRecord, parse_timestamp
+
+
+@dataclass(frozen=True)
+class ChangedConsent:
+    """The keyed consent of the subjects whose consent may have changed after `since`."""
+
+    consent: KeyedConsent
+    rows_read: int
+    subjects_judged: int
+    unreadable_subjects: int  # changed rows naming no readable subject: they can fail no one closed
+
+
+@dataclass(frozen=True)
+class SweepScope:
+    """What one sweep judges, and the fingerprint its watermark keeps."""
+
+    consent: KeyedConsent
+    mode: str  # full | incremental
+    why: str
+    rows_read: int
+    subjects_judged: int | None  # None: every subject (a full sweep)
+    fingerprint: dict[str, Any]  # {"bound": recorded_at text, "below": rows recorded before it}
+    since: datetime | None = None  # the watermark judged from; None on a full sweep
+
+    @property
+    def only(self) -> set[str] | None:
+        """The keyed subjects whose published rows must be re-judged; None: all of them."""
+        return None if self.mode == "full" else self.consent.affected
+
+    def record(self) -> dict[str, Any]:
+        """The sweep record's `consent` section: what was read, no ids."""
+        full = self.mode == "full"
+        return {
+            "scope": "whole store" if full else "changed since the watermark",
+            "rows_read": self.rows_read,
+            "subjects_judged": self.subjects_judged,
+            "checksum": self.consent.snapshot.checksum if full else None,
+            "visible_events": self.consent.snapshot.visible_events if full else None,
+        }
+
+
+def _names_a_subject(table: pa.Table) -> pa.ChunkedArray:
+    """Per row: whether its subject can be read (a known subject_type and a non-empty subject_id)."""
+    return pc.fill_null(
+        pc.and_(
+            pc.is_in(table.column("subject_type"), value_set=pa.array(SUBJECT_TYPES)),
+            pc.greater(pc.utf8_length(table.column("subject_id")), 0),
+        ),
+        False,
+    )
+
+
+def changed_consent(url: str, keyer: Keyer, since: datetime, as_of: datetime, *, purpose: str) -> ChangedConsent:
+    """`keyed_consent_table` at `as_of` over every row of the subjects named by rows that may have changed
+    consent after `since` (and the rows sharing their event_ids). Indexed ranges and look-ups only.
+
+    Every revocation of those subjects counts, not only those in force after `since`: a row recorded
+    a little before `since` but inserted after the last sweep lies inside the changed range and must
+    be judged (rows further below are counted by the fingerprint)."""
+    with observe_reads() as reads:
+        changed = read_changed_rows(url, since, purpose=f"{purpose}: changed rows")
+        subject_ids = pc.unique(pc.filter(changed.column("subject_id"), _names_a_subject(changed))).to_pylist()
+        rows = read_subject_rows(url, subject_ids, purpose=f"{purpose}: subjects' rows")
+        # changed rows the look-ups did not return (naming no subject, sharing no event_id with a subject's
+        # row) are judged too: an unreadable one refuses every decision, as it does in a full read
+        wanted = pa.array(subject_ids, pa.string())
+        their_ids = pc.filter(rows.column("event_id"), pc.fill_null(pc.is_in(rows.column("subject_id"), wanted), False))
+        returned = pc.or_(
+            pc.fill_null(pc.is_in(changed.column("subject_id"), wanted), False),
+            pc.fill_null(pc.is_in(changed.column("event_id"), pc.unique(their_ids)), False),
+        )
+        judged = pa.concat_tables([rows, changed.filter(pc.invert(returned))])
+        consent = keyed_consent_table(judged, keyer, as_of, None)  # see the module's docstring
+        unreadable = changed.num_rows - pc.sum(_names_a_subject(changed)).as_py() if changed.num_rows else 0
+    return ChangedConsent(consent, sum(n for _, n in reads), len(subject_ids), unreadable)
+
+
+def _incremental_since(
+    url: str, as_of: datetime, watermark: dict[str, Any] | None, full: bool, full_every: timedelta | None
+) -> tuple[datetime | None, str]:
+    """The watermark to judge from, or None and why the sweep reads the whole store."""
+    if full:
+        return None, "requested"
+    if watermark is None:
+        return None, "no earlier sweep"
+    try:
+        previous = parse_timestamp(watermark["as_of"], "as_of")
+        last_full = parse_timestamp(watermark.get("last_full_as_of") or "", "last_full_as_of")
+        bound, below = watermark["bound"], watermark["below"]
+    except (KeyError, MalformedRecord):
+        return None, "the watermark has no fingerprint (written by an older version)"
+    if previous >= as_of:
+        return None, "as_of is not after the watermark"
+    if full_every is not None and as_of - last_full >= full_every:
+        return None, f"the periodic full sweep is due (every {full_every.total_seconds() / 3600:g} h)"
+    if bound != changed_bound(previous) or not isinstance(below, int):
+        return None, "the watermark's fingerprint does not match its as_of"
+    if count_recorded_before(url, bound) != below:
+        return None, "rows were inserted or deleted below the watermark (back-dated or removed)"
+    return previous, "nothing changed below the watermark: the subjects of the changed rows are judged"
+
+
+def sweep_scope(
+    url: str,
+    keyer: Keyer,
+    as_of: datetime,
+    watermark: dict[str, Any] | None,
+    *,
+    full: bool = False,
+    full_every: timedelta | None = None,
+) -> SweepScope:
+    """The consent one sweep at `as_of` judges: what changed since `watermark` when it still describes
+    the store, else the whole store."""
+    bound = changed_bound(as_of)
+    # counted before anything is read: a row inserted below `bound` from here on changes the next count
+    fingerprint = {"bound": bound, "below": count_recorded_before(url, bound)}
+    since, why = _incremental_since(url, as_of, watermark, full, full_every)
+    if since is None:
+        table = read_consent_table(url, purpose="sweep: whole store")
+        consent = keyed_consent_table(table, keyer, as_of, None)
+        return SweepScope(consent, "full", why, table.num_rows, None, fingerprint)
+    changed = changed_consent(url, keyer, since, as_of, purpose="sweep")
+    return SweepScope(
+        changed.consent, "incremental", why, changed.rows_read, changed.subjects_judged, fingerprint, since
+    )
+
+
+def stage_consent(
+    scope: SweepScope, url: str, keyer: Keyer, as_of: datetime
+) -> Callable[[dict[str, Any] | None], tuple[KeyedConsent, set[str] | None]]:
+    """For an unpublished stage (its run.json): the consent to judge its content by, and whose. A stage
+    pinned before the watermark may hold rows of subjects who lost consent between its pin and the
+    watermark, which an incremental scope does not name: those stages are judged from their pin."""
+    pinned_scopes: dict[datetime, KeyedConsent] = {}
+
+    def judge(run: dict[str, Any] | None) -> tuple[KeyedConsent, set[str] | None]:
+        if scope.since is None or run is None:  # a full scope; a stage with no run.json holds nothing
+            return scope.consent, scope.only
+        try:
+            pinned = parse_timestamp(run["consent"]["as_of"], "as_of")
+        except (KeyError, TypeError, MalformedRecord):
+            pinned = datetime.min.replace(tzinfo=as_of.tzinfo)  # cannot tell: judge from the beginning
+        if pinned >= scope.since:
+            return scope.consent, scope.only
+        if pinned not in pinned_scopes:
+            pinned_scopes[pinned] = changed_consent(url, keyer, pinned, as_of, purpose="sweep: stage").consent
+        return pinned_scopes[pinned], pinned_scopes[pinned].affected
+
+    return judge
