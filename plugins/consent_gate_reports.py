@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from consent_gate.auditor_app import URL_PREFIX, create_app
+from consent_gate.auditor_app import create_app
+from consent_gate.auditor_pages import URL_PREFIX
 from consent_gate.runs import settings_from_server
 
 # hrefs are relative to Airflow's base URL (no leading slash), so a deployment under a path prefix works

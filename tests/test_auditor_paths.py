@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consent_gate.auditor_app import DAILY_DAG, allowed_path, read_evidence, render_index_page, run_evidence
+from consent_gate.auditor_pages import DAILY_DAG, allowed_path, read_evidence, render_index_page, run_evidence
 from consent_gate.stores import storage_for
 from tests.builders import manifest
 from tests.test_s3 import bucket, s3_endpoint  # noqa: F401 (fixtures)

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consent_gate.artifacts import Artifact, Meeting, Participant
 from consent_gate.gate import CONTENT_SCHEMA, REASONS, decide, excluded_rows, published_rows, required_subjects
 from consent_gate.keys import Keyer
-from consent_gate.sources import Artifact, Meeting, Participant
 from tests import reference
 from tests.builders import T0, at, consent_row, snapshot
 

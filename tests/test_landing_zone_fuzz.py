@@ -21,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consent_gate.artifacts import CONTENT_TYPE_OF
 from consent_gate.checks import reconciliation_checks
 from consent_gate.cli import main
 from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.errors import RunRefused
 from consent_gate.keys import Keyer
 from consent_gate.publication import record_failed_attempt
-from consent_gate.sources import CONTENT_TYPE_OF
 from consent_gate.steps import aggregate_day, gate_content, snapshot_consent
 from tests import reference
 from tests.builders import DAY, at, chat_line, consent_row, meeting_record, participant, ts, vtt, write_consent_db

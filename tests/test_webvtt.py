@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consent_gate.sources import Meeting, Participant, read_transcript
+from consent_gate.artifacts import Meeting, Participant, read_transcript
 from consent_gate.speakers import attribute, normalise_name, read_cue_text, speakers_by_name
 from consent_gate.webvtt_reader import NotWebVTT, parse
 from tests.builders import ARROWS, DAY, T0

@@ -14,9 +14,9 @@ from datetime import datetime
 import numpy as np
 import pyarrow as pa
 
+from consent_gate.artifacts import Artifact
 from consent_gate.consent import ConsentSnapshot, subject_key, to_ns
 from consent_gate.keys import Keyer
-from consent_gate.sources import Artifact
 
 # In the order SPEC §3 applies them: the first that holds is the reason.
 REASONS = (

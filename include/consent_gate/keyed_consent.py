@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from consent_gate.artifacts import CONTENT_TYPE_OF
 from consent_gate.consent import (
     COLUMNS,
     DUPLICATE_ERROR,
@@ -36,7 +37,6 @@ from consent_gate.errors import SweepError
 from consent_gate.gate import WITHDRAWN_SCHEMA
 from consent_gate.keys import Keyer
 from consent_gate.records import MalformedRecord, parse_timestamp
-from consent_gate.sources import CONTENT_TYPE_OF
 
 
 @dataclass(frozen=True, slots=True)

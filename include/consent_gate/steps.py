@@ -20,6 +20,7 @@ import pyarrow as pa
 
 import consent_gate
 from consent_gate.aggregates import AGGREGATE_SCHEMA, aggregate_telemetry
+from consent_gate.artifacts import Artifact
 from consent_gate.config import PROJECT_ROOT, Clock, RunSettings
 from consent_gate.consent import ConsentSnapshot, refuse_future_as_of, subject_key
 from consent_gate.consent_store import consent_batches
@@ -56,7 +57,7 @@ from consent_gate.layout import (
 from consent_gate.parquet import ParquetSink
 from consent_gate.publish import OutputStore
 from consent_gate.records import Quarantined, parse_timestamp
-from consent_gate.sources import Artifact, InputFile, LandingZone, NotARegularFile, read_meeting
+from consent_gate.sources import InputFile, LandingZone, NotARegularFile, read_meeting
 from consent_gate.telemetry import GroupValues
 
 QUARANTINE_SCHEMA = pa.schema([("unit", pa.string()), ("error", pa.string())])

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from consent_gate import audit as audit_pages
+from consent_gate.artifacts import CONTENT_TYPE_OF
 from consent_gate.config import Clock
 from consent_gate.consent import (
     SUBJECT_TYPES,
@@ -66,7 +67,6 @@ from consent_gate.publish import (
     versioned_names,
 )
 from consent_gate.records import parse_timestamp
-from consent_gate.sources import CONTENT_TYPE_OF
 from consent_gate.sweep_scope import SweepScope, stage_consent, sweep_scope
 from consent_gate.unpublished import discard_abandoned_stages, stage_holds_withdrawn
 
