@@ -272,3 +272,25 @@ def test_the_read_only_store_is_never_written(sample_dir, tmp_path):
     before = db.read_bytes()
     take_snapshot(f"sqlite:///{db}", AS_OF)
     assert db.read_bytes() == before and not db.with_name("consent.db-journal").exists()
+
+
+def test_a_revocation_inserted_after_the_snapshot_but_recorded_before_the_pin_is_withheld(sample_dir, tmp_path):
+    """Replication lag: a revocation recorded (at the source) before the stage's pinned as_of reaches the
+    store after the stage was validated. The pinned snapshot and re-verification could not see it;
+    publication must."""
+    db, out, settings, keyer, user = _published(sample_dir, tmp_path)
+    pin = datetime.now(UTC) - timedelta(minutes=5)
+    stage = snapshot_consent(settings, DAY, pin, run_id="lagged", clock=utc_now)
+    gate_content(settings, stage)
+    aggregate_day(settings, stage)
+    assert all(c.passed for c in validate_stage(settings, stage))  # re-verification reads the store: not yet there
+    assert any(keyer.user(user) in r["user_keys"] for r in _staged_keys(out, stage.root))  # gated under the pin
+    recorded = _stamp(pin - timedelta(minutes=30))  # before the pin: in force at the pin itself
+    _append(db, [("zz_lagged_revoke", "user", user, "ai_training", "*", "revoke", recorded, recorded, "2026-01")])
+    manifest = publish_stage(settings, stage, clock=utc_now)
+    assert manifest["withdrawn_since_as_of"]["rows"] > 0
+    assert not any(keyer.user(user) in r["user_keys"] for r in _published_keys(out))
+
+
+def _staged_keys(out: Path, root: str) -> list[dict[str, Any]]:
+    return ds.dataset(out / root / "content", format="parquet").to_table(columns=["user_keys"]).to_pylist()

@@ -21,7 +21,6 @@ from consent_gate.artifacts import CONTENT_TYPE_OF
 from consent_gate.consent import (
     COLUMNS,
     DUPLICATE_ERROR,
-    PURPOSE,
     SUBJECT_TYPES,
     ConsentSnapshot,
     cell,
@@ -31,7 +30,7 @@ from consent_gate.consent import (
     to_ns,
     visible_at,
 )
-from consent_gate.consent_store import read_changed_rows, read_consent_table, read_subject_rows
+from consent_gate.consent_store import read_consent_table
 from consent_gate.consent_vector import judged_snapshot
 from consent_gate.errors import SweepError
 from consent_gate.gate import WITHDRAWN_SCHEMA
@@ -179,28 +178,6 @@ def keyed_consent_table(table: pa.Table, keyer: Keyer, as_of: datetime, since: d
         for key, kind, content_type, recorded, force in answers["revocations"]
     ]
     return KeyedConsent(snapshot, since, revocations, {row[0] for row in answers["fail_closed"]})
-
-
-def consent_changed_since(url: str, keyer: Keyer, since: datetime, as_of: datetime) -> KeyedConsent:
-    """The keyed consent at `as_of` of the subjects whose consent may have changed after `since`: rows
-    recorded or effective after it (an indexed range), then all rows of those subjects (by index). Never a
-    pass over the store; `affected` names who may have lost consent."""
-    changed = read_changed_rows(url, since, purpose="no-resurrection: changed rows")
-    relevant = changed.filter(pc.fill_null(pc.invert(pc.and_(
-        pc.is_valid(changed.column("purpose")), pc.not_equal(changed.column("purpose"), PURPOSE)
-    )), True))  # fmt: skip
-    subject_ok = pc.and_(
-        pc.fill_null(pc.is_in(relevant.column("subject_type"), value_set=pa.array(SUBJECT_TYPES)), False),
-        pc.fill_null(pc.greater(pc.utf8_length(relevant.column("subject_id")), 0), False),
-    )
-    if not pc.all(subject_ok).as_py() and relevant.num_rows:
-        raise SweepError("a consent row recorded since the pinned as_of has no readable subject; refusing to publish")
-    subject_ids = set(relevant.column("subject_id").to_pylist())
-    if not subject_ids:
-        return KeyedConsent(snapshot_from_rows([], as_of), since)
-    table = read_subject_rows(url, subject_ids, purpose="no-resurrection: subjects' rows")
-    rows = sorted((tuple(r[c] for c in COLUMNS) for r in table.to_pylist()), key=lambda r: "" if r[0] is None else r[0])
-    return keyed_consent(rows, keyer, as_of, since)
 
 
 def withdrawal_reasons(table: pa.Table, snapshot: ConsentSnapshot, only: set[str] | None = None) -> list[str | None]:

@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from consent_gate.consent import SUBJECT_TYPES
+from consent_gate.consent import PURPOSE, SUBJECT_TYPES
 from consent_gate.consent_store import (
     changed_bound,
     count_recorded_before,
@@ -48,7 +48,7 @@ class ChangedConsent:
     consent: KeyedConsent
     rows_read: int
     subjects_judged: int
-    unreadable_subjects: int  # changed rows naming no readable subject: they can fail no one closed
+    unreadable_subjects: int  # changed rows (purpose ai_training or unreadable) naming no readable subject
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,8 @@ def changed_consent(url: str, keyer: Keyer, since: datetime, as_of: datetime, *,
         )
         judged = pa.concat_tables([rows, changed.filter(pc.invert(returned))])
         consent = keyed_consent_table(judged, keyer, as_of, None)  # see the module's docstring
-        unreadable = changed.num_rows - pc.sum(_names_a_subject(changed)).as_py() if changed.num_rows else 0
+        training = pc.fill_null(pc.equal(changed.column("purpose"), PURPOSE), True)  # an unreadable purpose counts
+        unreadable = pc.sum(pc.and_(training, pc.invert(_names_a_subject(changed)))).as_py() or 0
     return ChangedConsent(consent, sum(n for _, n in reads), len(subject_ids), unreadable)
 
 

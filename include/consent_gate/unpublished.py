@@ -17,10 +17,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from consent_gate.consent import ConsentSnapshot
+from consent_gate.consent import ConsentSnapshot, ConsentStoreError
 from consent_gate.errors import SweepError
 from consent_gate.gate import EXCLUDED_SCHEMA
-from consent_gate.keyed_consent import consent_changed_since, withdrawal_reasons, withdrawn_rows
+from consent_gate.keyed_consent import withdrawal_reasons, withdrawn_rows
 from consent_gate.keys import Keyer
 from consent_gate.layout import (
     RUN_RECORD,
@@ -37,6 +37,7 @@ from consent_gate.manifest import abandoned_manifest
 from consent_gate.parquet import read_table, write_table
 from consent_gate.publish import OutputStore, recover_day
 from consent_gate.records import parse_timestamp
+from consent_gate.sweep_scope import changed_consent
 
 
 def stage_holds_withdrawn(
@@ -117,7 +118,15 @@ def withhold_withdrawn(
         raise SweepError(
             f"the stage's pinned as_of {pinned.isoformat()} is later than now; a future as_of is refused, rerun the day"
         )
-    consent = consent_changed_since(consent_url, Keyer(secret), pinned, as_of)
+    # every revocation of the subjects named since the pin counts, not only those in force after it: a row
+    # recorded before the pin can reach the store after the snapshot (replication lag, a back-dated write)
+    try:
+        changed = changed_consent(consent_url, Keyer(secret), pinned, as_of, purpose="no-resurrection")
+    except ConsentStoreError:
+        raise SweepError("a consent row recorded since the pinned as_of cannot be read; refusing to publish") from None
+    if changed.unreadable_subjects:
+        raise SweepError("a consent row recorded since the pinned as_of has no readable subject; refusing to publish")
+    consent = changed.consent
     withheld: Counter[str] = Counter()
     if consent.affected:  # nothing came into force since the pin: the pinned decisions stand
         by = f"publication of attempt {run['attempt']}"
