@@ -205,3 +205,4 @@ def test_an_unreadable_row_naming_no_one_refuses_the_incremental_sweep_as_it_doe
                   lambda: keyed_consent_table(read_consent_table(url), KEYER, later, None)):  # fmt: skip
         with pytest.raises(ConsentStoreError, match="its subject cannot be read"):
             judge()
+

@@ -136,14 +136,24 @@ def read_keyed_consent(url: str, keyer: Keyer, as_of: datetime, since: datetime 
     return keyed_consent_table(read_consent_table(url, purpose="sweep"), keyer, as_of, since)
 
 
+def names_a_subject(table: pa.Table) -> pa.ChunkedArray:
+    """Per row of a consent table: whether its subject can be read (a known subject_type and a non-empty
+    subject_id), the vectorized `_keyed_subject` test."""
+    return pc.fill_null(
+        pc.and_(
+            pc.is_in(table.column("subject_type"), value_set=pa.array(SUBJECT_TYPES)),
+            pc.greater(pc.utf8_length(table.column("subject_id")), 0),
+        ),
+        False,
+    )
+
+
 def keyed_consent_table(table: pa.Table, keyer: Keyer, as_of: datetime, since: datetime | None) -> KeyedConsent:
     """The vectorized `keyed_consent`: the same snapshot, revocations in force in (`since`, `as_of`] and
     subjects failed closed by unreadable rows recorded then (or unreadable when), by duplicated ids always."""
     as_of = as_of.astimezone(UTC)
     types, ids = table.column("subject_type"), table.column("subject_id")
-    readable = pc.fill_null(
-        pc.and_(pc.is_in(types, value_set=pa.array(SUBJECT_TYPES)), pc.greater(pc.utf8_length(ids), 0)), False
-    )
+    readable = names_a_subject(table)
     combined = pc.binary_join_element_wise(types, ids, "\x1f")
     distinct = pc.unique(pc.filter(combined, readable))
     keys = pa.array([keyer.key(*pair.split("\x1f", 1)) for pair in distinct.to_pylist()], pa.string())

@@ -214,7 +214,7 @@ def _advance_watermark(
     current = read_watermark(store)
     if current is not None and parse_timestamp(current["as_of"], "as_of") >= as_of:
         return  # a later sweep already got further: never move the watermark back
-    last_full = as_of.isoformat() if scope.mode == "full" else (before or {}).get("last_full_as_of")
+    last_full = as_of.isoformat() if scope.since is None else (before or {}).get("last_full_as_of")
     store.write_json(
         WATERMARK,
         {"as_of": as_of.isoformat(), "sweep_id": sweep_id, "last_full_as_of": last_full, **scope.fingerprint,

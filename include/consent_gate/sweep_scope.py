@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from consent_gate.consent import PURPOSE, SUBJECT_TYPES
+from consent_gate.consent import PURPOSE
 from consent_gate.consent_store import (
     changed_bound,
     count_recorded_before,
@@ -36,7 +36,7 @@ from consent_gate.consent_store import (
     read_consent_table,
     read_subject_rows,
 )
-from consent_gate.keyed_consent import KeyedConsent, keyed_consent_table
+from consent_gate.keyed_consent import KeyedConsent, keyed_consent_table, names_a_subject
 from consent_gate.keys import Keyer
 from consent_gate.records import MalformedRecord, parse_timestamp
 
@@ -56,21 +56,24 @@ class SweepScope:
     """What one sweep judges, and the fingerprint its watermark keeps."""
 
     consent: KeyedConsent
-    mode: str  # full | incremental
+    since: datetime | None  # the watermark judged from; None: a full sweep
     why: str
     rows_read: int
     subjects_judged: int | None  # None: every subject (a full sweep)
     fingerprint: dict[str, Any]  # {"bound": recorded_at text, "below": rows recorded before it}
-    since: datetime | None = None  # the watermark judged from; None on a full sweep
+
+    @property
+    def mode(self) -> str:
+        return "full" if self.since is None else "incremental"
 
     @property
     def only(self) -> set[str] | None:
         """The keyed subjects whose published rows must be re-judged; None: all of them."""
-        return None if self.mode == "full" else self.consent.affected
+        return None if self.since is None else self.consent.affected
 
     def record(self) -> dict[str, Any]:
         """The sweep record's `consent` section: what was read, no ids."""
-        full = self.mode == "full"
+        full = self.since is None
         return {
             "scope": "whole store" if full else "changed since the watermark",
             "rows_read": self.rows_read,
@@ -78,17 +81,6 @@ class SweepScope:
             "checksum": self.consent.snapshot.checksum if full else None,
             "visible_events": self.consent.snapshot.visible_events if full else None,
         }
-
-
-def _names_a_subject(table: pa.Table) -> pa.ChunkedArray:
-    """Per row: whether its subject can be read (a known subject_type and a non-empty subject_id)."""
-    return pc.fill_null(
-        pc.and_(
-            pc.is_in(table.column("subject_type"), value_set=pa.array(SUBJECT_TYPES)),
-            pc.greater(pc.utf8_length(table.column("subject_id")), 0),
-        ),
-        False,
-    )
 
 
 def changed_consent(url: str, keyer: Keyer, since: datetime, as_of: datetime, *, purpose: str) -> ChangedConsent:
@@ -100,7 +92,8 @@ def changed_consent(url: str, keyer: Keyer, since: datetime, as_of: datetime, *,
     be judged (rows further below are counted by the fingerprint)."""
     with observe_reads() as reads:
         changed = read_changed_rows(url, since, purpose=f"{purpose}: changed rows")
-        subject_ids = pc.unique(pc.filter(changed.column("subject_id"), _names_a_subject(changed))).to_pylist()
+        named = names_a_subject(changed)
+        subject_ids = pc.unique(pc.filter(changed.column("subject_id"), named)).to_pylist()
         rows = read_subject_rows(url, subject_ids, purpose=f"{purpose}: subjects' rows")
         # changed rows the look-ups did not return (naming no subject, sharing no event_id with a subject's
         # row) are judged too: an unreadable one refuses every decision, as it does in a full read
@@ -113,7 +106,7 @@ def changed_consent(url: str, keyer: Keyer, since: datetime, as_of: datetime, *,
         judged = pa.concat_tables([rows, changed.filter(pc.invert(returned))])
         consent = keyed_consent_table(judged, keyer, as_of, None)  # see the module's docstring
         training = pc.fill_null(pc.equal(changed.column("purpose"), PURPOSE), True)  # an unreadable purpose counts
-        unreadable = pc.sum(pc.and_(training, pc.invert(_names_a_subject(changed)))).as_py() or 0
+        unreadable = pc.sum(pc.and_(training, pc.invert(named))).as_py() or 0
     return ChangedConsent(consent, sum(n for _, n in reads), len(subject_ids), unreadable)
 
 
@@ -160,11 +153,9 @@ def sweep_scope(
     if since is None:
         table = read_consent_table(url, purpose="sweep: whole store")
         consent = keyed_consent_table(table, keyer, as_of, None)
-        return SweepScope(consent, "full", why, table.num_rows, None, fingerprint)
+        return SweepScope(consent, None, why, table.num_rows, None, fingerprint)
     changed = changed_consent(url, keyer, since, as_of, purpose="sweep")
-    return SweepScope(
-        changed.consent, "incremental", why, changed.rows_read, changed.subjects_judged, fingerprint, since
-    )
+    return SweepScope(changed.consent, since, why, changed.rows_read, changed.subjects_judged, fingerprint)
 
 
 def stage_consent(
