@@ -25,7 +25,7 @@ from consent_gate.consent_store import create_consent_indexes, observe_reads, re
 from consent_gate.gate import CONTENT_SCHEMA
 from consent_gate.keyed_consent import keyed_consent_table, withdrawal_reasons
 from consent_gate.keys import Keyer
-from consent_gate.sweep_scope import changed_consent, sweep_scope
+from consent_gate.sweep_scope import changed_consent, stage_consent, sweep_scope
 from tests.builders import at, consent_row, write_consent_db
 from tests.test_consent_vector import BAD_INSTANTS, ODD_INSTANTS
 
@@ -206,3 +206,18 @@ def test_an_unreadable_row_naming_no_one_refuses_the_incremental_sweep_as_it_doe
         with pytest.raises(ConsentStoreError, match="its subject cannot be read"):
             judge()
 
+
+def test_a_stage_pinned_before_the_watermark_or_unreadably_is_judged_from_its_pin(tmp_path):
+    db = tmp_path / "consent.db"
+    url = _old_store(db, 20)
+    _append(db, [consent_row("old_revoke", "u_3", "revoke", effective=at(-20 * 24 * 60))])
+    first = sweep_scope(url, KEYER, WATERMARK, None)
+    watermark = {"as_of": WATERMARK.isoformat(), "last_full_as_of": WATERMARK.isoformat(), **first.fingerprint}
+    scope = sweep_scope(url, KEYER, WATERMARK + timedelta(hours=1), watermark)
+    assert scope.mode == "incremental" and scope.only == set()
+    judge = stage_consent(scope, url, KEYER, WATERMARK + timedelta(hours=1))
+    revoked = f"user\x1f{KEYER.user('u_3')}"
+    assert judge({"consent": {"as_of": WATERMARK.isoformat()}})[1] == set()  # pinned at the watermark
+    for pin in (at(-25 * 24 * 60).isoformat(), "not an instant", None):  # before the revocation; unreadable
+        consent, whose = judge({"consent": {"as_of": pin}})
+        assert revoked in whose and revoked in consent.affected

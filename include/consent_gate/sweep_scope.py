@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -39,6 +39,9 @@ from consent_gate.consent_store import (
 from consent_gate.keyed_consent import KeyedConsent, keyed_consent_table, names_a_subject
 from consent_gate.keys import Keyer
 from consent_gate.records import MalformedRecord, parse_timestamp
+
+# Before any instant a consent row can hold (`read_changed_rows` since then returns every row).
+EARLIEST = datetime(1900, 1, 2, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ def stage_consent(
         try:
             pinned = parse_timestamp(run["consent"]["as_of"], "as_of")
         except (KeyError, TypeError, MalformedRecord):
-            pinned = datetime.min.replace(tzinfo=as_of.tzinfo)  # cannot tell: judge from the beginning
+            pinned = EARLIEST  # cannot tell: judge every row
         if pinned >= scope.since:
             return scope.consent, scope.only
         if pinned not in pinned_scopes:
