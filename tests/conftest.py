@@ -29,6 +29,10 @@ os.environ.update(
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
     }
 )
+# Imported now, not first inside some test: Airflow's logging setup binds its handlers to the streams of the
+# moment, and a test's captured stream is closed when that test ends; later log records (GX's, in any
+# test after it) would then print logging errors into the next test's stderr.
+import airflow  # noqa: E402, F401
 
 
 def pytest_sessionfinish(session, exitstatus):

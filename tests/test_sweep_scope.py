@@ -128,22 +128,25 @@ def _old_store(db: Path, subjects: int) -> str:
 def test_the_fingerprint_sends_the_sweep_full_when_old_rows_appear_or_vanish(tmp_path):
     db = tmp_path / "consent.db"
     url = _old_store(db, 50)
-    first = sweep_scope(url, KEYER, WATERMARK, None)
-    assert first.mode == "full" and first.rows_read == 50
+    with sweep_scope(url, KEYER, WATERMARK, None) as first:
+        assert first.mode == "full" and first.rows_read == 50
     watermark = {"as_of": WATERMARK.isoformat(), "last_full_as_of": WATERMARK.isoformat(), **first.fingerprint}
 
     later = WATERMARK + timedelta(hours=1)
     assert sweep_scope(url, KEYER, later, watermark, full_every=timedelta(hours=24)).mode == "incremental"
-    assert sweep_scope(url, KEYER, later, watermark, full_every=timedelta(minutes=30)).mode == "full"
-    assert sweep_scope(url, KEYER, later, {**watermark, "below": None}).mode == "full"
+    for full in (sweep_scope(url, KEYER, later, watermark, full_every=timedelta(minutes=30)),
+                 sweep_scope(url, KEYER, later, {**watermark, "below": None})):  # fmt: skip
+        with full:
+            assert full.mode == "full"
 
     _append(db, [consent_row("late", "u_3", "revoke", effective=at(-10 * 24 * 60))])  # back-dated below the watermark
-    back_dated = sweep_scope(url, KEYER, later, watermark)
-    assert back_dated.mode == "full" and "below the watermark" in back_dated.why
+    with sweep_scope(url, KEYER, later, watermark) as back_dated:
+        assert back_dated.mode == "full" and "below the watermark" in back_dated.why
 
     with sqlite3.connect(db) as connection:
         connection.execute("DELETE FROM consent_events WHERE event_id IN ('late', 'old00007')")
-    assert sweep_scope(url, KEYER, later, watermark).mode == "full"  # one fewer than the watermark counted
+    with sweep_scope(url, KEYER, later, watermark) as removed:
+        assert removed.mode == "full"  # one fewer than the watermark counted
 
 
 def _scoped_reads(url: str, watermark: dict[str, Any], as_of) -> tuple[Any, int]:
@@ -153,17 +156,18 @@ def _scoped_reads(url: str, watermark: dict[str, Any], as_of) -> tuple[Any, int]
 
 
 def _check_reads_only_what_changed(url: str, append) -> None:
-    first = sweep_scope(url, KEYER, WATERMARK, None)
+    with sweep_scope(url, KEYER, WATERMARK, None) as first:
+        pass
     watermark = {"as_of": WATERMARK.isoformat(), "last_full_as_of": WATERMARK.isoformat(), **first.fingerprint}
     quiet, read = _scoped_reads(url, watermark, WATERMARK + timedelta(hours=1))
-    assert quiet.mode == "incremental" and quiet.consent.affected == set() and read == 0
+    assert quiet.mode == "incremental" and quiet.changed.affected == set() and read == 0
 
     soon = WATERMARK + timedelta(minutes=5)
     append([consent_row("r1", "u_12", "revoke", effective=soon),
             consent_row("r2", "acct_9", "revoke", content_type="chat", effective=soon)])  # fmt: skip
     changed, read = _scoped_reads(url, watermark, WATERMARK + timedelta(hours=1))
     assert changed.mode == "incremental" and changed.subjects_judged == 2
-    assert changed.consent.affected == {f"user\x1f{KEYER.user('u_12')}", f"account\x1f{KEYER.account('acct_9')}"}
+    assert changed.changed.affected == {f"user\x1f{KEYER.user('u_12')}", f"account\x1f{KEYER.account('acct_9')}"}
     assert read == changed.rows_read == 8  # the 2 new rows; u_12's and acct_9's 3 rows, and again by event_id
 
 
@@ -211,13 +215,75 @@ def test_a_stage_pinned_before_the_watermark_or_unreadably_is_judged_from_its_pi
     db = tmp_path / "consent.db"
     url = _old_store(db, 20)
     _append(db, [consent_row("old_revoke", "u_3", "revoke", effective=at(-20 * 24 * 60))])
-    first = sweep_scope(url, KEYER, WATERMARK, None)
+    with sweep_scope(url, KEYER, WATERMARK, None) as first:
+        pass
     watermark = {"as_of": WATERMARK.isoformat(), "last_full_as_of": WATERMARK.isoformat(), **first.fingerprint}
     scope = sweep_scope(url, KEYER, WATERMARK + timedelta(hours=1), watermark)
     assert scope.mode == "incremental" and scope.only == set()
     judge = stage_consent(scope, url, KEYER, WATERMARK + timedelta(hours=1))
     revoked = f"user\x1f{KEYER.user('u_3')}"
-    assert judge({"consent": {"as_of": WATERMARK.isoformat()}})[1] == set()  # pinned at the watermark
+    assert judge({"consent": {"as_of": WATERMARK.isoformat()}}, set)[1] == set()  # pinned at the watermark
     for pin in (at(-25 * 24 * 60).isoformat(), "not an instant", None):  # before the revocation; unreadable
-        consent, whose = judge({"consent": {"as_of": pin}})
+        consent, whose = judge({"consent": {"as_of": pin}}, set)
         assert revoked in whose and revoked in consent.affected
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(store=consent_stores(), swept_after=st.integers(1, 96))
+def test_the_whole_store_consent_streamed_to_disk_judges_as_the_table_in_memory(
+    tmp_path_factory, monkeypatch, store, swept_after
+):
+    """The full sweep's consent (the store streamed in batches, keyed batch by batch, judged into a file,
+    semi-joined for the subjects asked about) equals `keyed_consent_table` over the whole store in memory."""
+    from consent_gate import consent_store
+    from consent_gate.keyed_consent import WholeStoreConsent
+
+    monkeypatch.setattr(consent_store, "SQLITE_BATCH", 3)  # a subject's rows spread over several batches
+    present, inserted = store
+    url = write_consent_db(tmp_path_factory.mktemp("store") / "now.db", present + inserted)
+    as_of = WATERMARK + timedelta(hours=swept_after)
+    content = published([at(-150 * 60), at(-30 * 60), WATERMARK - timedelta(minutes=1), as_of])
+    try:
+        table = read_consent_table(url)
+        in_memory = keyed_consent_table(table, KEYER, as_of, None)
+    except ConsentStoreError:
+        with pytest.raises(ConsentStoreError, match="its subject cannot be read"):
+            WholeStoreConsent(url, KEYER, as_of, purpose="test")
+        return
+    whole = WholeStoreConsent(url, KEYER, as_of, purpose="test")
+    try:
+        assert whole.rows_read == table.num_rows
+        assert whole.summary.checksum == in_memory.snapshot.checksum
+        assert whole.revocation_count == len(in_memory.revocations)
+        assert whole.fail_closed_count == len(in_memory.fail_closed)
+        everyone = {f"{kind}\x1f{KEYER.key(kind, raw)}" for kind, raw in SUBJECTS}
+        for asked in (everyone, {f"user\x1f{KEYER.user('u_1')}", f"account\x1f{KEYER.account('acct_2')}"}):
+            on_disk = whole.consent_for(asked)
+            assert sorted(on_disk.revocations, key=repr) == sorted(
+                (r for r in in_memory.revocations if r.subject in asked), key=repr
+            )
+            assert on_disk.fail_closed == in_memory.fail_closed & asked
+            theirs = content.filter(
+                pa.array([f"user\x1f{u[0]}" in asked and f"account\x1f{a[0]}" in asked
+                          for u, a in zip(content.column("user_keys").to_pylist(),
+                                          content.column("account_keys").to_pylist(), strict=True)])
+            )  # fmt: skip
+            assert withdrawal_reasons(theirs, on_disk.snapshot) == withdrawal_reasons(theirs, in_memory.snapshot)
+    finally:
+        whole.close()
+    assert not Path(whole.events_path).exists()
+
+
+def test_a_full_scope_answers_for_subjects_met_after_its_first_answer(tmp_path):
+    """A day published while a full sweep runs names subjects the first semi-join did not ask about: they
+    are read from the whole-store file, not judged as having no consent."""
+    url = _old_store(tmp_path / "consent.db", 5)
+    first, second = f"user\x1f{KEYER.user('u_1')}", f"user\x1f{KEYER.user('u_4')}"
+    with sweep_scope(url, KEYER, WATERMARK, None) as scope:
+        assert scope.mode == "full"
+        for subject in (first, second, first):
+            consent = scope.consent_of(lambda subject=subject: {subject})
+            ok, _ = consent.snapshot.consented([subject], ["chat"], [int(at(-60).timestamp()) * 10**9])
+            assert ok.tolist() == [True]
+        events = scope.whole_store.events_path
+    assert not Path(events).exists()  # the whole-store consent lives only as long as the sweep

@@ -342,7 +342,7 @@ def count_recorded_before(url: str, bound: str) -> int:
             return int(connection.execute(query, (bound,)).fetchone()[0])
         with connection.cursor() as cursor:
             cursor.execute(
-                'SELECT count(*) FROM consent_events WHERE recorded_at COLLATE "C" >= \'1900\' '
+                "SELECT count(*) FROM consent_events WHERE recorded_at COLLATE \"C\" >= '1900' "
                 'AND recorded_at COLLATE "C" < %s',
                 (bound,),
             )

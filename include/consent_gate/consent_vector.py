@@ -116,7 +116,7 @@ SELECT *, {in_range.format("eff_raw", _US_1900, _US_2200)} AS eff_us,
 FROM (
   SELECT * EXCLUDE (ep, rp), {eff_raw} AS eff_raw, {rec_raw} AS rec_raw
   FROM (
-    SELECT row_number() OVER () AS rn, *, {extract.replace("COLUMN", "effective_at")} AS ep,
+    SELECT rowid AS rn, *, {extract.replace("COLUMN", "effective_at")} AS ep,
            {extract.replace("COLUMN", "recorded_at")} AS rp
     FROM raw WHERE NOT (purpose IS NOT NULL AND purpose <> '{PURPOSE}')
   )
@@ -165,6 +165,11 @@ ORDER BY 1, 2, 3, 4, 1 - decision, event_id
 """
 
 
+def events_sql(subject: str = "subject_key") -> str:
+    """The snapshot file's rows over table `judged`, sorted; `subject`: the SQL naming each row's subject."""
+    return _EVENTS_SQL.replace("SUBJECT", subject)
+
+
 @dataclass
 class SnapshotSummary:
     """What a run records about its snapshot (run.json `consent`), besides the file itself."""
@@ -187,7 +192,11 @@ def connect_duckdb(spill: str) -> Any:
 
 def _judge(connection: Any, batches: pa.RecordBatchReader | pa.Table, as_of: datetime) -> SnapshotSummary:
     incoming = batches  # noqa: F841  (read by name in the SQL; consumed once, streaming)
+    # rn (the table's rowid) is the store's reading order, whatever DuckDB's threads do: it decides which
+    # row of a duplicated event_id is the first (its revocation counts), as in the row-wise reading
+    connection.execute("SET preserve_insertion_order = true")
     connection.execute("CREATE TEMP TABLE raw AS SELECT * FROM incoming").fetchall()
+    connection.execute("SET preserve_insertion_order = false")
     for statement in _snapshot_sql(to_ns(as_of) // 1000).split(";"):
         if statement.strip():
             connection.execute(statement).fetchall()  # fetched: DuckDB refuses new work on a pending result
@@ -238,19 +247,34 @@ def write_snapshot_file(
 ) -> tuple[SnapshotSummary, str]:
     """Judge the store's rows at `as_of` and write the sorted snapshot file to local `path`, subjects as
     pseudonyms. Returns the summary and the file's sha256."""
+    events = events_sql("sha256(" + _quoted(pepper) + " || subject_key)")
+    summary, _ = judge_into_files(batches, as_of, {path: events})
+    return summary, file_sha256(path)
+
+
+def judge_into_files(
+    batches: pa.RecordBatchReader | pa.Table,
+    as_of: datetime,
+    files: dict[str, str],
+    counts: dict[str, str] | None = None,
+) -> tuple[SnapshotSummary, dict[str, int]]:
+    """Judge the rows at `as_of` (streamed: DuckDB spills beyond its memory limit, so memory does not grow
+    with the store) and write each query of `files` (over table `judged`, e.g. `events_sql()`)
+    to its local Parquet path; `counts`: single-number queries answered as well."""
     as_of = as_of.astimezone(UTC)
     with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as spill:
         connection = connect_duckdb(spill)
         try:
             summary = _judge(connection, batches, as_of)
-            escaped = path.replace("'", "''")
-            connection.execute(
-                f"COPY ({_EVENTS_SQL.replace('SUBJECT', 'sha256(' + _quoted(pepper) + ' || subject_key)')}) "
-                f"TO '{escaped}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
-            ).fetchall()
+            for path, query in files.items():
+                escaped = path.replace("'", "''")
+                connection.execute(
+                    f"COPY ({query}) TO '{escaped}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+                ).fetchall()
+            answers = {name: int(connection.execute(sql).fetchall()[0][0] or 0) for name, sql in (counts or {}).items()}
         finally:
             connection.close()
-    return summary, file_sha256(path)
+    return summary, answers
 
 
 def file_sha256(path: str) -> str:
@@ -276,7 +300,7 @@ def judged_snapshot(
         connection = connect_duckdb(spill)
         try:
             summary = _judge(connection, batches, as_of)
-            events = connection.sql(_EVENTS_SQL.replace("SUBJECT", "subject_key")).to_arrow_table()
+            events = connection.sql(events_sql()).to_arrow_table()
             answers = {name: connection.execute(sql).fetchall() for name, sql in queries.items()}
         finally:
             connection.close()
@@ -327,17 +351,26 @@ def _shared_strings(values: pa.Array) -> np.ndarray:
 
 def read_snapshot_events(path: str, subjects: Iterable[str] | None) -> pa.Table:
     """The snapshot file's rows, only those of `subjects` (pseudonyms; a semi-join in DuckDB) when given."""
+    if subjects is None:
+        return semi_join(path, None, "SELECT * FROM rows")
+    return semi_join(
+        path, subjects, "SELECT * FROM rows ORDER BY subject_key, content_type, effective_ns, recorded_ns, "
+        "1 - decision, event_id"
+    )  # fmt: skip
+
+
+def semi_join(path: str, subjects: Iterable[str] | None, query: str) -> pa.Table:
+    """`query` over the rows (table `rows`) of the local Parquet file at `path` whose subject_key is one of
+    `subjects` (all rows when None): only those rows are ever held in memory."""
     with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as spill:
         connection = connect_duckdb(spill)
         try:
             escaped = path.replace("'", "''")
-            if subjects is None:
-                return connection.sql(f"SELECT * FROM read_parquet('{escaped}')").to_arrow_table()
-            wanted = pa.table({"subject_key": pa.array(sorted(set(subjects)), pa.string())})  # noqa: F841
-            return connection.sql(
-                f"SELECT * FROM read_parquet('{escaped}') WHERE subject_key IN (SELECT subject_key FROM wanted) "
-                "ORDER BY subject_key, content_type, effective_ns, recorded_ns, 1 - decision, event_id"
-            ).to_arrow_table()
+            source = f"SELECT * FROM read_parquet('{escaped}')"
+            if subjects is not None:
+                wanted = pa.table({"subject_key": pa.array(sorted(set(subjects)), pa.string())})  # noqa: F841
+                source += " WHERE subject_key IN (SELECT subject_key FROM wanted)"
+            return connection.sql(f"WITH rows AS ({source}) {query}").to_arrow_table()
         finally:
             connection.close()
 

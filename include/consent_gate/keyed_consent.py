@@ -8,6 +8,8 @@ sweep (published days) and by publication (no resurrection: `unpublished.withhol
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,8 +32,15 @@ from consent_gate.consent import (
     to_ns,
     visible_at,
 )
-from consent_gate.consent_store import read_consent_table
-from consent_gate.consent_vector import judged_snapshot
+from consent_gate.consent_store import consent_batches, observe_reads
+from consent_gate.consent_vector import (
+    events_sql,
+    judge_into_files,
+    judged_snapshot,
+    read_snapshot_events,
+    semi_join,
+    snapshot_from_events,
+)
 from consent_gate.errors import SweepError
 from consent_gate.gate import WITHDRAWN_SCHEMA
 from consent_gate.keys import Keyer
@@ -130,13 +139,7 @@ def keyed_consent(rows: Iterable[Sequence[Any]], keyer: Keyer, as_of: datetime, 
     return KeyedConsent(snapshot, since, revocations, fail_closed)
 
 
-def read_keyed_consent(url: str, keyer: Keyer, as_of: datetime, since: datetime | None) -> KeyedConsent:
-    """`keyed_consent` of the whole store, read column-wise and judged vectorized (no Python per row
-    but one keyed hash per distinct subject)."""
-    return keyed_consent_table(read_consent_table(url, purpose="sweep"), keyer, as_of, since)
-
-
-def names_a_subject(table: pa.Table) -> pa.ChunkedArray:
+def names_a_subject(table: pa.Table | pa.RecordBatch) -> pa.ChunkedArray | pa.Array:
     """Per row of a consent table: whether its subject can be read (a known subject_type and a non-empty
     subject_id), the vectorized `_keyed_subject` test."""
     return pc.fill_null(
@@ -148,46 +151,116 @@ def names_a_subject(table: pa.Table) -> pa.ChunkedArray:
     )
 
 
-def keyed_consent_table(table: pa.Table, keyer: Keyer, as_of: datetime, since: datetime | None) -> KeyedConsent:
-    """The vectorized `keyed_consent`: the same snapshot, revocations in force in (`since`, `as_of`] and
-    subjects failed closed by unreadable rows recorded then (or unreadable when), by duplicated ids always."""
-    as_of = as_of.astimezone(UTC)
+def keyed_rows(table: pa.Table | pa.RecordBatch, keyer: Keyer) -> pa.Table | pa.RecordBatch:
+    """`table` with every readable subject_id replaced by its key (one HMAC per distinct subject)."""
     types, ids = table.column("subject_type"), table.column("subject_id")
     readable = names_a_subject(table)
     combined = pc.binary_join_element_wise(types, ids, "\x1f")
     distinct = pc.unique(pc.filter(combined, readable))
-    keys = pa.array([keyer.key(*pair.split("\x1f", 1)) for pair in distinct.to_pylist()], pa.string())
+    keys = pa.array(keyer.keys_of(distinct.to_pylist()), pa.string())
     keyed_ids = pc.take(keys, pc.index_in(combined, value_set=distinct))
-    keyed = table.set_column(
+    return table.set_column(
         table.schema.get_field_index("subject_id"), "subject_id", pc.if_else(readable, keyed_ids, ids)
     )
+
+
+def _queries(as_of: datetime, since: datetime | None) -> dict[str, str]:
+    """Over the judged rows: the revocations in force in (`since`, `as_of`], and the subjects failed closed
+    by unreadable rows recorded then (or unreadable when), by duplicated ids always."""
     as_of_us = to_ns(as_of) // 1000
     since_us = "NULL" if since is None else str(to_ns(since.astimezone(UTC)) // 1000)
     changed = f"(x <= {as_of_us} AND ({since_us} IS NULL OR x > {since_us}))"
     in_force = "greatest(rec_us, eff_us)"
     duplicate = "'" + DUPLICATE_ERROR.replace("'", "''") + "'"
+    return {
+        "revocations": f"SELECT subject_key, subject_type, content_type, rec_us, {in_force} AS in_force_us, "
+        "event_id, rn FROM judged "
+        # the first row of a duplicated id reads well on its own: its revocation counts (its subject
+        # fails closed as well), as in the row-wise reading
+        f"WHERE (error IS NULL OR (error = {duplicate} AND id_rank = 1)) AND decision = 'revoke' "
+        f"AND {changed.replace('x', in_force)}",
+        "fail_closed": "SELECT DISTINCT subject_key FROM judged WHERE error IS NOT NULL AND subject_ok "
+        f"AND (id_count > 1 OR rec_us IS NULL OR {changed.replace('x', 'rec_us')})",
+    }
+
+
+def _instant_of(us: int) -> datetime:
+    return datetime.fromtimestamp(0, UTC) + timedelta(microseconds=us)
+
+
+def _revocations(rows: Iterable[Sequence[Any]]) -> list[Revocation]:
+    return [
+        Revocation(key, kind, content_type, _instant_of(recorded), _instant_of(force))
+        for key, kind, content_type, recorded, force in rows
+    ]
+
+
+def keyed_consent_table(table: pa.Table, keyer: Keyer, as_of: datetime, since: datetime | None) -> KeyedConsent:
+    """The vectorized `keyed_consent`: the same snapshot, revocations in force in (`since`, `as_of`] and
+    subjects failed closed by unreadable rows recorded then (or unreadable when), by duplicated ids always."""
+    as_of = as_of.astimezone(UTC)
+    queries = _queries(as_of, since)
     snapshot, answers = judged_snapshot(
-        keyed,
+        keyed_rows(table, keyer),
         as_of,
         {
-            "revocations": f"SELECT subject_key, subject_type, content_type, rec_us, {in_force} FROM judged "
-            # the first row of a duplicated id reads well on its own: its revocation counts (its subject
-            # fails closed as well), as in the row-wise reading
-            f"WHERE (error IS NULL OR (error = {duplicate} AND id_rank = 1)) AND decision = 'revoke' "
-            f"AND {changed.replace('x', in_force)} ORDER BY event_id, rn",
-            "fail_closed": "SELECT DISTINCT subject_key FROM judged WHERE error IS NOT NULL AND subject_ok "
-            f"AND (id_count > 1 OR rec_us IS NULL OR {changed.replace('x', 'rec_us')})",
+            "revocations": "SELECT subject_key, subject_type, content_type, rec_us, in_force_us "
+            f"FROM ({queries['revocations']}) ORDER BY event_id, rn",
+            "fail_closed": queries["fail_closed"],
         },
     )
+    return KeyedConsent(
+        snapshot, since, _revocations(answers["revocations"]), {row[0] for row in answers["fail_closed"]}
+    )
 
-    def instant(us: int) -> datetime:
-        return datetime.fromtimestamp(0, UTC) + timedelta(microseconds=us)
 
-    revocations = [
-        Revocation(key, kind, content_type, instant(recorded), instant(force))
-        for key, kind, content_type, recorded, force in answers["revocations"]
-    ]
-    return KeyedConsent(snapshot, since, revocations, {row[0] for row in answers["fail_closed"]})
+class WholeStoreConsent:
+    """Every subject's keyed consent at `as_of`, judged from the whole store streamed batch by batch
+    (one HMAC per distinct subject of a batch; DuckDB spills to disk), kept in a sorted local Parquet
+    file with the revocations beside it: a full sweep's memory does not grow with the store. The consent
+    of the subjects a sweep meets (published days, stages) is a semi-join of that file.
+    `close()` deletes the files."""
+
+    def __init__(self, url: str, keyer: Keyer, as_of: datetime, *, purpose: str) -> None:
+        self.as_of = as_of.astimezone(UTC)
+        self._folder = tempfile.TemporaryDirectory(prefix="consent-gate-keyed-")
+        self.events_path = os.path.join(self._folder.name, "events.parquet")
+        self.revocations_path = os.path.join(self._folder.name, "revocations.parquet")
+        queries = _queries(self.as_of, None)
+        try:
+            with observe_reads() as reads, consent_batches(url, purpose=purpose) as reader:
+                keyed = pa.RecordBatchReader.from_batches(reader.schema, (keyed_rows(b, keyer) for b in reader))
+                self.summary, counts = judge_into_files(
+                    keyed,
+                    self.as_of,
+                    {self.events_path: events_sql(), self.revocations_path: queries["revocations"]},
+                    {
+                        "revocations": f"SELECT count(*) FROM ({queries['revocations']})",
+                        "fail_closed": f"SELECT count(*) FROM ({queries['fail_closed']})",
+                    },
+                )
+        except BaseException:
+            self.close()
+            raise
+        self.rows_read = sum(n for _, n in reads)
+        self.revocation_count, self.fail_closed_count = counts["revocations"], counts["fail_closed"]
+
+    def consent_for(self, subjects: Iterable[str]) -> KeyedConsent:
+        """The keyed consent of `subjects` (keyed subject_keys): their rows of the file, and their revocations."""
+        wanted = sorted(set(subjects))
+        events = read_snapshot_events(self.events_path, wanted)
+        snapshot = snapshot_from_events(events, self.summary)
+        revocations = semi_join(
+            self.revocations_path,
+            wanted,
+            "SELECT subject_key, subject_type, content_type, rec_us, in_force_us FROM rows ORDER BY event_id, rn",
+        )
+        failed = pc.filter(events.column("subject_key"), events.column("failed_closed"))
+        revoked = zip(*(column.to_pylist() for column in revocations.columns), strict=True)
+        return KeyedConsent(snapshot, None, _revocations(revoked), set(failed.to_pylist()))
+
+    def close(self) -> None:
+        self._folder.cleanup()
 
 
 def withdrawal_reasons(table: pa.Table, snapshot: ConsentSnapshot, only: set[str] | None = None) -> list[str | None]:

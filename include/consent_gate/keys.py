@@ -38,6 +38,12 @@ class Keyer:
                 self._cache[(kind, raw_id)] = cached
         return cached
 
+    def keys_of(self, subjects: list[str]) -> list[str]:
+        """The keys of `kind\x1fraw_id` strings (the message `key` hashes), uncached: a sweep keys millions
+        of distinct subjects once each, which a cache would only hold in memory."""
+        secret = self._secret
+        return [hmac.digest(secret, subject.encode(), "sha256").hex() for subject in subjects]
+
     def user(self, user_id: str) -> str:
         return self.key("user", user_id)
 

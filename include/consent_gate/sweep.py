@@ -34,7 +34,6 @@ from consent_gate import audit as audit_pages
 from consent_gate.artifacts import CONTENT_TYPE_OF
 from consent_gate.config import Clock
 from consent_gate.consent import (
-    SUBJECT_TYPES,
     FutureAsOf,
     refuse_future_as_of,
     subject_key,
@@ -162,25 +161,28 @@ def sweep(
     keyer = Keyer(secret)
     sweep_id = sweep_id or new_sweep_id(as_of)
     watermark = read_watermark(store)
-    scope = sweep_scope(consent_url, keyer, as_of, watermark, full=full, full_every=full_every)
-    consent, only = scope.consent, scope.only
-    days = published_days(store)
-    purges = []
-    for day in days:
-        if only is not None and not only:
-            break  # nothing came into force: no published row can have lost its consent
-        with store.day_lock(day):
-            recover_day(store, day)  # a publication or sweep of the day killed mid-way: finished or undone
-            purge = _sweep_day(store, day, consent, only, sweep_id=sweep_id, clock=clock)
-        if purge is not None:
-            purges.append(purge)
-    consent_of_stage = stage_consent(scope, consent_url, keyer, as_of)
+    with sweep_scope(consent_url, keyer, as_of, watermark, full=full, full_every=full_every) as scope:
+        days = published_days(store)
+        only = scope.only
+        if scope.whole_store is not None:  # one semi-join of the whole-store consent for every published day
+            scope.consent_of(lambda: published_subjects(store, [f for d in days for f in _day_files(store, d)]))
+        purges = []
+        for day in days:
+            if only is not None and not only:
+                break  # nothing came into force: no published row can have lost its consent
+            with store.day_lock(day):
+                recover_day(store, day)  # a publication or sweep of the day killed mid-way: finished or undone
+                purge = _sweep_day(store, day, scope, sweep_id=sweep_id, clock=clock)
+            if purge is not None:
+                purges.append(purge)
+        consent_of_stage = stage_consent(scope, consent_url, keyer, as_of)
 
-    def holds_withdrawn(store: OutputStore, root: str, run: dict[str, Any] | None) -> bool:
-        stage_consent_, whose = consent_of_stage(run)
-        return stage_holds_withdrawn(store, root, stage_consent_.snapshot, whose)
+        def holds_withdrawn(store: OutputStore, root: str, run: dict[str, Any] | None) -> bool:
+            files = store.files(f"{root}/content", ".parquet")
+            stage_consent_, whose = consent_of_stage(run, lambda: published_subjects(store, files))
+            return stage_holds_withdrawn(store, root, stage_consent_.snapshot, whose)
 
-    abandoned = discard_abandoned_stages(store, clock() - max_stage_age, holds_withdrawn)
+        abandoned = discard_abandoned_stages(store, clock() - max_stage_age, holds_withdrawn)
     record = {
         "sweep_id": sweep_id,
         "dag_run_id": dag_run_id,  # the auditor's run tab finds the sweep of a DAG run by it
@@ -189,8 +191,8 @@ def sweep(
         "why": scope.why,
         "watermark_before": watermark["as_of"] if watermark else None,
         "consent": scope.record(),
-        "revocations_in_force_since_watermark": len(consent.revocations),
-        "fail_closed_subjects": len(consent.fail_closed),
+        "revocations_in_force_since_watermark": scope.revocation_count,
+        "fail_closed_subjects": scope.fail_closed_count,
         "days_scanned": len(days),
         "days_rewritten": len(purges),
         "rows_removed": sum(p["rows_removed"] for p in purges),
@@ -222,32 +224,38 @@ def _advance_watermark(
     )  # fmt: skip
 
 
-def _holds_any(store: OutputStore, files: list[str], affected: set[str]) -> bool:
-    wanted = {kind: [k.split("\x1f", 1)[1] for k in affected if k.startswith(f"{kind}\x1f")] for kind in SUBJECT_TYPES}
+def _day_files(store: OutputStore, day: str) -> list[str]:
+    return store.files(content_day(day), ".parquet")
+
+
+def published_subjects(store: OutputStore, files: list[str]) -> set[str]:
+    """The keyed subjects (kind + key) named by the rows of `files`; a part that cannot be read yet (a run
+    still writing its stage) names none."""
+    subjects: set[str] = set()
     for path in files:
-        keys = read_table(store, path, ["user_keys", "account_keys"])
+        try:
+            keys = read_table(store, path, ["user_keys", "account_keys"])
+        except (OSError, pa.ArrowException):
+            continue
         for kind, column in (("user", "user_keys"), ("account", "account_keys")):
-            if wanted[kind]:
-                flat = pc.list_flatten(keys.column(column))
-                if pc.any(pc.is_in(flat, value_set=pa.array(wanted[kind], pa.string()))).as_py():
-                    return True
-    return False
+            subjects.update(subject_key(kind, k) for k in pc.unique(pc.list_flatten(keys.column(column))).to_pylist())
+    return subjects
+
+
+def _holds_any(store: OutputStore, files: list[str], affected: set[str]) -> bool:
+    return not published_subjects(store, files).isdisjoint(affected)
 
 
 def _sweep_day(
-    store: OutputStore,
-    day: str,
-    consent: KeyedConsent,
-    affected: set[str] | None,
-    *,
-    sweep_id: str,
-    clock: Clock,
+    store: OutputStore, day: str, scope: SweepScope, *, sweep_id: str, clock: Clock
 ) -> dict[str, Any] | None:
     """Re-evaluate one published day (the caller holds its lock); rewrite it if it loses rows."""
     folder = content_day(day)
-    files = store.files(folder, ".parquet")
+    files = _day_files(store, day)
+    affected = scope.only
     if affected is not None and not _holds_any(store, files, affected):
         return None
+    consent = scope.consent_of(lambda: published_subjects(store, files))  # the day as it is under its lock
     kept: dict[str, pa.Table] = {}
     removed_parts: list[pa.Table] = []
     reasons: list[str] = []

@@ -33,10 +33,9 @@ from consent_gate.consent_store import (
     count_recorded_before,
     observe_reads,
     read_changed_rows,
-    read_consent_table,
     read_subject_rows,
 )
-from consent_gate.keyed_consent import KeyedConsent, keyed_consent_table, names_a_subject
+from consent_gate.keyed_consent import KeyedConsent, WholeStoreConsent, keyed_consent_table, names_a_subject
 from consent_gate.keys import Keyer
 from consent_gate.records import MalformedRecord, parse_timestamp
 
@@ -54,16 +53,25 @@ class ChangedConsent:
     unreadable_subjects: int  # changed rows (purpose ai_training or unreadable) naming no readable subject
 
 
-@dataclass(frozen=True)
-class SweepScope:
-    """What one sweep judges, and the fingerprint its watermark keeps."""
+SubjectsOf = Callable[[], set[str]]  # the keyed subjects of what is about to be judged, read when needed
 
-    consent: KeyedConsent
+
+@dataclass
+class SweepScope:
+    """What one sweep judges, and the fingerprint its watermark keeps.
+
+    Incremental: `changed`, the consent of the subjects named since the watermark (every other subject's
+    consent is what it was when its published rows were gated). Full: `whole_store`, every subject's
+    consent on disk; a day or stage is judged by the consent of its own subjects, read from there."""
+
     since: datetime | None  # the watermark judged from; None: a full sweep
     why: str
     rows_read: int
     subjects_judged: int | None  # None: every subject (a full sweep)
     fingerprint: dict[str, Any]  # {"bound": recorded_at text, "below": rows recorded before it}
+    changed: KeyedConsent | None = None
+    whole_store: WholeStoreConsent | None = None
+    _covering: tuple[set[str], KeyedConsent] | None = None
 
     @property
     def mode(self) -> str:
@@ -72,18 +80,47 @@ class SweepScope:
     @property
     def only(self) -> set[str] | None:
         """The keyed subjects whose published rows must be re-judged; None: all of them."""
-        return None if self.since is None else self.consent.affected
+        return None if self.changed is None else self.changed.affected
+
+    def consent_of(self, subjects: SubjectsOf) -> KeyedConsent:
+        """The consent to judge rows of `subjects` by. A full scope answers from the whole-store file and
+        reuses its last answer while that covers them (one semi-join for every published day)."""
+        if self.changed is not None:
+            return self.changed
+        assert self.whole_store is not None
+        wanted = subjects()
+        if self._covering is None or not wanted <= self._covering[0]:
+            self._covering = (wanted, self.whole_store.consent_for(wanted))
+        return self._covering[1]
+
+    @property
+    def revocation_count(self) -> int:
+        return self.whole_store.revocation_count if self.whole_store is not None else len(self.changed.revocations)
+
+    @property
+    def fail_closed_count(self) -> int:
+        return self.whole_store.fail_closed_count if self.whole_store is not None else len(self.changed.fail_closed)
 
     def record(self) -> dict[str, Any]:
         """The sweep record's `consent` section: what was read, no ids."""
-        full = self.since is None
+        summary = self.whole_store.summary if self.whole_store is not None else None
         return {
-            "scope": "whole store" if full else "changed since the watermark",
+            "scope": "whole store" if summary is not None else "changed since the watermark",
             "rows_read": self.rows_read,
             "subjects_judged": self.subjects_judged,
-            "checksum": self.consent.snapshot.checksum if full else None,
-            "visible_events": self.consent.snapshot.visible_events if full else None,
+            "checksum": summary.checksum if summary is not None else None,
+            "visible_events": summary.visible_events if summary is not None else None,
         }
+
+    def close(self) -> None:
+        if self.whole_store is not None:
+            self.whole_store.close()
+
+    def __enter__(self) -> SweepScope:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def changed_consent(url: str, keyer: Keyer, since: datetime, as_of: datetime, *, purpose: str) -> ChangedConsent:
@@ -148,36 +185,36 @@ def sweep_scope(
     full_every: timedelta | None = None,
 ) -> SweepScope:
     """The consent one sweep at `as_of` judges: what changed since `watermark` when it still describes
-    the store, else the whole store."""
+    the store, else the whole store (on disk until `close()`)."""
     bound = changed_bound(as_of)
     # counted before anything is read: a row inserted below `bound` from here on changes the next count
     fingerprint = {"bound": bound, "below": count_recorded_before(url, bound)}
     since, why = _incremental_since(url, as_of, watermark, full, full_every)
     if since is None:
-        table = read_consent_table(url, purpose="sweep: whole store")
-        consent = keyed_consent_table(table, keyer, as_of, None)
-        return SweepScope(consent, None, why, table.num_rows, None, fingerprint)
+        whole = WholeStoreConsent(url, keyer, as_of, purpose="sweep: whole store")
+        return SweepScope(None, why, whole.rows_read, None, fingerprint, whole_store=whole)
     changed = changed_consent(url, keyer, since, as_of, purpose="sweep")
-    return SweepScope(changed.consent, since, why, changed.rows_read, changed.subjects_judged, fingerprint)
+    return SweepScope(since, why, changed.rows_read, changed.subjects_judged, fingerprint, changed=changed.consent)
 
 
 def stage_consent(
     scope: SweepScope, url: str, keyer: Keyer, as_of: datetime
-) -> Callable[[dict[str, Any] | None], tuple[KeyedConsent, set[str] | None]]:
-    """For an unpublished stage (its run.json): the consent to judge its content by, and whose. A stage
-    pinned before the watermark may hold rows of subjects who lost consent between its pin and the
-    watermark, which an incremental scope does not name: those stages are judged from their pin."""
+) -> Callable[[dict[str, Any] | None, SubjectsOf], tuple[KeyedConsent, set[str] | None]]:
+    """For an unpublished stage (its run.json, and its keyed subjects when asked): the consent to judge its
+    content by, and whose. A stage pinned before the watermark may hold rows of subjects who lost consent
+    between its pin and the watermark, which an incremental scope does not name: those stages are judged
+    from their pin."""
     pinned_scopes: dict[datetime, KeyedConsent] = {}
 
-    def judge(run: dict[str, Any] | None) -> tuple[KeyedConsent, set[str] | None]:
+    def judge(run: dict[str, Any] | None, subjects: SubjectsOf) -> tuple[KeyedConsent, set[str] | None]:
         if scope.since is None or run is None:  # a full scope; a stage with no run.json holds nothing
-            return scope.consent, scope.only
+            return scope.consent_of(subjects), scope.only
         try:
             pinned = parse_timestamp(run["consent"]["as_of"], "as_of")
         except (KeyError, TypeError, MalformedRecord):
             pinned = EARLIEST  # cannot tell: judge every row
         if pinned >= scope.since:
-            return scope.consent, scope.only
+            return scope.consent_of(subjects), scope.only
         if pinned not in pinned_scopes:
             pinned_scopes[pinned] = changed_consent(url, keyer, pinned, as_of, purpose="sweep: stage").consent
         return pinned_scopes[pinned], pinned_scopes[pinned].affected
