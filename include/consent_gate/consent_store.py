@@ -8,10 +8,11 @@
   offset-less input into an instant in the session's time zone, so the gate could no longer see that
   the row was malformed (SPEC §2.2: an offset is required); the same logical rows would then publish
   differently on SQLite and PostgreSQL. Such a table is refused, naming the column and its type.
-- Reads are column-wise: SQLite rows are fetched in large batches and turned into Arrow columns;
-  PostgreSQL streams `COPY (SELECT ...) TO STDOUT` as CSV into a spool file that Arrow parses. No
-  Python code runs per row. Cells that are not text (SQLite lets any column hold any type) are
-  nulled and flagged in `nontext`, a bit per column, so the rules can fail them closed.
+- Reads are column-wise: SQLite through its ADBC driver, which returns Arrow batches (the SQL hands it
+  text only, with bits for NULL and non-text cells); PostgreSQL streams `COPY (SELECT ...) TO STDOUT`
+  as CSV into a spool file that Arrow parses. No Python code runs per row. Cells that are not text
+  (SQLite lets any column hold any type) are nulled and flagged in `nontext`, a bit per column, so the
+  rules can fail them closed.
 
 Indexes the gate expects (created by `consent-gate sample` and `create_consent_indexes`):
 `consent_events(subject_id)` and `consent_events(event_id)` for look-ups of named subjects and of the
@@ -32,7 +33,6 @@ from pathlib import Path
 from typing import Any
 from urllib.request import pathname2url
 
-import numpy as np
 import pyarrow as pa
 
 COLUMNS = (
@@ -171,22 +171,6 @@ def _require_text_columns(connection: Any) -> None:
 # --- column-wise reads --------------------------------------------------------------------------
 
 
-def _sqlite_select(where: str) -> str:
-    return f"SELECT {', '.join(COLUMNS)} FROM consent_events {where.replace('/*C*/', '')}"
-
-
-def _text_column(values: Sequence[Any], bit: int, nontext: np.ndarray) -> pa.Array:
-    """A column of text cells as Arrow; a cell of another type (SQLite lets any column hold one) is
-    nulled and flagged. The common all-text batch converts in C; only a batch holding such a cell is
-    walked in Python."""
-    try:
-        return pa.array(list(values), pa.string())  # from a list: ten times faster than from a tuple
-    except (pa.ArrowTypeError, pa.ArrowInvalid):
-        odd = np.fromiter((v is not None and not isinstance(v, str) for v in values), dtype=bool, count=len(values))
-        nontext[odd] |= bit
-        return pa.array([None if o else v for v, o in zip(values, odd, strict=True)], pa.string())
-
-
 _observers: list[list[tuple[str, int]]] = []
 
 
@@ -219,13 +203,13 @@ def consent_batches(
             progress(f"consent store: {counted[0]:,} rows read ({rate:,.0f} rows/s)")
         return batch
 
-    with connect(url) as (address, connection):
-        if address.backend == "sqlite":
-            batches = _sqlite_batches(connection, where, params)
-            yield pa.RecordBatchReader.from_batches(ARROW_SCHEMA, (report(b) for b in batches))
-        else:
-            with _postgresql_reader(connection, where, params) as reader:
-                yield pa.RecordBatchReader.from_batches(ARROW_SCHEMA, (report(b) for b in reader))
+    address = store_address(url)
+    if address.backend == "sqlite":
+        batches = _sqlite_batches(address, where, params)
+        yield pa.RecordBatchReader.from_batches(ARROW_SCHEMA, (report(b) for b in batches))
+    else:
+        with connect(url) as (_, connection), _postgresql_reader(connection, where, params) as reader:
+            yield pa.RecordBatchReader.from_batches(ARROW_SCHEMA, (report(b) for b in reader))
     for log in _observers:
         log.append((purpose, counted[0]))
     if progress is not None:
@@ -241,14 +225,52 @@ def read_consent_table(
         return reader.read_all()
 
 
-def _sqlite_batches(connection: Any, where: str, params: Sequence[Any]) -> Iterator[pa.RecordBatch]:
-    cursor = connection.execute(_sqlite_select(where), tuple(params))
-    while rows := cursor.fetchmany(SQLITE_BATCH):
-        columns = list(zip(*rows, strict=True))  # transposed in C: no Python code per row
-        nontext = np.zeros(len(rows), dtype=np.int32)
-        arrays = [_text_column(columns[i], 1 << i, nontext) for i in range(len(COLUMNS))]
-        arrays.append(pa.array(nontext, pa.int32()))
-        yield pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA)
+def _sqlite_select(where: str) -> str:
+    """Every column as text, never NULL, so the Arrow driver always reads strings (it infers each column's
+    type from its first rows, and a column NULL there would be read as integers and fail later), plus a
+    bit per column for the NULL cells (`missing`) and for the cells of another type (`nontext`: nulled)."""
+    text = [f"coalesce(CASE WHEN typeof({c}) = 'text' THEN {c} END, '') AS {c}" for c in COLUMNS]
+    missing = " | ".join(f"((typeof({c}) <> 'text') << {i})" for i, c in enumerate(COLUMNS))
+    nontext = " | ".join(f"((typeof({c}) NOT IN ('text', 'null')) << {i})" for i, c in enumerate(COLUMNS))
+    return (
+        f"SELECT {', '.join(text)}, {missing} AS missing, {nontext} AS nontext "
+        f"FROM consent_events {where.replace('/*C*/', '')}"
+    )
+
+
+def _sqlite_batches(address: StoreAddress, where: str, params: Sequence[Any]) -> Iterator[pa.RecordBatch]:
+    """Arrow batches straight from SQLite through its ADBC driver: no Python per row or per cell."""
+    import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+    assert address.sqlite_path is not None
+    uri = f"file:{pathname2url(str(address.sqlite_path.resolve()))}?mode=ro"
+    try:
+        with adbc_sqlite.connect(uri) as connection, connection.cursor() as cursor:
+            cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(SQLITE_BATCH)})
+            cursor.execute(_sqlite_select(where), tuple(params))
+            for batch in cursor.fetch_record_batch():
+                yield _text_batch(batch)
+    except (adbc_sqlite.Error, OSError) as error:  # the driver's class name only, never its text
+        raise ConsentStoreError(f"cannot read consent_events from the consent store: {type(error).__name__}") from None
+
+
+def _text_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A driver batch as ARROW_SCHEMA: NULL cells restored from `missing`; text that is not UTF-8 refused
+    (naming the column, never the value), as Python's sqlite3 module refuses to decode it."""
+    import pyarrow.compute as pc
+
+    missing = batch.column("missing")
+    arrays = []
+    for i, name in enumerate(COLUMNS):
+        column = batch.column(name)
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            raise ConsentStoreError(f"consent_events.{name} holds text that is not valid UTF-8") from None
+        is_missing = pc.not_equal(pc.bit_wise_and(missing, 1 << i), 0)
+        arrays.append(pc.if_else(is_missing, pa.scalar(None, pa.string()), column))
+    arrays.append(batch.column("nontext").cast(pa.int32()))
+    return pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA)
 
 
 @contextmanager
