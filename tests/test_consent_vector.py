@@ -165,3 +165,38 @@ def test_the_vectorized_keyed_consent_of_the_sweep_equals_the_row_wise_one(rows,
     assert vectorized.snapshot.checksum == reference.snapshot.checksum
     assert vectorized.fail_closed == reference.fail_closed
     assert sorted(vectorized.revocations, key=repr) == sorted(reference.revocations, key=repr)
+
+
+def test_the_sqlite_reader_keeps_nulls_empty_text_and_flags_cells_of_other_types(tmp_path, monkeypatch):
+    """The Arrow driver infers a column's type from its first rows: NULLs first, then text, over several
+    batches, in a table whose columns have no type (any cell any type), read as Python's sqlite3 reads them."""
+    from consent_gate import consent_store
+    from consent_gate.consent import COLUMNS
+    from consent_gate.consent_store import read_consent_table
+
+    monkeypatch.setattr(consent_store, "SQLITE_BATCH", 2)
+    db = tmp_path / "untyped.db"
+    odd = [None, "", 7, 2.5, b"\x00bytes", "text"]
+    with sqlite3.connect(db) as connection:
+        connection.execute(f"CREATE TABLE consent_events ({', '.join(COLUMNS)})")  # no affinity
+        rows = [[None] * len(COLUMNS) for _ in range(3)]
+        rows += [[odd[(n + c) % len(odd)] for c in range(len(COLUMNS))] for n in range(12)]
+        connection.executemany(f"INSERT INTO consent_events VALUES ({', '.join('?' * len(COLUMNS))})", rows)
+    table = read_consent_table(f"sqlite:///{db}")
+    expected_nontext = [
+        sum(1 << c for c, value in enumerate(row) if value is not None and not isinstance(value, str)) for row in rows
+    ]
+    assert table.column("nontext").to_pylist() == expected_nontext
+    for c, name in enumerate(COLUMNS):
+        assert table.column(name).to_pylist() == [row[c] if isinstance(row[c], str) else None for row in rows]
+
+
+def test_text_that_is_not_utf8_is_refused_naming_the_column_never_the_value(tmp_path):
+    from consent_gate.consent import ConsentStoreError
+
+    url = write_consent_db(tmp_path / "c.db", [consent_row("e1", "u_1")])
+    with sqlite3.connect(tmp_path / "c.db") as connection:
+        connection.execute("UPDATE consent_events SET subject_id = CAST(X'ff7365637265743a75' AS TEXT)")
+    with pytest.raises(ConsentStoreError, match=r"consent_events\.subject_id holds text that is not valid UTF-8") as e:
+        take_snapshot(url, at(100))
+    assert "secret" not in str(e.value)

@@ -203,13 +203,27 @@ def consent_batches(
             progress(f"consent store: {counted[0]:,} rows read ({rate:,.0f} rows/s)")
         return batch
 
+    failed: list[ConsentStoreError] = []
+
+    def guarded(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in batches:
+                yield report(batch)
+        except ConsentStoreError as error:
+            failed.append(error)
+            raise
+
     address = store_address(url)
-    if address.backend == "sqlite":
-        batches = _sqlite_batches(address, where, params)
-        yield pa.RecordBatchReader.from_batches(ARROW_SCHEMA, (report(b) for b in batches))
-    else:
-        with connect(url) as (_, connection), _postgresql_reader(connection, where, params) as reader:
-            yield pa.RecordBatchReader.from_batches(ARROW_SCHEMA, (report(b) for b in reader))
+    try:
+        if address.backend == "sqlite":
+            yield pa.RecordBatchReader.from_batches(ARROW_SCHEMA, guarded(_sqlite_batches(address, where, params)))
+        else:
+            with connect(url) as (_, connection), _postgresql_reader(connection, where, params) as reader:
+                yield pa.RecordBatchReader.from_batches(ARROW_SCHEMA, guarded(reader))
+    except Exception:
+        if failed:  # raised while a consumer (DuckDB, on its own thread) pulled batches: it wraps the error
+            raise failed[0] from None
+        raise
     for log in _observers:
         log.append((purpose, counted[0]))
     if progress is not None:
