@@ -7,9 +7,11 @@ Each case runs `consent-gate run` in its own process (wall time, peak RSS via wa
 it prints), then three `consent-gate sweep`s: the first (full: no watermark yet), a second with no new
 revocation, and a third after 100 revocations of users who have published rows (taken out of the store
 again afterwards, so the cached store stays as generated). The published rows must be the same for
-every store (compared by sha256 of the sorted content table).
+every store (compared by sha256 of the sorted content table). With `--postgres URL`, each store is
+also copied into that PostgreSQL database (COPY, every column text, the same indexes) and measured there.
 
-    .venv/bin/python benchmarks/consent_scale.py --meetings 2000 --events 1000,2000000
+    .venv/bin/python benchmarks/consent_scale.py --meetings 2000 --events 1000,2000000 \
+        [--postgres postgresql+psycopg2://root@localhost/consent_bench]
 
 Numbers are printed, never asserted. See benchmarks/README.md for the recorded figures.
 """
@@ -75,26 +77,90 @@ def store_of(sample_dir: Path, work: Path, events: int) -> Path:
 REVOKED = "bench_revoke_"
 
 
-def revoke_published_users(db: Path, count: int) -> int:
-    """Append `count` revocations, recorded now, of the sample's users (who have meetings)."""
-    from datetime import UTC, datetime
+class Store:
+    """A consent store under test: the generated SQLite file, or a PostgreSQL copy of it."""
 
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with sqlite3.connect(db) as connection:
-        users = [r[0] for r in connection.execute(
+    def __init__(self, db: Path, postgres: str | None = None) -> None:
+        self.db, self.postgres = db, postgres
+        self.url = postgres or f"sqlite:///{db}"
+
+    def execute(self, sql: str, rows: list[tuple] | None = None) -> list[tuple]:
+        if self.postgres is None:
+            with sqlite3.connect(self.db) as connection:
+                if rows is not None:
+                    connection.executemany(sql, rows)
+                    return []
+                return connection.execute(sql).fetchall()
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.postgres)
+        try:
+            raw = engine.raw_connection()
+            with raw.cursor() as cursor:
+                sql = sql.replace("?", "%s")
+                if rows is not None:
+                    cursor.executemany(sql, rows)
+                    result = []
+                else:
+                    cursor.execute(sql)
+                    result = cursor.fetchall() if cursor.description else []
+            raw.commit()
+            raw.close()
+            return result
+        finally:
+            engine.dispose()
+
+    def count(self) -> int:
+        return self.execute("SELECT count(*) FROM consent_events")[0][0]
+
+    def revoke_published_users(self, count: int) -> int:
+        """Append `count` revocations, recorded now, of the sample's users (who have meetings)."""
+        from datetime import UTC, datetime
+
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        users = [r[0] for r in self.execute(
             "SELECT DISTINCT subject_id FROM consent_events WHERE subject_type = 'user' "
-            "AND event_id NOT LIKE 'bench_%' ORDER BY subject_id LIMIT ?", (count,)
+            f"AND event_id NOT LIKE 'bench_%' ORDER BY subject_id LIMIT {int(count)}"
         )]  # fmt: skip
-        connection.executemany(
+        self.execute(
             "INSERT INTO consent_events VALUES (?, 'user', ?, 'ai_training', '*', 'revoke', ?, ?, '2026-01')",
             [(f"{REVOKED}{n:04d}", user, now, now) for n, user in enumerate(users)],
         )
-    return len(users)
+        return len(users)
+
+    def forget_revocations(self) -> None:
+        self.execute(f"DELETE FROM consent_events WHERE event_id LIKE '{REVOKED}%'")
 
 
-def forget_revocations(db: Path) -> None:
-    with sqlite3.connect(db) as connection:
-        connection.execute(f"DELETE FROM consent_events WHERE event_id LIKE '{REVOKED}%'")
+def postgres_copy(db: Path, url: str) -> Store:
+    """The SQLite store copied into `url` (its consent_events replaced: every column text), indexed as
+    `consent-gate sample` indexes; streamed through COPY, never held whole."""
+    import io
+
+    import pyarrow.csv as pacsv
+    import sqlalchemy as sa
+
+    from consent_gate.consent import COLUMNS
+    from consent_gate.consent_store import consent_batches, create_consent_indexes
+
+    engine = sa.create_engine(url)
+    raw = engine.raw_connection()
+    try:
+        with raw.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS consent_events")
+            cursor.execute(f"CREATE TABLE consent_events ({', '.join(c + ' text' for c in COLUMNS)})")
+            with consent_batches(f"sqlite:///{db}") as reader:
+                for batch in reader:
+                    buffer = io.BytesIO()
+                    pacsv.write_csv(batch.select(list(COLUMNS)), buffer, pacsv.WriteOptions(include_header=False))
+                    buffer.seek(0)
+                    cursor.copy_expert("COPY consent_events FROM STDIN WITH (FORMAT csv)", buffer)
+        raw.commit()
+    finally:
+        raw.close()
+        engine.dispose()
+    create_consent_indexes(url)
+    return Store(db, url)
 
 
 def timed_process(argv: list[str], log: Path) -> tuple[float, int, int]:
@@ -116,6 +182,35 @@ def published_digest(out: Path) -> tuple[int, str]:
     return table.num_rows, digest.hexdigest()[:16]
 
 
+def measure(store: Store, args: argparse.Namespace, sample_dir: Path, name: str) -> tuple:
+    """`consent-gate run` of the day, then three sweeps (full, quiet, after 100 revocations), each in
+    its own process."""
+    count = store.count()
+    out = args.work / f"out-{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    common = ["--consent-db", store.url, "--out", str(out), "--key-file", str(sample_dir / "hmac.key")]
+    run_log = args.work / f"run-{name}.log"
+    if args.published:
+        shutil.copytree(args.published, out)
+        wall, rss, code, steps = 0.0, 0, 0, ["(not run: --published)"]
+    else:
+        wall, rss, code = timed_process(
+            [*CLI, "run", "--date", DAY, "--as-of", AS_OF, "--raw", str(sample_dir / "raw"), *common], run_log
+        )
+        steps = [line.split("] ", 1)[-1] for line in run_log.read_text().splitlines() if "step " in line]
+    published = published_digest(out) if code == 0 else (0, "FAILED")
+    sweeps = []
+    for n in range(3):
+        if n == 2:
+            store.revoke_published_users(100)
+        try:
+            sweeps.append(timed_process([*CLI, "sweep", *common], args.work / f"sweep-{name}-{n}.log"))
+        finally:
+            if n == 2:
+                store.forget_revocations()
+    return count, wall, rss, published, steps, sweeps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--meetings", type=int, default=2000)
@@ -124,45 +219,35 @@ def main() -> None:
     parser.add_argument(
         "--published", type=Path, help="sweep a copy of this published output instead of running the day first"
     )
+    parser.add_argument(
+        "--postgres",
+        help="also copy each store into this PostgreSQL database (its consent_events is replaced) "
+        "and measure it there, e.g. postgresql+psycopg2://root@localhost/consent_bench",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     sample_dir = sample(args.work, args.meetings)
     rows = []
     for events in [int(e) for e in args.events.split(",")]:
         db = store_of(sample_dir, args.work, events)
-        with sqlite3.connect(db) as connection:
-            count = connection.execute("SELECT count(*) FROM consent_events").fetchone()[0]
-        out = args.work / f"out-{events}"
-        shutil.rmtree(out, ignore_errors=True)
-        common = ["--consent-db", f"sqlite:///{db}", "--out", str(out), "--key-file", str(sample_dir / "hmac.key")]
-        run_log = args.work / f"run-{events}.log"
-        if args.published:
-            shutil.copytree(args.published, out)
-            wall, rss, code, steps = 0.0, 0, 0, ["(not run: --published)"]
-        else:
-            wall, rss, code = timed_process(
-                [*CLI, "run", "--date", DAY, "--as-of", AS_OF, "--raw", str(sample_dir / "raw"), *common], run_log
-            )
-            steps = [line.split("] ", 1)[-1] for line in run_log.read_text().splitlines() if "step " in line]
-        published = published_digest(out) if code == 0 else (0, "FAILED")
-        sweeps = []
-        for n in range(3):
-            if n == 2:
-                revoke_published_users(db, 100)
-            try:
-                sweeps.append(timed_process([*CLI, "sweep", *common], args.work / f"sweep-{events}-{n}.log"))
-            finally:
-                if n == 2:
-                    forget_revocations(db)
-        rows.append((count, wall, rss, published, steps, sweeps))
-        print(f"{count:,} events: run {wall:.1f} s, {rss / 1e6:.0f} MB, published {published}; {'; '.join(steps)}")
-        print("  sweeps: " + "; ".join(f"{w:.1f} s, {r / 1e6:.0f} MB (exit {c})" for w, r, c in sweeps), flush=True)
-    print("\n| consent events | run wall | run peak RSS | published rows (digest) | steps | sweeps full/quiet/100 |")
-    print("|---|---|---|---|---|---|")
-    for count, wall, rss, published, steps, sweeps in rows:
+        stores = [("sqlite", Store(db))]
+        if args.postgres:
+            started = time.monotonic()
+            stores.append(("postgresql", postgres_copy(db, args.postgres)))
+            print(f"copied {events:,} events into PostgreSQL in {time.monotonic() - started:.0f} s", flush=True)
+        for backend, store in stores:
+            rows.append((backend, *measure(store, args, sample_dir, f"{events}-{backend}")))
+            count, wall, rss, published, steps, sweeps = rows[-1][1:]
+            print(f"{backend} {count:,} events: run {wall:.1f} s, {rss / 1e6:.0f} MB, published {published}; "
+                  f"{'; '.join(steps)}")  # fmt: skip
+            print("  sweeps: " + "; ".join(f"{w:.1f} s, {r / 1e6:.0f} MB (exit {c})" for w, r, c in sweeps), flush=True)
+    header = "| store | consent events | run wall | run peak RSS | published rows (digest) | steps "
+    print(f"\n{header}| sweeps full/quiet/100 |")
+    print("|---|---|---|---|---|---|---|")
+    for backend, count, wall, rss, published, steps, sweeps in rows:
         sweep_text = " / ".join(f"{w:.1f} s, {r / 1e9:.2f} GB" for w, r, _ in sweeps)
         print(
-            f"| {count:,} | {wall:.1f} s | {rss / 1e9:.2f} GB | {published[0]} ({published[1]}) | "
+            f"| {backend} | {count:,} | {wall:.1f} s | {rss / 1e9:.2f} GB | {published[0]} ({published[1]}) | "
             f"{', '.join(s.removeprefix('step ') for s in steps)} | {sweep_text} |"
         )
 

@@ -152,7 +152,7 @@ FROM (
 
 
 _EVENTS_SQL = """
-SELECT SUBJECT AS subject_key, content_type, effective_ns, recorded_ns, decision, event_id, terms_version, failed_closed
+SELECT subject_key, content_type, effective_ns, recorded_ns, decision, event_id, terms_version, failed_closed
 FROM (
   SELECT subject_key,
          unnest(CASE content_type WHEN '*' THEN [0, 1, 2, 3] WHEN 'transcript' THEN [0] WHEN 'chat' THEN [1]
@@ -160,9 +160,12 @@ FROM (
          eff_us * 1000 AS effective_ns, rec_us * 1000 AS recorded_ns,
          (CASE decision WHEN 'grant' THEN 1 ELSE 0 END)::TINYINT AS decision, event_id, terms_version,
          false AS failed_closed
-  FROM judged WHERE error IS NULL
+  FROM (  -- the subject named once per row, before a '*' row becomes four
+    SELECT SUBJECT AS subject_key, content_type, eff_us, rec_us, decision, event_id, terms_version
+    FROM judged WHERE error IS NULL
+  )
   UNION ALL
-  SELECT DISTINCT subject_key, -1::TINYINT, NULL::BIGINT, NULL::BIGINT, NULL::TINYINT, NULL, NULL, true
+  SELECT DISTINCT SUBJECT, -1::TINYINT, NULL::BIGINT, NULL::BIGINT, NULL::TINYINT, NULL, NULL, true
   FROM judged WHERE error IS NOT NULL
 )
 ORDER BY 1, 2, 3, 4, 1 - decision, event_id
