@@ -148,7 +148,19 @@ def prepare(work: Path, meetings: int) -> tuple[Path, dict[str, Any]]:
     return data, facts
 
 
-def bench_size(work: Path, meetings: int, repeat: int) -> dict[str, Any]:
+def standard_floor(script: Path, data: Path) -> dict[str, Any]:
+    """The project-independent floor (`../shared/floor.py RAW DATE`: the standard library's parsers only),
+    in its own process; its own reported seconds."""
+    import re
+
+    done = subprocess.run(
+        [sys.executable, str(script), str(data / "raw"), DAY.isoformat()], capture_output=True, text=True, check=True
+    )
+    seconds, units, peak = re.search(r": ([\d.]+) s, (\d+) units, peak (\d+) MB", done.stdout).groups()
+    return {"seconds": float(seconds), "units": int(units), "peak_rss_mb": float(peak)}
+
+
+def bench_size(work: Path, meetings: int, repeat: int, floor_script: Path | None = None) -> dict[str, Any]:
     data, facts = prepare(work, meetings)
     outs = work / f"out-{meetings}"
     row: dict[str, Any] = {"meetings": meetings, **facts}
@@ -161,6 +173,8 @@ def bench_size(work: Path, meetings: int, repeat: int) -> dict[str, Any]:
         return min(results, key=lambda r: r["seconds"])
 
     row["floor"] = best("floor")
+    if floor_script is not None:  # alternating with the gate, in the same run
+        row["std_floor"] = min((standard_floor(floor_script, data) for _ in range(repeat)), key=lambda r: r["seconds"])
     row["gate"] = best("gate", fresh_out=True)
     one, two = [], []
     for n in range(repeat):
@@ -194,6 +208,13 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['shard1']['seconds']:>9.2f} {r['shard2']['seconds']:>10.2f} "
             f"{r['shard1']['seconds'] / r['shard2']['seconds']:>7.2f}x {r['shard2']['peak_rss_mb']:>7.0f}MB"
         )
+    for r in rows:
+        if "std_floor" in r:
+            print(
+                f"{r['meetings']:>9} meetings: ../shared/floor.py {r['std_floor']['seconds']:.2f} s "
+                f"({r['std_floor']['units']} units, {r['std_floor']['peak_rss_mb']:.0f} MB), "
+                f"gate / that floor {r['gate']['seconds'] / r['std_floor']['seconds']:.2f}"
+            )
 
 
 def main() -> None:
@@ -202,6 +223,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=PROJECT / "var" / "bench", help="where days are generated")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the fastest is reported")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument(
+        "--floor-script", type=Path, default=PROJECT.parent / "shared" / "floor.py",
+        help="the standard floor script (RAW DATE), measured in the same run when it exists",
+    )  # fmt: skip
     parser.add_argument("--case", choices=["floor", "gate", "snapshot", "shard"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -217,7 +242,8 @@ def main() -> None:
     print(f"consent-gate benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs", flush=True)
     rows = []
     for meetings in (int(s) for s in args.sizes.split(",")):
-        rows.append(bench_size(args.work, meetings, args.repeat))
+        floor_script = args.floor_script if args.floor_script.is_file() else None
+        rows.append(bench_size(args.work, meetings, args.repeat, floor_script))
         print(f"  measured {meetings} meetings", file=sys.stderr, flush=True)
     print_table(rows)
     if args.json:
