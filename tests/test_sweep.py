@@ -483,3 +483,23 @@ def test_the_sweep_deletes_stages_of_runs_that_never_ended_and_keeps_their_evide
     # Within the policy's age, nothing is deleted.
     again = sweep(store, settings.consent_db, settings.secret, now, clock=fixed_clock(now))
     assert again.abandoned_stages_deleted == 0 and (tmp_path / "out" / running.root / "run.json").exists()
+
+
+def test_an_unreadable_published_part_fails_the_sweep_where_an_unfinished_stage_part_is_skipped(tmp_path):
+    """A published file the sweep cannot read may hold rows of a subject who revoked: the sweep fails
+    rather than passing over it. A stage part may still be being written by its run: it names no one."""
+    from consent_gate.sweep import published_subjects
+
+    store = storage_for(str(tmp_path))
+    keyer = Keyer(b"s" * 32)
+    good = pa.Table.from_pylist(
+        [{"user_keys": [keyer.user("u_1")], "account_keys": [keyer.account("acct_1")]}],
+        schema=pa.schema([("user_keys", pa.list_(pa.string())), ("account_keys", pa.list_(pa.string()))]),
+    )
+    pq.write_table(good, tmp_path / "good.parquet")
+    (tmp_path / "torn.parquet").write_bytes(b"PAR1 not a parquet file")
+    expected = {subject_key("user", keyer.user("u_1")), subject_key("account", keyer.account("acct_1"))}
+    assert published_subjects(store, ["good.parquet"]) == expected
+    with pytest.raises((OSError, pa.ArrowException)):
+        published_subjects(store, ["good.parquet", "torn.parquet"])
+    assert published_subjects(store, ["good.parquet", "torn.parquet"], skip_unreadable=True) == expected

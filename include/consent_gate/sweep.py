@@ -179,7 +179,9 @@ def sweep(
 
         def holds_withdrawn(store: OutputStore, root: str, run: dict[str, Any] | None) -> bool:
             files = store.files(f"{root}/content", ".parquet")
-            stage_consent_, whose = consent_of_stage(run, lambda: published_subjects(store, files))
+            stage_consent_, whose = consent_of_stage(
+                run, lambda: published_subjects(store, files, skip_unreadable=True)
+            )
             return stage_holds_withdrawn(store, root, stage_consent_.snapshot, whose)
 
         abandoned = discard_abandoned_stages(store, clock() - max_stage_age, holds_withdrawn)
@@ -228,18 +230,27 @@ def _day_files(store: OutputStore, day: str) -> list[str]:
     return store.files(content_day(day), ".parquet")
 
 
-def published_subjects(store: OutputStore, files: list[str]) -> set[str]:
-    """The keyed subjects (kind + key) named by the rows of `files`; a part that cannot be read yet (a run
-    still writing its stage) names none."""
+def published_subjects(store: OutputStore, files: list[str], *, skip_unreadable: bool = False) -> set[str]:
+    """The keyed subjects (kind + key) named by the rows of `files`. `skip_unreadable`: a part that cannot
+    be read yet (a run still writing its stage) names none; a published part that cannot be read fails."""
     subjects: set[str] = set()
     for path in files:
         try:
             keys = read_table(store, path, ["user_keys", "account_keys"])
         except (OSError, pa.ArrowException):
-            continue
-        for kind, column in (("user", "user_keys"), ("account", "account_keys")):
-            subjects.update(subject_key(kind, k) for k in pc.unique(pc.list_flatten(keys.column(column))).to_pylist())
+            if skip_unreadable:
+                continue
+            raise
+        subjects |= _subjects_of(keys)
     return subjects
+
+
+def _subjects_of(table: pa.Table) -> set[str]:
+    return {
+        subject_key(kind, k)
+        for kind, column in (("user", "user_keys"), ("account", "account_keys"))
+        for k in pc.unique(pc.list_flatten(table.column(column))).to_pylist()
+    }
 
 
 def _holds_any(store: OutputStore, files: list[str], affected: set[str]) -> bool:
@@ -255,17 +266,18 @@ def _sweep_day(
     affected = scope.only
     if affected is not None and not _holds_any(store, files, affected):
         return None
-    consent = scope.consent_of(lambda: published_subjects(store, files))  # the day as it is under its lock
+    tables = {file_name(path): read_table(store, path) for path in files}
+    # the day as it is under its lock (a full scope asks again for subjects published since it first asked)
+    consent = scope.consent_of(lambda: set().union(*map(_subjects_of, tables.values())))
     kept: dict[str, pa.Table] = {}
     removed_parts: list[pa.Table] = []
     reasons: list[str] = []
     rows_before = 0
-    for path in files:
-        table = read_table(store, path)
+    for name, table in tables.items():
         rows_before += table.num_rows
         row_reasons = withdrawal_reasons(table, consent.snapshot, affected)  # None: a full sweep judges all
         mask = pa.array([r is None for r in row_reasons], pa.bool_())
-        kept[file_name(path)] = table.filter(mask)
+        kept[name] = table.filter(mask)
         removed_parts.append(table.filter(pc.invert(mask)))
         reasons.extend(r for r in row_reasons if r is not None)
     if not reasons:
