@@ -26,7 +26,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # Where things are read and written: the landing zone, the output store, settings.
     "io": ("storage", "stores", "sources", "publish", "config", "runs", "parquet", "manifest_schema"),
     # Rules applied to records: the gate, k-anonymity, keyed consent, re-verification, reports.
-    "rules": ("gate", "telemetry", "aggregates", "keyed_consent", "sweep_scope", "verify", "audit", "explain"),
+    "rules": (
+        "gate", "telemetry", "aggregates", "keyed_consent", "consent_ledger", "sweep_scope", "verify", "audit",
+        "explain",
+    ),
     # The day's steps over a stage, its checks and its manifest.
     "steps": ("steps", "checks", "manifest", "validation", "gx_reports", "unpublished"),
     # Transactions over published data: publication, the whole day, the revocation sweep.

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.consent import COLUMNS, ConsentStoreError, subject_key, to_ns
+from consent_gate.consent_store import create_consent_indexes
 from consent_gate.consent_vector import take_snapshot
 from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
@@ -230,3 +231,19 @@ def test_the_consent_db_connection_reaches_postgresql(sample_dir, postgres_datab
     via_connection = take_snapshot(resolved, AS_OF)
     direct = take_snapshot(f"sqlite:///{sample_dir / 'consent.db'}", AS_OF)
     assert via_connection.checksum == direct.checksum and via_connection.visible_events == direct.visible_events
+
+
+def test_a_rerun_from_the_consent_ledger_gives_the_whole_stores_evidence_on_postgresql(
+    sample_dir, postgres_database, tmp_path
+):
+    _create_text_table(postgres_database)
+    write_consent_events(postgres_database, _sample_rows(sample_dir))
+    create_consent_indexes(postgres_database)
+    settings = _settings(sample_dir, tmp_path, postgres_database)
+    first = run_day(settings, DAY, AS_OF, run_id="first", clock=utc_now).manifest
+    published = _published(tmp_path)["content"]
+    second = run_day(settings, DAY, AS_OF, run_id="second", clock=utc_now).manifest
+    assert (first["consent"]["basis"]["scope"], second["consent"]["basis"]["scope"]) == ("whole store", "ledger")
+    for field in ("checksum", "visible_events", "failed_closed_subjects", "unreadable_rows"):
+        assert second["consent"][field] == first["consent"][field]
+    assert _published(tmp_path)["content"].equals(published)

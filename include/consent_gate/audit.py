@@ -167,6 +167,7 @@ def render_day(
                 ("consent snapshot checksum", consent.get("checksum")),
                 ("visible consent events", consent.get("visible_events")),
                 ("subjects failed closed (unreadable consent rows)", consent.get("failed_closed_subjects")),
+                ("consent read", _consent_read(consent.get("basis"))),
                 ("policy version", policy.get("version")),
                 ("policy checksum", policy.get("checksum")),
                 ("k (minimum distinct users)", policy.get("k_min_distinct_users")),
@@ -343,3 +344,13 @@ def keep_failed_attempt(store: OutputStore, stage_audit: str, attempt_folder: st
             store.fs.copy(store.path(source), store.path(f"{attempt_folder}/{name}"), recursive=True)
     # published as _audit/dt=D/attempts/<attempt>/report.html: the index is three folders up
     write_day_report(store, stage_audit, manifest, target=f"{attempt_folder}/report.html", index="../../../index.html")
+
+
+def _consent_read(basis: Any) -> str | None:
+    """How the run read the consent store (run.json consent.basis): the whole store, or the ledger."""
+    if not isinstance(basis, dict):
+        return None
+    if basis.get("scope") == "ledger":
+        rows, bound = basis.get("rows_read"), basis.get("bound")
+        return f"consent ledger: {rows} rows read (recorded from {bound} on, or of the day's subjects)"
+    return f"whole store: {basis.get('rows_read')} rows read ({basis.get('why')})"

@@ -58,6 +58,7 @@ class Policy:
     k_min_distinct_users: int = 10
     max_stage_age_hours: float = 24.0  # an unpublished stage older than this is abandoned: the sweep deletes it
     full_sweep_every_hours: float = 24.0  # the sweep reads the whole consent store at least this often
+    full_snapshot_every_hours: float = 168.0  # a run reads the whole store (and rewrites the ledger) this often
     telemetry_event_types: tuple[str, ...] = field(default=DEFAULT_EVENT_TYPES)
     telemetry_platforms: tuple[str, ...] = field(default=DEFAULT_PLATFORMS)
     telemetry_regions: tuple[str, ...] = field(default=DEFAULT_REGIONS)
@@ -79,8 +80,9 @@ class Policy:
             raise ValueError("policy k_min_distinct_users must be at least 1")
         if not self.max_stage_age_hours > 0:
             raise ValueError("policy max_stage_age_hours must be positive")
-        if not self.full_sweep_every_hours > 0:
-            raise ValueError("policy full_sweep_every_hours must be positive")
+        for name in ("full_sweep_every_hours", "full_snapshot_every_hours"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"policy {name} must be positive")
 
     @property
     def checksum(self) -> str:

@@ -370,6 +370,27 @@ def read_changed_rows(url: str, since: datetime, *, purpose: str) -> pa.Table:
     )
 
 
+def read_rows_outside(url: str, bound: str, *, purpose: str) -> pa.Table:
+    """Every row `count_recorded_before(url, bound)` does not count: recorded_at from `bound` on, before
+    '1900', missing, or not text (an indexed range and the NULL entries)."""
+    return read_consent_table(
+        url,
+        "WHERE recorded_at/*C*/ >= ? OR recorded_at/*C*/ < '1900' OR recorded_at IS NULL",
+        (bound,),
+        purpose=purpose,
+    )
+
+
+def recorded_before(table: pa.Table, bound: str) -> pa.ChunkedArray:
+    """Per row read: does `count_recorded_before(url, bound)` count it (recorded_at text in ['1900', bound))?
+    A cell that was not text reads as NULL, and the store never counts it either."""
+    import pyarrow.compute as pc
+
+    recorded = table.column("recorded_at")
+    inside = pc.and_(pc.greater_equal(recorded, "1900"), pc.less(recorded, bound))
+    return pc.fill_null(inside, False)
+
+
 def count_recorded_before(url: str, bound: str) -> int:
     """How many rows have a recorded_at in ['1900', `bound`): the rows `read_changed_rows` leaves out
     unless effective later. Counted on the recorded_at index, no row read: a sweep compares it with the

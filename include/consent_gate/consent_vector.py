@@ -84,7 +84,16 @@ def _quoted(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _snapshot_sql(as_of_us: int) -> str:
+def recorded_day_sql(day_bound: str | None) -> str:
+    """A row's recorded day (the first ten characters of its recorded_at text) when that text lies in
+    ['1900', `day_bound`), the range `consent_store.count_recorded_before` counts; else NULL. Text
+    compares byte-wise, as SQLite and PostgreSQL's "C" collation compare it."""
+    if day_bound is None:
+        return "NULL::VARCHAR"
+    return f"CASE WHEN recorded_at >= '1900' AND recorded_at < {_quoted(day_bound)} THEN left(recorded_at, 10) END"
+
+
+def _snapshot_sql(as_of_us: int, day_bound: str | None = None) -> str:
     bit = _BITS
     checks = []
     for name in ("event_id", "subject_type", "subject_id", "content_type", "decision"):
@@ -140,7 +149,8 @@ FROM (
     FROM (
       SELECT * EXCLUDE (ep, rp), {eff_raw} AS eff_raw, {rec_raw} AS rec_raw
       FROM (
-        SELECT rowid AS rn, *, {extract.replace("COLUMN", "effective_at")} AS ep,
+        SELECT rowid AS rn, *, {recorded_day_sql(day_bound)} AS recorded_day,
+               {extract.replace("COLUMN", "effective_at")} AS ep,
                {extract.replace("COLUMN", "recorded_at")} AS rp
         FROM raw WHERE NOT (purpose IS NOT NULL AND purpose <> '{PURPOSE}')
       )
@@ -189,6 +199,9 @@ class SnapshotSummary:
     events: int
 
 
+_DIGEST_SUMS = ", ".join(f"coalesce(sum(('0x' || substr(digest, {1 + 16 * i}, 16))::UBIGINT), 0)" for i in range(4))
+
+
 def connect_duckdb(spill: str) -> Any:
     import duckdb
 
@@ -197,14 +210,25 @@ def connect_duckdb(spill: str) -> Any:
     return connection
 
 
-def _judge(connection: Any, batches: pa.RecordBatchReader | pa.Table, as_of: datetime) -> SnapshotSummary:
+def _judge(
+    connection: Any,
+    batches: pa.RecordBatchReader | pa.Table,
+    as_of: datetime,
+    day_bound: str | None = None,
+    rows_by_day: dict[str | None, int] | None = None,
+) -> SnapshotSummary:
+    """Judge the rows into table `judged`; `rows_by_day`: filled with every row read (any purpose, any
+    instant) by `recorded_day_sql(day_bound)`."""
     incoming = batches  # noqa: F841  (read by name in the SQL; consumed once, streaming)
     # rn (the table's rowid) is the store's reading order, whatever DuckDB's threads do: it decides which
     # row of a duplicated event_id is the first (its revocation counts), as in the row-wise reading
     connection.execute("SET preserve_insertion_order = true")
     connection.execute("CREATE TEMP TABLE raw AS SELECT * FROM incoming").fetchall()
     connection.execute("SET preserve_insertion_order = false")
-    connection.execute(_snapshot_sql(to_ns(as_of) // 1000)).fetchall()  # fetched: DuckDB refuses new work
+    connection.execute(_snapshot_sql(to_ns(as_of) // 1000, day_bound)).fetchall()  # fetched: DuckDB refuses new work
+    if rows_by_day is not None:
+        query = f"SELECT {recorded_day_sql(day_bound)} AS day, count(*) FROM raw GROUP BY day"
+        rows_by_day.update({day: int(n) for day, n in connection.execute(query).fetchall()})
     connection.execute("DROP TABLE raw").fetchall()
     lost = connection.execute(
         "SELECT event_id, error FROM judged WHERE error IS NOT NULL AND NOT coalesce(subject_ok, false) "
@@ -215,11 +239,7 @@ def _judge(connection: Any, batches: pa.RecordBatchReader | pa.Table, as_of: dat
             f"consent_events row event_id={lost[0][0]!r}: {lost[0][1]}, and its subject cannot be read either; "
             "refusing to decide any consent"
         )
-    visible, *parts = connection.execute(
-        "SELECT count(*), "
-        + ", ".join(f"coalesce(sum(('0x' || substr(digest, {1 + 16 * i}, 16))::UBIGINT), 0)" for i in range(4))
-        + " FROM judged"
-    ).fetchall()[0]
+    visible, *parts = connection.execute(f"SELECT count(*), {_DIGEST_SUMS} FROM judged").fetchall()[0]
     unreadable = [
         UnreadableConsentRow(str(event_id), subject_type, error)
         for event_id, subject_type, error in connection.execute(
@@ -248,16 +268,6 @@ def pseudonym(pepper: str, key: str) -> str:
     return hashlib.sha256((pepper + key).encode()).hexdigest()
 
 
-def write_snapshot_file(
-    batches: pa.RecordBatchReader | pa.Table, as_of: datetime, path: str, pepper: str
-) -> tuple[SnapshotSummary, str]:
-    """Judge the store's rows at `as_of` and write the sorted snapshot file to local `path`, subjects as
-    pseudonyms. Returns the summary and the file's sha256."""
-    events = events_sql("sha256(" + _quoted(pepper) + " || subject_key)")
-    summary, _ = judge_into_files(batches, as_of, {path: events})
-    return summary, file_sha256(path)
-
-
 def judge_into_files(
     batches: pa.RecordBatchReader | pa.Table,
     as_of: datetime,
@@ -272,15 +282,67 @@ def judge_into_files(
         connection = connect_duckdb(spill)
         try:
             summary = _judge(connection, batches, as_of)
-            for path, query in files.items():
-                escaped = path.replace("'", "''")
-                connection.execute(
-                    f"COPY ({query}) TO '{escaped}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
-                ).fetchall()
+            _copy_files(connection, files)
             answers = {name: int(connection.execute(sql).fetchall()[0][0] or 0) for name, sql in (counts or {}).items()}
         finally:
             connection.close()
     return summary, answers
+
+
+def _copy_files(connection: Any, files: dict[str, str]) -> None:
+    for path, query in files.items():
+        escaped = path.replace("'", "''")
+        connection.execute(
+            f"COPY ({query}) TO '{escaped}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+        ).fetchall()
+
+
+@dataclass
+class LedgerFacts:
+    """What judged rows contribute to the whole store's evidence, by recorded day (`recorded_day_sql`;
+    None: every row outside its range). Subjects and rows appear as pseudonyms (the snapshot file's)."""
+
+    rows: dict[str | None, int]  # every row read, any purpose, visible or not
+    visible: dict[str | None, tuple[int, list[int]]]  # the visible rows: how many, their digest word sums
+    unreadable: list[tuple[Any, ...]]  # (event_id, subject_type, error, subject, row, day), visible rows only
+    marks: set[str]  # pseudonyms of the visible rows recorded on a day before `marks_before`
+
+
+def judge_with_facts(
+    batches: pa.RecordBatchReader | pa.Table,
+    as_of: datetime,
+    day_bound: str,
+    pepper: str,
+    files: dict[str, str],
+    marks_before: str | None = None,
+) -> tuple[SnapshotSummary, LedgerFacts]:
+    """`judge_into_files`, and what the rows contribute to the consent ledger (`consent_ledger`)."""
+    as_of = as_of.astimezone(UTC)
+    pep = _quoted(pepper)
+    rows: dict[str | None, int] = {}
+    with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as spill:
+        connection = connect_duckdb(spill)
+        try:
+            summary = _judge(connection, batches, as_of, day_bound, rows)
+            _copy_files(connection, files)
+            visible = {
+                day: (int(n), [int(p) for p in parts])
+                for day, n, *parts in connection.execute(
+                    f"SELECT recorded_day, count(*), {_DIGEST_SUMS} FROM judged GROUP BY recorded_day"
+                ).fetchall()
+            }
+            unreadable = connection.execute(
+                f"SELECT event_id, subject_type, error, CASE WHEN subject_ok THEN sha256({pep} || subject_key) END, "
+                f"sha256({pep} || digest), recorded_day FROM judged WHERE error IS NOT NULL ORDER BY event_id, rn"
+            ).fetchall()
+            marks: set[str] = set()
+            if marks_before is not None:
+                before = _quoted(marks_before)
+                query = f"SELECT DISTINCT sha256({pep} || digest) FROM judged WHERE recorded_day < {before}"
+                marks = {mark for (mark,) in connection.execute(query).fetchall()}
+        finally:
+            connection.close()
+    return summary, LedgerFacts(rows, visible, [tuple(row) for row in unreadable], marks)
 
 
 def file_sha256(path: str) -> str:
@@ -372,7 +434,7 @@ def semi_join(path: str, subjects: Iterable[str] | None, query: str) -> pa.Table
         connection = connect_duckdb(spill)
         try:
             escaped = path.replace("'", "''")
-            source = f"SELECT * FROM read_parquet('{escaped}')"
+            source = f"SELECT * FROM read_parquet('{escaped}', hive_partitioning = false)"
             if subjects is not None:
                 wanted = pa.table({"subject_key": pa.array(sorted(set(subjects)), pa.string())})  # noqa: F841
                 source += " WHERE subject_key IN (SELECT subject_key FROM wanted)"

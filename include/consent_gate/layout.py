@@ -28,6 +28,7 @@ MANIFEST = "manifest.json"
 HISTORY = "attempts"  # inside a day's audit folder: every manifest version and failed attempt
 SWEEPS = f"{AUDIT}/sweeps"
 WATERMARK = f"{SWEEPS}/watermark.json"
+CONSENT_LEDGER = f"{AUDIT}/consent/ledger.json"  # the whole store's evidence by recorded day (consent_ledger)
 
 _DAY_PREFIX = "dt="
 _ID_SEPARATOR = "__"
@@ -37,6 +38,7 @@ RUN_RECORD = "run.json"
 CHECKS_REPORT = "reports/checks.json"
 TELEMETRY_REPORT = "reports/telemetry.json"
 SNAPSHOT_FILE = "consent/snapshot.parquet"
+SNAPSHOT_SUBJECTS = "consent/subjects.parquet"  # the subjects a ledger-based snapshot was judged for
 
 
 def _iso(day: date | str) -> str:

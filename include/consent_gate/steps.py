@@ -14,7 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 
@@ -23,15 +23,15 @@ from consent_gate.aggregates import AGGREGATE_SCHEMA, aggregate_telemetry
 from consent_gate.artifacts import Artifact
 from consent_gate.config import PROJECT_ROOT, Clock, RunSettings
 from consent_gate.consent import ConsentSnapshot, refuse_future_as_of, subject_key
-from consent_gate.consent_store import consent_batches
+from consent_gate.consent_ledger import Ledger, ledger_from_json, ledger_json, run_consent, uncovered_markers
 from consent_gate.consent_vector import (
     SnapshotSummary,
     file_sha256,
     pseudonym,
     pseudonym_pepper,
     read_snapshot_events,
+    semi_join,
     snapshot_from_events,
-    write_snapshot_file,
 )
 from consent_gate.errors import GateCheckFailed, RunRefused, os_reason
 from consent_gate.gate import (
@@ -45,8 +45,10 @@ from consent_gate.gate import (
 )
 from consent_gate.keys import Keyer
 from consent_gate.layout import (
+    CONSENT_LEDGER,
     RUN_RECORD,
     SNAPSHOT_FILE,
+    SNAPSHOT_SUBJECTS,
     TELEMETRY_REPORT,
     Stage,
     content_report,
@@ -144,13 +146,21 @@ def _write_run_record(
 ) -> None:  # fmt: skip
     import tempfile
 
+    ledger = read_ledger(store, settings.secret)
+    subjects = day_subjects(settings.zone(), settings.zone().meeting_folders(stage.day))
     with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as local:
-        path = f"{local}/snapshot.parquet"
-        with consent_batches(settings.consent_db, purpose="snapshot", progress=progress) as batches:
-            summary, sha256 = write_snapshot_file(batches, as_of, path, pseudonym_pepper(settings.secret))
-        with open(path, "rb") as source, store.open(stage / SNAPSHOT_FILE, "wb") as target:
-            while chunk := source.read(8 << 20):
-                target.write(chunk)
+        files = {"events": f"{local}/snapshot.parquet", "subjects": f"{local}/subjects.parquet"}
+        consent = run_consent(
+            settings.consent_db, settings.secret, as_of, subjects, ledger, files, now=now,
+            full_every=timedelta(hours=settings.policy.full_snapshot_every_hours), progress=progress,
+        )  # fmt: skip
+        written = {"path": SNAPSHOT_FILE, "sha256": _copy_in(store, files["events"], stage / SNAPSHOT_FILE)}
+        if os.path.exists(files["subjects"]):
+            written["subjects"] = {
+                "path": SNAPSHOT_SUBJECTS,
+                "sha256": _copy_in(store, files["subjects"], stage / SNAPSHOT_SUBJECTS),
+            }
+    summary = consent.summary
     store.write_json(
         stage / RUN_RECORD,
         {
@@ -167,10 +177,41 @@ def _write_run_record(
                 "visible_events": summary.visible_events,
                 "failed_closed_subjects": summary.failed_closed_subjects,
                 "unreadable_rows": [asdict(row) for row in summary.unreadable],
-                "snapshot_file": {"path": SNAPSHOT_FILE, "sha256": sha256, "events": summary.events},
+                "snapshot_file": {**written, "events": summary.events},
+                "basis": consent.basis,
             },
         },
     )
+    if consent.ledger is not None:
+        _advance_ledger(store, settings.secret, consent.ledger)
+
+
+def _copy_in(store: OutputStore, path: str, target: str) -> str:
+    """Copy the local file into the output store; its sha256."""
+    with open(path, "rb") as source, store.open(target, "wb") as handle:
+        while chunk := source.read(8 << 20):
+            handle.write(chunk)
+    return file_sha256(path)
+
+
+def read_ledger(store: OutputStore, secret: bytes) -> Ledger | None:
+    """The consent ledger, or None when there is none this secret wrote (a damaged one is read again)."""
+    try:
+        return ledger_from_json(store.read_json(CONSENT_LEDGER), secret) if store.exists(CONSENT_LEDGER) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _advance_ledger(store: OutputStore, secret: bytes, ledger: Ledger) -> None:
+    """Write `ledger` unless the one there (another run's, meanwhile) already reaches as far and is as fresh."""
+    current = read_ledger(store, secret)
+    if (
+        current is None
+        or current.store != ledger.store
+        or ledger.bound > current.bound
+        or ledger.full_read_at > current.full_read_at
+    ):
+        store.write_json(CONSENT_LEDGER, ledger_json(ledger, secret))
 
 
 def load_snapshot(settings: RunSettings, stage: Stage, subjects: set[str]) -> ConsentSnapshot:
@@ -192,6 +233,14 @@ def load_snapshot(settings: RunSettings, stage: Stage, subjects: set[str]) -> Co
         if file_sha256(path) != written["sha256"]:
             raise GateCheckFailed("the stage's consent snapshot file changed since it was written; refusing to gate")
         events = read_snapshot_events(path, names)
+        if "subjects" in written:  # judged for the subjects the snapshot saw: any other fails closed
+            listed = store.local_file(stage / written["subjects"]["path"], local)
+            if file_sha256(listed) != written["subjects"]["sha256"]:
+                raise GateCheckFailed("the stage's consent subjects file changed since written; refusing to gate")
+            covered = set(semi_join(listed, names, "SELECT subject_key FROM rows").column(0).to_pylist())
+            uncovered = sorted(set(names) - covered)
+            if uncovered:
+                events = pa.concat_tables([events, uncovered_markers(uncovered).cast(events.schema)])
     summary = SnapshotSummary(
         as_of=parse_timestamp(recorded["as_of"], "as_of"),
         checksum=recorded["checksum"],
