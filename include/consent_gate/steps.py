@@ -12,9 +12,10 @@ import os
 import subprocess
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
 
@@ -258,15 +259,7 @@ def day_subjects(zone: LandingZone, folders: list[str]) -> set[str]:
     their consent in memory. An unreadable meeting.json is skipped: its folder is quarantined anyway.
     Symbolic links are never followed."""
     keys: set[str] = set()
-    local = zone.url("") == zone._abs("")  # a local path: links can be seen (object stores have none)
-    for folder in folders:
-        relative = f"{folder}/meeting.json"
-        try:
-            if local and (os.path.islink(zone.url(folder)) or os.path.islink(zone.url(relative))):
-                continue
-            record = json.loads(zone.read_bytes(relative) or b"null")
-        except Exception:  # noqa: BLE001 (any unreadable file: the gate itself quarantines it)
-            continue
+    for record in _meeting_records(zone, folders):
         if not isinstance(record, dict):
             continue
         if isinstance(record.get("account_id"), str):
@@ -279,6 +272,29 @@ def day_subjects(zone: LandingZone, folders: list[str]) -> set[str]:
                 if isinstance(participant.get(name), str):
                     keys.add(subject_key(kind, participant[name]))
     return keys
+
+
+def _meeting_records(zone: LandingZone, folders: list[str]) -> Iterator[Any]:
+    """Each folder's meeting.json parsed leniently (None when unreadable or a link). From an object store
+    on 16 threads: one GET each, and 10,000 in a row would take minutes."""
+    local = zone.url("") == zone._abs("")  # a local path: links can be seen (object stores have none)
+
+    def read(folder: str) -> Any:
+        relative = f"{folder}/meeting.json"
+        try:
+            if local and (os.path.islink(zone.url(folder)) or os.path.islink(zone.url(relative))):
+                return None
+            return json.loads(zone.read_bytes(relative) or b"null")
+        except Exception:  # noqa: BLE001 (any unreadable file: the gate itself quarantines it)
+            return None
+
+    if local:
+        yield from map(read, folders)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        yield from pool.map(read, folders)
 
 
 # --- step 2: content ----------------------------------------------------------------------------
