@@ -328,3 +328,21 @@ def test_a_rerun_from_the_ledger_publishes_the_same_rows_and_evidence_without_re
     assert 0 < judged < store_rows  # the sample's few subjects share most of its rows: at scale, a sliver
     # returned rows: a subject's rows come back once more from the look-up of the rows sharing their ids
     assert sum(n for purpose, n in reads if purpose.startswith("snapshot")) <= 2 * judged
+
+
+@pytest.mark.integration
+def test_a_ledger_that_cannot_be_written_never_fails_the_run(sample_dir, tmp_path):
+    from consent_gate.config import Policy, RunSettings, utc_now
+    from consent_gate.pipeline import run_day
+    from consent_gate.records import parse_timestamp
+
+    settings = RunSettings(
+        raw=str(sample_dir / "raw"), out=str(tmp_path), consent_db=f"sqlite:///{sample_dir / 'consent.db'}",
+        policy=Policy(), secret=(sample_dir / "hmac.key").read_bytes(),
+    )  # fmt: skip
+    (tmp_path / "_audit/consent/ledger.json").mkdir(parents=True)  # in the way: neither read nor written
+    heard: list[str] = []
+    day, as_of = date(2026, 11, 2), parse_timestamp("2026-11-20T00:00:00Z", "as_of")
+    outcome = run_day(settings, day, as_of, run_id="first", progress=heard.append, clock=utc_now)
+    assert outcome.published and outcome.manifest["consent"]["basis"]["scope"] == "whole store"
+    assert any(m.startswith("consent ledger not written") for m in heard)

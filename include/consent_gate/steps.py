@@ -184,7 +184,11 @@ def _write_run_record(
         },
     )
     if consent.ledger is not None:
-        _advance_ledger(store, settings.secret, consent.ledger)
+        try:
+            _advance_ledger(store, settings.secret, consent.ledger)
+        except OSError as error:  # the run's evidence is complete; the next run reads the whole store
+            if progress is not None:
+                progress(f"consent ledger not written ({os_reason(error)}): the next run reads the whole store")
 
 
 def _copy_in(store: OutputStore, path: str, target: str) -> str:
