@@ -164,7 +164,7 @@ def run_consent(
         if below != ledger.rows_below(bound):
             why = "rows were inserted below the ledger's bound or deleted from below it"
     if why is not None:
-        return _whole_store(url, as_of, now, store, pepper, new_bound, counted, files, why, progress)
+        return _whole_store(url, as_of, now, store, pepper, new_bound, counted, subjects, files, why, progress)
     assert ledger is not None
     consent = _from_ledger(url, as_of, store, pepper, ledger, bound, new_bound, counted, subjects, files)
     if progress is not None:
@@ -187,11 +187,11 @@ def _unusable(ledger: Ledger | None, store: str, now: datetime, full_every: time
 
 def _whole_store(
     url: str, as_of: datetime, now: datetime, store: str, pepper: str, new_bound: str, counted: int,
-    files: dict[str, str], why: str, progress: Progress | None,
+    subjects: set[str], files: dict[str, str], why: str, progress: Progress | None,
 ) -> RunConsent:  # fmt: skip
-    events = events_sql(f"sha256('{pepper}' || subject_key)")
+    events, tables = _day_events(pepper, subjects, files)
     with consent_batches(url, purpose="snapshot", progress=progress) as batches:
-        summary, facts = judge_with_facts(batches, as_of, new_bound, pepper, {files["events"]: events})
+        summary, facts = judge_with_facts(batches, as_of, new_bound, pepper, {files["events"]: events}, None, tables)
     read = sum(facts.rows.values())
     ledger = Ledger(
         store, new_bound, as_of, now, _days(facts, None, new_bound), tuple(e for e in facts.unreadable if e[5])
@@ -199,6 +199,18 @@ def _whole_store(
     if ledger.rows_below(new_bound) != counted:  # the store changed below the bound while it was read
         ledger = None  # type: ignore[assignment]
     return RunConsent(summary, {"scope": "whole store", "why": why, "rows_read": read}, ledger)
+
+
+def _day_events(pepper: str, subjects: set[str], files: dict[str, str]) -> tuple[str, dict[str, pa.Table]]:
+    """The snapshot file's query for the day's subjects only (the gate asks for no other; at 20M events the
+    whole store's file was a quarter of the judgement), and the subjects file listing them as pseudonyms:
+    a subject it does not list fails closed (`uncovered_markers`)."""
+    import pyarrow.parquet as pq
+
+    asked = pa.table({"subject_key": sorted(pseudonym(pepper, key) for key in subjects)}, schema=SUBJECTS_SCHEMA)
+    pq.write_table(asked, files["subjects"], compression="zstd")
+    day = pa.table({"subject_key": pa.array(sorted(subjects), pa.string())})
+    return events_sql(f"sha256('{pepper}' || subject_key)", only="day_subjects"), {"day_subjects": day}
 
 
 def _days(facts: LedgerFacts, low: str | None, high: str) -> dict[str, tuple[int, int, tuple[int, int, int, int]]]:
@@ -247,12 +259,8 @@ def _from_ledger(
 ) -> RunConsent:  # fmt: skip
     subject_ids = sorted({key.split("\x1f", 1)[1] for key in subjects})
     table = rows_to_judge(url, bound, subject_ids)
-    events = events_sql(f"sha256('{pepper}' || subject_key)")
-    judged, facts = judge_with_facts(table, as_of, new_bound, pepper, {files["events"]: events}, marks_before=bound)
-    asked = pa.table({"subject_key": sorted(pseudonym(pepper, key) for key in subjects)}, schema=SUBJECTS_SCHEMA)
-    import pyarrow.parquet as pq
-
-    pq.write_table(asked, files["subjects"], compression="zstd")
+    events, tables = _day_events(pepper, subjects, files)
+    judged, facts = judge_with_facts(table, as_of, new_bound, pepper, {files["events"]: events}, bound, tables)
     kept = tuple(e for e in ledger.unreadable if e[5] < bound and e[4] not in facts.marks)
     unreadable = [*kept, *facts.unreadable]
     visible, sums = 0, [0, 0, 0, 0]

@@ -172,19 +172,23 @@ FROM (
          false AS failed_closed
   FROM (  -- the subject named once per row, before a '*' row becomes four
     SELECT SUBJECT AS subject_key, content_type, eff_us, rec_us, decision, event_id, terms_version
-    FROM judged WHERE error IS NULL
+    FROM SOURCE WHERE error IS NULL
   )
   UNION ALL
   SELECT DISTINCT SUBJECT, -1::TINYINT, NULL::BIGINT, NULL::BIGINT, NULL::TINYINT, NULL, NULL, true
-  FROM judged WHERE error IS NOT NULL
+  FROM SOURCE WHERE error IS NOT NULL
 )
 ORDER BY 1, 2, 3, 4, 1 - decision, event_id
 """
 
 
-def events_sql(subject: str = "subject_key") -> str:
-    """The snapshot file's rows over table `judged`, sorted; `subject`: the SQL naming each row's subject."""
-    return _EVENTS_SQL.replace("SUBJECT", subject)
+def events_sql(subject: str = "subject_key", only: str | None = None) -> str:
+    """The snapshot file's rows over table `judged`, sorted; `subject`: the SQL naming each row's subject;
+    `only`: a table of the subject_keys to keep (the rest of the judged rows are left out)."""
+    source = "judged"
+    if only is not None:
+        source = f"(SELECT * FROM judged WHERE subject_key IN (SELECT subject_key FROM {only}))"
+    return _EVENTS_SQL.replace("SUBJECT", subject).replace("SOURCE", source)
 
 
 @dataclass
@@ -315,8 +319,10 @@ def judge_with_facts(
     pepper: str,
     files: dict[str, str],
     marks_before: str | None = None,
+    tables: dict[str, pa.Table] | None = None,
 ) -> tuple[SnapshotSummary, LedgerFacts]:
-    """`judge_into_files`, and what the rows contribute to the consent ledger (`consent_ledger`)."""
+    """`judge_into_files`, and what the rows contribute to the consent ledger (`consent_ledger`); `tables`:
+    registered by name for the queries of `files`."""
     as_of = as_of.astimezone(UTC)
     pep = _quoted(pepper)
     rows: dict[str | None, int] = {}
@@ -324,6 +330,8 @@ def judge_with_facts(
         connection = connect_duckdb(spill)
         try:
             summary = _judge(connection, batches, as_of, day_bound, rows)
+            for name, table in (tables or {}).items():
+                connection.register(name, table)
             _copy_files(connection, files)
             visible = {
                 day: (int(n), [int(p) for p in parts])

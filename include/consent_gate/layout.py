@@ -38,7 +38,7 @@ RUN_RECORD = "run.json"
 CHECKS_REPORT = "reports/checks.json"
 TELEMETRY_REPORT = "reports/telemetry.json"
 SNAPSHOT_FILE = "consent/snapshot.parquet"
-SNAPSHOT_SUBJECTS = "consent/subjects.parquet"  # the subjects a ledger-based snapshot was judged for
+SNAPSHOT_SUBJECTS = "consent/subjects.parquet"  # the subjects the snapshot file was judged for
 
 
 def _iso(day: date | str) -> str:

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 import consent_gate
 from consent_gate.aggregates import AGGREGATE_SCHEMA, aggregate_telemetry
@@ -155,12 +156,15 @@ def _write_run_record(
             settings.consent_db, settings.secret, as_of, subjects, ledger, files, now=now,
             full_every=timedelta(hours=settings.policy.full_snapshot_every_hours), progress=progress,
         )  # fmt: skip
-        written = {"path": SNAPSHOT_FILE, "sha256": _copy_in(store, files["events"], stage / SNAPSHOT_FILE)}
-        if os.path.exists(files["subjects"]):
-            written["subjects"] = {
+        written = {
+            "path": SNAPSHOT_FILE,
+            "sha256": _copy_in(store, files["events"], stage / SNAPSHOT_FILE),
+            "events": pq.ParquetFile(files["events"]).metadata.num_rows,
+            "subjects": {
                 "path": SNAPSHOT_SUBJECTS,
                 "sha256": _copy_in(store, files["subjects"], stage / SNAPSHOT_SUBJECTS),
-            }
+            },
+        }
     summary = consent.summary
     store.write_json(
         stage / RUN_RECORD,
@@ -178,7 +182,7 @@ def _write_run_record(
                 "visible_events": summary.visible_events,
                 "failed_closed_subjects": summary.failed_closed_subjects,
                 "unreadable_rows": [asdict(row) for row in summary.unreadable],
-                "snapshot_file": {**written, "events": summary.events},
+                "snapshot_file": written,
                 "basis": consent.basis,
             },
         },
