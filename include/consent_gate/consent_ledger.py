@@ -45,8 +45,8 @@ from consent_gate.consent_store import (
     changed_bound,
     consent_batches,
     count_recorded_before,
-    read_consent_table,
     read_event_rows,
+    read_named_rows,
     read_rows_outside,
     recorded_before,
 )
@@ -148,8 +148,8 @@ def run_consent(
     full_every: timedelta,
     progress: Progress | None = None,
 ) -> RunConsent:
-    """Judge the consent a run needs at `as_of` into the local snapshot file `files["events"]` (and,
-    from the ledger, `files["subjects"]`: the subjects it was judged for), with the whole store's evidence."""
+    """Judge the consent of the day's `subjects` at `as_of` into the local snapshot file `files["events"]`
+    (and `files["subjects"]`: the subjects it was judged for), with the whole store's evidence."""
     as_of = as_of.astimezone(UTC)  # the bound is a UTC date
     store = store_identity(secret, url)
     pepper = pseudonym_pepper(secret)
@@ -228,7 +228,7 @@ def rows_to_judge(url: str, bound: str, subject_ids: list[str]) -> pa.Table:
     below it), every row of `subject_ids`, and every row sharing an event_id with one of those. Each
     store row once: index ranges and look-ups, never a pass over the store."""
     outside = read_rows_outside(url, bound, purpose="snapshot: rows from the ledger's bound on")
-    named = _named(url, subject_ids)
+    named = read_named_rows(url, subject_ids, purpose="snapshot: rows of the day's subjects")
     named_below = named.filter(recorded_before(named, bound))
     their_ids = [*outside.column("event_id").chunks, *named_below.column("event_id").chunks]
     ids = pc.unique(pc.drop_null(pa.chunked_array(their_ids, pa.string())))
@@ -236,21 +236,6 @@ def rows_to_judge(url: str, bound: str, subject_ids: list[str]) -> pa.Table:
     theirs = pc.fill_null(pc.is_in(sharing.column("subject_id"), value_set=pa.array(subject_ids, pa.string())), False)
     sharing_below = sharing.filter(pc.and_(recorded_before(sharing, bound), pc.invert(theirs)))
     return pa.concat_tables([outside, named_below, sharing_below])
-
-
-def _named(url: str, subject_ids: list[str]) -> pa.Table:
-    from consent_gate.consent_store import ARROW_SCHEMA, IN_CHUNK
-
-    parts = [
-        read_consent_table(
-            url,
-            f"WHERE subject_id IN ({', '.join('?' * len(chunk))})",
-            chunk,
-            purpose="snapshot: rows of the day's subjects",
-        )
-        for chunk in (subject_ids[i : i + IN_CHUNK] for i in range(0, len(subject_ids), IN_CHUNK))
-    ]
-    return pa.concat_tables(parts) if parts else ARROW_SCHEMA.empty_table()
 
 
 def _from_ledger(
@@ -296,8 +281,8 @@ def _from_ledger(
 
 
 def uncovered_markers(pseudonyms: list[str]) -> pa.Table:
-    """Snapshot-file marker rows failing closed the subjects a ledger-based snapshot was not judged for
-    (a meeting that arrived after the snapshot): their content is excluded, never gated on no rows."""
+    """Snapshot-file marker rows failing closed the subjects the snapshot was not judged for (a meeting
+    that arrived after it): their content is excluded, never gated on no rows."""
     n = len(pseudonyms)
     columns = {field.name: pa.nulls(n, field.type) for field in SNAPSHOT_SCHEMA}
     columns["subject_key"] = pa.array(pseudonyms, pa.string())

@@ -338,13 +338,18 @@ def read_event_rows(url: str, event_ids: Iterable[str], *, purpose: str) -> pa.T
     return _read_where_in(url, "event_id", sorted(set(event_ids)), purpose=purpose)
 
 
+def read_named_rows(url: str, subject_ids: Iterable[str], *, purpose: str) -> pa.Table:
+    """Every row whose subject_id is one of `subject_ids` (indexed look-ups)."""
+    return _read_where_in(url, "subject_id", sorted(set(subject_ids)), purpose=purpose)
+
+
 def read_subject_rows(url: str, subject_ids: Iterable[str], *, purpose: str) -> pa.Table:
     """Every row of the named subject ids, plus every other row sharing an event_id with one of them
     (a duplicated event_id fails both claimants closed): indexed look-ups, never a pass over the store."""
     import pyarrow.compute as pc
 
     wanted = sorted(set(subject_ids))
-    named = _read_where_in(url, "subject_id", wanted, purpose=purpose)
+    named = read_named_rows(url, wanted, purpose=purpose)
     sharing = read_event_rows(url, pc.drop_null(named.column("event_id")).to_pylist(), purpose=purpose)
     theirs = pc.fill_null(pc.is_in(sharing.column("subject_id"), value_set=pa.array(wanted, pa.string())), False)
     keep = pc.invert(theirs)

@@ -112,11 +112,12 @@ def snapshot_consent(
     """
     now = clock()
     as_of = refuse_future_as_of(as_of, now)
-    require_arrivals(settings.zone(), day)
+    zone = settings.zone()
+    subjects = day_subjects(zone, require_arrivals(zone, day))
     stage = Stage(day, new_attempt_id(run_id, now))
     store = settings.store()
     try:
-        _write_run_record(settings, store, stage, as_of, run_id, dag_run_id, progress, now)
+        _write_run_record(settings, store, stage, as_of, subjects, run_id, dag_run_id, progress, now)
     except OSError as error:  # a full disk, a read-only output: no attempt began, so none is recorded
         store.remove(stage.root)  # a half-written stage is not left behind
         raise RunRefused(
@@ -128,8 +129,9 @@ def snapshot_consent(
     return stage
 
 
-def require_arrivals(zone: LandingZone, day: date) -> None:
-    """Raise RunRefused unless the day has at least one meeting folder entry or telemetry file."""
+def require_arrivals(zone: LandingZone, day: date) -> list[str]:
+    """The day's meeting folders; RunRefused unless the day has at least one meeting folder entry or
+    telemetry file."""
     try:
         meetings = zone.meeting_folders(day)
         telemetry, refused = zone.telemetry_entries(day)
@@ -140,16 +142,16 @@ def require_arrivals(zone: LandingZone, day: date) -> None:
             f"nothing arrived for {day}: no meeting folder under {zone.meetings_prefix(day)}/ and no telemetry "
             f"file under {zone.telemetry_prefix(day)}/ of the landing zone; nothing published"
         )
+    return meetings
 
 
 def _write_run_record(
-    settings: RunSettings, store: OutputStore, stage: Stage, as_of: datetime, run_id: str,
+    settings: RunSettings, store: OutputStore, stage: Stage, as_of: datetime, subjects: set[str], run_id: str,
     dag_run_id: str | None, progress: Progress | None, now: datetime,
 ) -> None:  # fmt: skip
     import tempfile
 
     ledger = read_ledger(store, settings.secret)
-    subjects = day_subjects(settings.zone(), settings.zone().meeting_folders(stage.day))
     with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as local:
         files = {"events": f"{local}/snapshot.parquet", "subjects": f"{local}/subjects.parquet"}
         consent = run_consent(
