@@ -66,12 +66,13 @@ def case_floor(data: Path) -> dict[str, Any]:
     return {"units": units, "telemetry_lines": lines}
 
 
-def case_gate(data: Path, out: Path) -> dict[str, Any]:
+def case_gate(data: Path, out: Path, workers: int | None) -> dict[str, Any]:
     from consent_gate.config import utc_now
     from consent_gate.pipeline import run_day
     from consent_gate.records import parse_timestamp
 
-    outcome = run_day(_settings(data, out), DAY, parse_timestamp(AS_OF, "as_of"), run_id="bench", clock=utc_now)
+    settings, as_of = _settings(data, out), parse_timestamp(AS_OF, "as_of")
+    outcome = run_day(settings, DAY, as_of, run_id="bench", clock=utc_now, workers=workers)
     return {"published": outcome.manifest["counts"]["content"]["published"]}
 
 
@@ -97,13 +98,20 @@ def child(args: argparse.Namespace) -> None:
     if args.case == "floor":
         result = case_floor(args.data)
     elif args.case == "gate":
-        result = case_gate(args.data, args.out)
+        result = case_gate(args.data, args.out, None if args.workers == "auto" else int(args.workers))
     elif args.case == "snapshot":
         result = case_snapshot(args.data, args.out)
     else:
         result = case_shard(args.data, args.out, args.attempt, args.shard, args.shards)
     result["seconds"] = time.perf_counter() - started
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["cpu_s"] = sum(
+        getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for f in ("ru_utime", "ru_stime")
+    )  # fmt: skip
+    # The largest process: this one, or a worker process of a parallel run.
+    result["peak_rss_mb"] = (
+        max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+    )
     print(json.dumps(result))
 
 
@@ -175,7 +183,8 @@ def bench_size(work: Path, meetings: int, repeat: int, floor_script: Path | None
     row["floor"] = best("floor")
     if floor_script is not None:  # alternating with the gate, in the same run
         row["std_floor"] = min((standard_floor(floor_script, data) for _ in range(repeat)), key=lambda r: r["seconds"])
-    row["gate"] = best("gate", fresh_out=True)
+    row["gate"] = best("gate", fresh_out=True)  # as `consent-gate run` does: workers picked by day size and CPUs
+    row["gate_1"] = best("gate", "--workers", "1", fresh_out=True)  # everything in one process
     one, two = [], []
     for n in range(repeat):
         out = outs / f"shards-{n}-{time.time_ns()}"
@@ -215,6 +224,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 f"({r['std_floor']['units']} units, {r['std_floor']['peak_rss_mb']:.0f} MB), "
                 f"gate / that floor {r['gate']['seconds'] / r['std_floor']['seconds']:.2f}"
             )
+    for r in rows:
+        print(
+            f"{r['meetings']:>9} meetings: gate {r['gate']['seconds']:.2f} s wall, {r['gate']['cpu_s']:.1f} CPU-s; "
+            f"in one process {r['gate_1']['seconds']:.2f} s wall, {r['gate_1']['cpu_s']:.1f} CPU-s, "
+            f"peak {r['gate_1']['peak_rss_mb']:.0f} MB"
+        )
 
 
 def main() -> None:
@@ -233,6 +248,7 @@ def main() -> None:
     parser.add_argument("--attempt", help=argparse.SUPPRESS)
     parser.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--shards", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         child(args)

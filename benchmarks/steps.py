@@ -97,6 +97,7 @@ def run_day_steps(data: Path, out: Path) -> list[dict[str, Any]]:
     from bench import AS_OF, _settings
 
     from consent_gate import publication, steps
+    from consent_gate.config import utc_now
     from consent_gate.records import parse_timestamp
     from consent_gate.validation import validate_stage
 
@@ -110,13 +111,15 @@ def run_day_steps(data: Path, out: Path) -> list[dict[str, Any]]:
         return result
 
     as_of = parse_timestamp(AS_OF, "as_of")
-    stage = timed("snapshot_consent", steps.snapshot_consent, settings, _day(data), as_of, run_id="steps")
+    stage = timed(
+        "snapshot_consent", steps.snapshot_consent, settings, _day(data), as_of, run_id="steps", clock=utc_now
+    )
     timed("gate_content", steps.gate_content, settings, stage)
     timed("aggregate_day", steps.aggregate_day, settings, stage)
     checks = timed("validate_stage", validate_stage, settings, stage)
     if not all(c.passed for c in checks):
         raise SystemExit(f"checks failed: {[c.name for c in checks if not c.passed]}")
-    timed("publish_stage", publication.publish_stage, settings, stage)
+    timed("publish_stage", publication.publish_stage, settings, stage, clock=utc_now)
     return rows
 
 

@@ -80,6 +80,26 @@ def test_a_bad_date_is_refused_by_the_parser(capsys):
     assert "not a date" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("workers", ["0", "-1", "two", "1.5"])
+def test_workers_must_be_a_positive_integer(workers, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--date", "2026-11-02", "--workers", workers])
+    assert "--workers: must be a positive integer" in capsys.readouterr().err
+
+
+def test_run_with_two_workers_says_so_and_publishes_the_same_day(cli_world, tmp_path, capsys):
+    root, args = cli_world
+    out = ["--out", str(tmp_path / "out")]
+    assert main(["run", "--date", "2026-11-02", "--as-of", "2026-11-20T00:00:00Z", *args, *out, "--workers", "2"]) == 0
+    printed = capsys.readouterr()
+    assert "step gate_content (2 shards) + aggregate_telemetry:" in printed.err
+    assert sorted(p.name for p in (tmp_path / "out/content/dt=2026-11-02").iterdir()) == [
+        "part-0000.parquet", "part-0001.parquet",
+    ]  # fmt: skip
+    published = pq.read_table(tmp_path / "out/content/dt=2026-11-02").sort_by("artifact_id")
+    assert published.equals(pq.read_table(root / "out/content/dt=2026-11-02").sort_by("artifact_id"))
+
+
 def test_a_consent_row_without_a_readable_subject_fails_the_run(cli_world, tmp_path, capsys):
     import shutil
     import sqlite3

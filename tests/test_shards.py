@@ -97,3 +97,63 @@ def test_a_small_batch_size_changes_nothing_published(sample_dir, tmp_path):
     run_sharded(settings_for(sample_dir, str(tmp_path / "small"), batch_size=7), DAY, AS_OF, 2)
     big, small = published_tables(tmp_path / "big"), published_tables(tmp_path / "small")
     assert all(small[name].equals(big[name]) for name in big)
+
+
+# --- `run_day` in worker processes (`consent-gate run --workers`) ----------------------------------
+
+
+@pytest.mark.unit
+def test_workers_for_a_day_one_per_cpu_and_at_most_one_per_thousand_meetings():
+    from consent_gate.pipeline import workers_for
+
+    assert workers_for(40, 8) == 1  # the sample: a worker process would cost more than it saves
+    assert workers_for(999, 8) == 1
+    assert workers_for(2_000, 8) == 2
+    assert workers_for(10_000, 2) == 2
+    assert workers_for(10_000, 1) == 1
+    assert workers_for(0, 4) == 1
+
+
+@pytest.mark.integration
+def test_run_day_in_worker_processes_publishes_exactly_what_one_process_publishes(sample_dir, tmp_path):
+    from consent_gate.pipeline import run_day
+
+    heard: list[str] = []
+    one = run_day(settings_for(sample_dir, str(tmp_path / "one")), DAY, AS_OF, run_id="one", clock=utc_now)
+    two = run_day(
+        settings_for(sample_dir, str(tmp_path / "two")), DAY, AS_OF, run_id="two", clock=utc_now, workers=2,
+        progress=heard.append,
+    )  # fmt: skip
+    single, parallel = published_tables(tmp_path / "one"), published_tables(tmp_path / "two")
+    assert single["content"].num_rows > 0
+    for name in single:
+        assert parallel[name].equals(single[name]), name
+    assert two.manifest["counts"] == one.manifest["counts"]
+    assert sorted(p.name for p in (tmp_path / "two/content/dt=2026-11-02").iterdir()) == [
+        "part-0000.parquet",
+        "part-0001.parquet",
+    ]  # fmt: skip: the two shards were gated (by the worker processes)
+    assert any(m.startswith("step gate_content (2 shards) + aggregate_telemetry:") for m in heard)
+
+
+@pytest.mark.integration
+def test_a_worker_process_that_fails_fails_the_run_closed(sample_dir, tmp_path, monkeypatch):
+    """An error in a worker process reaches the run: nothing published, the failed attempt recorded."""
+    import consent_gate.pipeline as pipeline
+    from consent_gate.layout import SNAPSHOT_FILE
+
+    out = tmp_path / "out"
+    real_snapshot = pipeline.snapshot_consent
+
+    def snapshot_then_lose_the_file(*args, **kwargs):  # the stage loses its snapshot file once written
+        stage = real_snapshot(*args, **kwargs)
+        (out / stage.root / SNAPSHOT_FILE).unlink()
+        return stage
+
+    monkeypatch.setattr(pipeline, "snapshot_consent", snapshot_then_lose_the_file)
+    with pytest.raises(FileNotFoundError):  # raised by a shard's worker process, re-raised here
+        pipeline.run_day(settings_for(sample_dir, str(out)), DAY, AS_OF, run_id="lost", clock=utc_now, workers=2)
+    assert not (out / "content").exists()
+    (attempt,) = (out / f"_audit/dt={DAY}/attempts").glob("*.json")
+    record = json.loads(attempt.read_text())
+    assert record["status"] == "failed" and record["failure"].startswith("FileNotFoundError")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from consent_gate.artifacts import Meeting, Participant, read_transcript
 from consent_gate.speakers import attribute, normalise_name, read_cue_text, speakers_by_name
-from consent_gate.webvtt_reader import NotWebVTT, parse
+from consent_gate.webvtt_reader import NotWebVTT, parse, parse_timing_line, timing_by_steps
 from tests.builders import ARROWS, DAY, T0
 
 pytestmark = pytest.mark.unit
@@ -103,6 +103,40 @@ def test_a_malformed_timing_line_drops_its_block_reported_by_line(timing):
     text = f"WEBVTT\n\n00:00.000 --> 00:01.000\nkept\n\n{timing}\nlost words\n\n00:09.000 --> 00:10.000\nnext\n"
     assert cues_of(text) == [(0, "kept"), (9000, "next")]
     assert dropped_lines(text) == [6]
+
+
+# Timing lines near the common `hh:mm:ss.ttt --> hh:mm:ss.ttt` shape: numbers just inside and outside
+# each field's range and width, other scripts' digits, separators almost right, whitespace, settings.
+_NEAR = st.builds(
+    lambda h, width, m, s, t, tail: f"{h:0{width}d}:{m:02d}:{s:02d}.{t:03d}{tail}",
+    st.integers(0, 99) | st.integers(0, 10**8), st.integers(1, 3),
+    st.integers(0, 59) | st.integers(60, 99), st.integers(0, 59) | st.integers(60, 99),
+    st.integers(0, 999) | st.integers(1000, 9999), st.just("") | st.sampled_from(["0", "\u0663", ".5", ":00"]),
+)  # fmt: skip
+_FIELD = st.text(st.sampled_from("0123456789\u0663"), max_size=8)
+_ODD = st.tuples(_FIELD, st.sampled_from([":", ".", ","]), _FIELD, st.sampled_from([":", "."]), _FIELD).map("".join)
+_TIMESTAMP = _NEAR | _NEAR | _ODD
+_SPACE = st.sampled_from(["", " ", "\t", "  ", "\x0c", "\u00a0"])
+_TIMING_LINE = st.tuples(
+    _SPACE, _TIMESTAMP, _SPACE, st.sampled_from(["-->", "->", "--> "]), _SPACE, _TIMESTAMP,
+    st.sampled_from(["", " align:start", "0", ".5", "\u0663", " 12"]),
+).map("".join)  # fmt: skip
+
+
+@given(_TIMING_LINE | st.text(max_size=40))
+@settings(max_examples=3000, deadline=None)
+def test_the_fast_timing_reading_agrees_with_the_specification_steps(line):
+    assert parse_timing_line(line) == timing_by_steps(line)
+
+
+def test_the_fast_timing_reading_takes_the_common_shape():
+    # Not a stub: the fast path's own answers, checked against the arithmetic.
+    assert parse_timing_line("00:01:02.003 --> 123456:59:59.999 align:start") == (
+        62_003,
+        123456 * 3_600_000 + 3_599_999,
+    )
+    assert parse_timing_line("00:00:01.0000 --> 00:00:02.000") == timing_by_steps("00:00:01.0000 --> 00:00:02.000")
+    assert isinstance(parse_timing_line("00:00:01.0000 --> 00:00:02.000"), str)
 
 
 def test_cue_settings_are_ignored_and_spaces_around_the_arrow_are_optional():

@@ -46,6 +46,12 @@ def _instant(value: str) -> datetime:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _workers(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return int(value)
+
+
 def _say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -92,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--allow-shrink", action="store_true",
         help="let a rerun replace a published day with fewer than half of its units",
+    )  # fmt: skip
+    run.add_argument(
+        "--workers", type=_workers, default=None,
+        help="processes gating the content in shards (default: one per CPU, one per 1,000 meetings at most)",
     )  # fmt: skip
     _common(run)
 
@@ -152,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     as_of = refuse_future_as_of(args.as_of, datetime.now(UTC), "--as-of") if args.as_of else datetime.now(UTC)
     _say(f"gating {args.date} with consent as of {as_of.isoformat()}")
     try:
-        outcome = run_day(settings, args.date, as_of, run_id="cli", progress=_say, clock=utc_now)
+        outcome = run_day(settings, args.date, as_of, run_id="cli", progress=_say, clock=utc_now, workers=args.workers)
     except (ConsentStoreError, RunRefused, OSError) as error:
         _say(f"FAILED, nothing published: {one_line(error)}")
         return 1

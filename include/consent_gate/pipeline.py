@@ -1,5 +1,7 @@
 """One day through the gate, for the command line: snapshot consent, gate content, aggregate
-telemetry, check, publish, each step timed; a failed attempt leaves its evidence.
+telemetry, check, publish, each step timed; a failed attempt leaves its evidence. On a day big
+enough to pay for it, worker processes gate the content in shards and aggregate the telemetry side by
+side (the Airflow DAG gets the same from its mapped shard tasks).
 
 The steps are in `steps`, the checks in `checks` and `validation`, the publication transaction in
 `publication`; the Airflow DAG runs the same functions as tasks (`airflow_tasks`).
@@ -7,6 +9,8 @@ The steps are in `steps`, the checks in `checks` and `validation`, the publicati
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +20,14 @@ from typing import Any
 from consent_gate.checks import CheckResult
 from consent_gate.config import Clock, RunSettings
 from consent_gate.errors import AttemptNotRecorded, GateCheckFailed
-from consent_gate.layout import manifest_path
+from consent_gate.layout import Stage, manifest_path
 from consent_gate.publication import publish_stage, record_failed_attempt
 from consent_gate.steps import Progress, aggregate_day, gate_content, snapshot_consent
-from consent_gate.validation import validate_stage
+from consent_gate.validation import import_great_expectations, validate_stage
+
+# A worker process costs ~2 s of start-up (a fresh interpreter importing pyarrow, DuckDB and the gate),
+# about what gating 1,000 meetings does: a smaller share of the day is faster in this process.
+MEETINGS_PER_WORKER = 1000
 
 
 @dataclass
@@ -39,9 +47,13 @@ def run_day(
     dag_run_id: str | None = None,
     progress: Progress | None = None,
     clock: Clock,
+    workers: int | None = 1,
 ) -> RunOutcome:
-    """All steps for one day in this process. Raises GateCheckFailed after keeping the evidence.
-    `progress` hears each step's time (and the snapshot's rows read and rate)."""
+    """All steps for one day. Raises GateCheckFailed after keeping the evidence. `progress` hears each
+    step's time (and the snapshot's rows read and rate). `workers` > 1 gates the content in that many
+    shards, each in its own process, beside one more aggregating the telemetry; None picks `workers_for`
+    the day's meetings and this machine's CPUs. The published rows do not depend on it. A script that
+    passes workers != 1 needs the `if __name__ == "__main__":` guard worker processes are started with."""
     say = progress or (lambda _message: None)
 
     def timed(name: str, step: Callable[[], Any]) -> Any:
@@ -57,8 +69,15 @@ def run_day(
         ),
     )
     try:
-        timed("gate_content", lambda: gate_content(settings, stage, progress=progress))
-        timed("aggregate_telemetry", lambda: aggregate_day(settings, stage))
+        if workers is None:
+            workers = workers_for(len(settings.zone().meeting_folders(day)), usable_cpus())
+        if workers == 1:
+            timed("gate_content", lambda: gate_content(settings, stage, progress=progress))
+            timed("aggregate_telemetry", lambda: aggregate_day(settings, stage))
+        else:
+            timed(
+                f"gate_content ({workers} shards) + aggregate_telemetry", lambda: _in_parallel(settings, stage, workers)
+            )
         checks = timed("validate", lambda: validate_stage(settings, stage))
         if not all(c.passed for c in checks):
             failed = ", ".join(c.name for c in checks if not c.passed)
@@ -71,3 +90,36 @@ def run_day(
             error.add_note(str(unrecorded))
         raise
     return RunOutcome(True, manifest_path(day), manifest, checks)
+
+
+def workers_for(meetings: int, cpus: int) -> int:
+    """The processes a day is worth: one per CPU, and at most one per MEETINGS_PER_WORKER meetings."""
+    return max(1, min(cpus, meetings // MEETINGS_PER_WORKER))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _in_parallel(settings: RunSettings, stage: Stage, workers: int) -> None:
+    """Gate `workers` shards and aggregate the telemetry in worker processes, while this one imports
+    Great Expectations for the checks that follow (~3 s otherwise spent after them); the first error
+    raised by any of them is raised here, after every process has stopped."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked child would inherit the locks of this process's threads (DuckDB, fsspec).
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers + 1, mp_context=context) as pool:
+        try:
+            telemetry = pool.submit(aggregate_day, settings, stage)
+            shards = [pool.submit(gate_content, settings, stage, shard=s, shards=workers) for s in range(workers)]
+            import_great_expectations()
+            for done in (telemetry, *shards):
+                done.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise

@@ -264,6 +264,13 @@ def reconciliation_frame(ledger: Ledger, counts: dict[str, Any]) -> Any:
 # --- running them ---------------------------------------------------------------------------------
 
 
+def import_great_expectations() -> None:
+    """Import Great Expectations (~3 s, mostly its expectation classes and SciPy), e.g. ahead of time
+    while other processes gate the day; later imports are free."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # before the import: GX reads it then
+    import great_expectations.expectations  # noqa: F401
+
+
 class _Runner:
     """A file context in a temporary folder, one checkpoint per suite, Data Docs built at the end.
 
@@ -273,7 +280,7 @@ class _Runner:
     """
 
     def __init__(self, root: Path) -> None:
-        os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+        import_great_expectations()
         import great_expectations as gx
         import great_expectations.expectations as gxe
         from great_expectations.data_context.types.base import ProgressBarsConfig
