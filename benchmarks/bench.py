@@ -5,8 +5,10 @@ case in its own process and prints one table:
 
 - floor: read and parse the raw landing zone only (sources.read_meeting over every meeting folder,
   every telemetry line gunzipped and json-parsed): what no gate can beat;
-- gate: the whole day end to end (pipeline.run_day: snapshot, gate, aggregate, checks incl. GX, publish);
-- ratio gate / floor, and each case's peak RSS (ru_maxrss of its process);
+- gate: the whole day end to end as `consent-gate run` runs it (pipeline.run_day: snapshot, gate,
+  aggregate, checks incl. GX, publish; worker processes by the day's size and the CPUs), and again
+  with `--workers 1` (everything in one process), each with its CPU seconds (its own and its workers');
+- ratio gate / floor, and each case's peak RSS (ru_maxrss of its largest process);
 - 1 vs 2 shards: gate_content of the whole day in one process, then the two shards of the same stage
   in two processes running in parallel (wall time of the slower).
 

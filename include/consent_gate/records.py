@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 # ISO-8601 with a mandatory offset. datetime.fromisoformat alone is too lenient (it takes dates
 # without a time, a space separator and offset-less values), so the shape is checked first.
 _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$")
@@ -153,6 +155,40 @@ def load_json(data: bytes | str, where: str = "<file>") -> Any:
     syntax (with the line), a duplicate key in an object, NaN/Infinity, a lone surrogate, nesting deeper
     than MAX_JSON_DEPTH.
     """
+    if isinstance(data, bytes):
+        value = _canonical_json(data)
+        if value is not None:
+            return value
+    return _load_json_strictly(data, where)
+
+
+# msgspec (C, ~3x json's reader): as strict as json on syntax, UTF-8, NaN and surrogates, but "last key
+# wins" on a duplicate key, which the strict reading refuses.
+_FAST_DECODER = msgspec.json.Decoder()
+_FAST_ENCODER = msgspec.json.Encoder()
+_FAST_REFUSES = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
+_JSON_WHITESPACE = b" \t\r\n"
+
+
+def _canonical_json(raw: bytes) -> Any:
+    """The value `raw` holds when `raw` is byte for byte its canonical (compact) encoding; else None,
+    and `_load_json_strictly` reads it. Most records are written so: a telemetry event, a chat message.
+
+    Why that is the strict reading: an encoder writes each key of an object once, so a document equal
+    to the encoding of what it decodes to has no duplicate key, and every strict reader reads it as
+    that value. Brackets bound its depth; NaN, Infinity, lone surrogates and numbers beyond a float
+    make msgspec refuse (json reads 1e400 as inf, and on the strict path it still does).
+    """
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        return None
+    try:
+        value = _FAST_DECODER.decode(raw)
+    except _FAST_REFUSES:
+        return None
+    return value if _FAST_ENCODER.encode(value) == raw.strip(_JSON_WHITESPACE) else None
+
+
+def _load_json_strictly(data: bytes | str, where: str) -> Any:
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         value = _DECODER.decode(text)

@@ -342,6 +342,8 @@ def gate_content(
     speakers = ParquetSink(store, stage / f"audit/speakers/{part_name(shard)}", SPEAKERS_SCHEMA)
     report = ContentReport(meetings=len(folders))
     batch: list[Artifact] = []
+    batch_quarantined: list[Quarantined] = []
+    batch_files: list[InputFile] = []
     reasons: Counter[str] = Counter()  # counted as decided; the reconciliation recounts from the files
     unidentified: Counter[str] = Counter()
 
@@ -350,16 +352,19 @@ def gate_content(
         content.write(published_rows(batch, decisions, keyer, snapshot.as_of))
         excluded.write(excluded_rows(batch, decisions))
         speakers.write(speaker_rows(batch))
+        quarantine.write(_quarantine_table(batch_quarantined))
+        inputs.write(_inputs_table(batch_files))
         unidentified.update(a.unidentified_reason for a in batch if a.unidentified_reason is not None)
         reasons.update(d.reason for d in decisions if d.reason is not None)
-        batch.clear()
+        for pending in (batch, batch_quarantined, batch_files):
+            pending.clear()
 
     try:
         for number, folder in enumerate(folders, start=1):
             read = read_meeting(zone, folder, stage.day)
             report.units_in += read.units_in
-            quarantine.write(_quarantine_table(read.quarantine))
-            inputs.write(_inputs_table(read.files))
+            batch_quarantined.extend(read.quarantine)
+            batch_files.extend(read.files)
             batch.extend(read.artifacts)
             if len(batch) >= settings.batch_size:
                 flush()
@@ -378,11 +383,13 @@ def gate_content(
 
 
 def _quarantine_table(units: list[Quarantined]) -> pa.Table:
-    return pa.Table.from_pylist([asdict(u) for u in units], schema=QUARANTINE_SCHEMA)
+    columns = {"unit": [u.unit for u in units], "error": [u.error for u in units]}
+    return pa.table(columns, schema=QUARANTINE_SCHEMA)
 
 
 def _inputs_table(files: list[InputFile]) -> pa.Table:
-    return pa.Table.from_pylist([asdict(f) for f in files], schema=INPUTS_SCHEMA)
+    columns = {"path": [f.path for f in files], "size": [f.size for f in files], "sha256": [f.sha256 for f in files]}
+    return pa.table(columns, schema=INPUTS_SCHEMA)
 
 
 # --- step 3: telemetry --------------------------------------------------------------------------
