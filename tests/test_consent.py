@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -206,3 +206,16 @@ def test_a_grant_never_reaches_back(rows, grant_at, capture):
         assert not consented(snap, "user", "u_9", "chat", capture)
     else:
         assert consented(snap, "user", "u_9", "chat", capture)
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1900, 1, 2),
+        max_value=datetime(2199, 12, 31),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-11))]),
+    )
+)
+def test_to_ns_is_pandas_nanoseconds_exactly(instant):
+    import pandas as pd
+
+    assert to_ns(instant) == pd.Timestamp(instant).as_unit("ns").value

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from consent_gate.artifacts import Meeting, Participant, read_transcript
 from consent_gate.speakers import attribute, normalise_name, read_cue_text, speakers_by_name
-from consent_gate.webvtt_reader import NotWebVTT, parse, parse_timing_line, timing_by_steps
+from consent_gate.webvtt_reader import NotWebVTT, _parse_text, parse, parse_timing_line, timing_by_steps
 from tests.builders import ARROWS, DAY, T0
 
 pytestmark = pytest.mark.unit
@@ -137,6 +137,22 @@ def test_the_fast_timing_reading_takes_the_common_shape():
     )
     assert parse_timing_line("00:00:01.0000 --> 00:00:02.000") == timing_by_steps("00:00:01.0000 --> 00:00:02.000")
     assert isinstance(parse_timing_line("00:00:01.0000 --> 00:00:02.000"), str)
+
+
+_LINES = st.sampled_from(
+    [
+        "00:00:01.000 --> 00:00:02.000", "00:01.000 --> 00:02.000 align:start", "00:00:01.0000 --> 00:00:02.000",
+        "x --> y", "-->", "", "", "", " ", "\t", "words", "<v Ann>hi</v>", "Ann: hi", "cue-7", "NOTE a note",
+        "NOTE", "STYLE", "REGION", "::cue { color: red }", "WEBVTT",
+    ]
+)  # fmt: skip
+
+
+@given(st.lists(_LINES, max_size=30), st.sampled_from(["", "\n", "\n\n", "\n\n\n"]))
+@settings(max_examples=2000, deadline=None)
+def test_the_common_cue_path_reads_every_file_as_the_specification_steps(lines, ending):
+    text = "WEBVTT\n\n" + "\n".join(lines) + ending
+    assert _parse_text(text) == _parse_text(text, common_cues=False)
 
 
 def test_cue_settings_are_ignored_and_spaces_around_the_arrow_are_optional():

@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -139,10 +139,15 @@ class ConsentSnapshot:
         return (at_capture == GRANT) & (at_as_of == GRANT), terms
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def to_ns(instant: datetime) -> int:
+    """Nanoseconds since the epoch, exactly (a datetime has whole microseconds); one call per artifact."""
     if instant.tzinfo is None:
         raise ValueError("naive datetime: every instant in consent-gate carries an offset")
-    return int(pd.Timestamp(instant).as_unit("ns").value)
+    return (instant - _EPOCH) // _MICROSECOND * 1000
 
 
 def _cell_timestamp(value: Any, field_name: str) -> datetime:

@@ -140,8 +140,8 @@ def published_rows(
             "artifact_id": a.artifact_id,
             "artifact_type": a.artifact_type,
             "meeting_key": keyer.meeting(a.meeting.meeting_id),
-            "user_keys": sorted({keyer.user(sid) for kind, sid in required_subjects(a) if kind == "user"}),
-            "account_keys": sorted({keyer.account(sid) for kind, sid in required_subjects(a) if kind == "account"}),
+            "user_keys": sorted({keyer.user(sid) for kind, sid in subjects if kind == "user"}),
+            "account_keys": sorted({keyer.account(sid) for kind, sid in subjects if kind == "account"}),
             "captured_at": a.captured_at,
             "text": a.text,
             "media_uri": a.media_uri,
@@ -151,6 +151,7 @@ def published_rows(
         }
         for a, d in zip(artifacts, decisions, strict=True)
         if d.eligible
+        for subjects in (required_subjects(a),)
     ]
     return pa.Table.from_pylist(rows, schema=CONTENT_SCHEMA)
 
