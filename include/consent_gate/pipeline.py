@@ -111,8 +111,10 @@ def _in_parallel(settings: RunSettings, stage: Stage, workers: int) -> None:
     raised by any of them is raised here, after every process has stopped."""
     from concurrent.futures import ProcessPoolExecutor
 
-    # spawn, not fork: a forked child would inherit the locks of this process's threads (DuckDB, fsspec).
-    context = multiprocessing.get_context("spawn")
+    # forkserver, not fork: a forked child would inherit the locks of this process's threads (DuckDB,
+    # fsspec); the server, single-threaded, imports the steps once and forks each worker ready to run.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["consent_gate.steps"])
     with ProcessPoolExecutor(max_workers=workers + 1, mp_context=context) as pool:
         try:
             telemetry = pool.submit(aggregate_day, settings, stage)
