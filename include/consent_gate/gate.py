@@ -134,26 +134,28 @@ def decide(artifacts: Sequence[Artifact], snapshot: ConsentSnapshot) -> list[Dec
 def published_rows(
     artifacts: Sequence[Artifact], decisions: Sequence[Decision], keyer: Keyer, as_of: datetime
 ) -> pa.Table:
-    """The content rows of the eligible artifacts: keyed hashes in place of every raw id."""
-    rows = [
-        {
-            "artifact_id": a.artifact_id,
-            "artifact_type": a.artifact_type,
-            "meeting_key": keyer.meeting(a.meeting.meeting_id),
-            "user_keys": sorted({keyer.user(sid) for kind, sid in subjects if kind == "user"}),
-            "account_keys": sorted({keyer.account(sid) for kind, sid in subjects if kind == "account"}),
-            "captured_at": a.captured_at,
-            "text": a.text,
-            "media_uri": a.media_uri,
-            "media_sha256": a.media_sha256,
-            "terms_versions": list(d.terms_versions),
-            "consent_as_of": as_of,
-        }
-        for a, d in zip(artifacts, decisions, strict=True)
-        if d.eligible
-        for subjects in (required_subjects(a),)
-    ]
-    return pa.Table.from_pylist(rows, schema=CONTENT_SCHEMA)
+    """The content rows of the eligible artifacts: keyed hashes in place of every raw id. Built as
+    columns: Arrow converts a list per column faster than a dict per row."""
+    eligible = [a for a, d in zip(artifacts, decisions, strict=True) if d.eligible]
+    user_keys, account_keys = [], []
+    for artifact in eligible:
+        subjects = required_subjects(artifact)
+        user_keys.append(sorted({keyer.user(sid) for kind, sid in subjects if kind == "user"}))
+        account_keys.append(sorted({keyer.account(sid) for kind, sid in subjects if kind == "account"}))
+    columns = {
+        "artifact_id": [a.artifact_id for a in eligible],
+        "artifact_type": [a.artifact_type for a in eligible],
+        "meeting_key": [keyer.meeting(a.meeting.meeting_id) for a in eligible],
+        "user_keys": user_keys,
+        "account_keys": account_keys,
+        "captured_at": [a.captured_at for a in eligible],
+        "text": [a.text for a in eligible],
+        "media_uri": [a.media_uri for a in eligible],
+        "media_sha256": [a.media_sha256 for a in eligible],
+        "terms_versions": [list(d.terms_versions) for d in decisions if d.eligible],
+        "consent_as_of": [as_of] * len(eligible),
+    }
+    return pa.table(columns, schema=CONTENT_SCHEMA)
 
 
 def excluded_rows(artifacts: Sequence[Artifact], decisions: Sequence[Decision]) -> pa.Table:
