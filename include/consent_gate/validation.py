@@ -43,8 +43,10 @@ from consent_gate.verify import verify_stage
 SUITES = ("content", "content_keys", "content_ids", "aggregates", "reconciliation")
 TEXT_TYPES = ("transcript_segment", "chat_message", "summary")
 ARTIFACT_TYPES = (*TEXT_TYPES, "recording")
-BATCH_ROWS = 25_000  # content rows per GX batch (wide rows: text); what bounds the suites' memory
-NARROW_BATCH_ROWS = 50_000  # rows per batch of the narrow frames: key counts, artifact ids
+# Content rows per GX batch (wide rows: text): what bounds the suites' memory. A checkpoint run costs
+# ~0.15 s however small its batch: 25k rows cost 0.4 s more at 10k meetings, for 45 MB less.
+BATCH_ROWS = 50_000
+NARROW_BATCH_ROWS = 100_000  # rows per batch of the narrow frames: key counts, artifact ids
 
 _HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
 
