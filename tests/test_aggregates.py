@@ -450,3 +450,23 @@ def test_a_broken_reconciliation_is_raised_not_published():
         aggregates._check_accounting(TelemetryCounts(telemetry_in=2, aggregated=1, lines_read=2), table)
     with pytest.raises(TelemetryAccountingError, match="lines_read"):
         aggregates._check_accounting(TelemetryCounts(telemetry_in=1, aggregated=1, lines_read=2), table)
+
+
+@given(
+    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+    last_lf=st.booleans(),
+    block=st.integers(1, 50),
+)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_telemetry_lines_are_numbered_across_decompressed_blocks(tmp_path_factory, lines, last_lf, block):
+    """Lines split from blocks of any size: each line once, numbered from 1, a last line without LF kept."""
+    from consent_gate.sources import LandingZone
+    from consent_gate.telemetry import _TelemetryFile
+
+    root = tmp_path_factory.mktemp("lines")
+    (root / "t.gz").write_bytes(gzip.compress(b"\n".join(lines) + (b"\n" if last_lf and lines else b"")))
+    source = _TelemetryFile(LandingZone(str(root)), "t.gz")
+    source._BLOCK_BYTES = block
+    expected = lines if (last_lf or not lines or lines[-1]) else lines[:-1]
+    assert list(source.lines()) == list(enumerate(expected, start=1))
+    assert source.error is None

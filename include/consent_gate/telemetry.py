@@ -166,12 +166,25 @@ class _TelemetryFile:
         with self.zone.open_binary(self.relative) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as handle:
             yield handle
 
+    # Decompressed a block at a time and split at C speed: GzipFile's own line iteration is Python code
+    # per line. A block small enough that a broken stream loses few of the lines before the break.
+    _BLOCK_BYTES = 64 << 10
+
     def lines(self) -> Iterator[tuple[int, bytes]]:
+        """(line number, line without its LF) for every line of the file, blank ones included."""
         number = 0
         try:
             with self._open() as handle:
-                for number, line in enumerate(handle, start=1):
-                    yield number, line
+                rest = b""
+                while block := handle.read(self._BLOCK_BYTES):
+                    lines = (rest + block).split(b"\n")
+                    rest = lines.pop()  # the block's last line may go on in the next block
+                    for line in lines:
+                        number += 1
+                        yield number, line
+                if rest:  # a last line without its LF
+                    number += 1
+                    yield number, rest
         except _READ_ERRORS as error:
             # The exception text can quote bytes of the file (gzip's "Not a gzipped file (b'..')"),
             # so only its type is kept.
