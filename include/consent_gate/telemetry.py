@@ -175,16 +175,20 @@ class _TelemetryFile:
         number = 0
         try:
             with self._open() as handle:
-                rest = b""
+                unfinished: list[bytes] = []  # the pieces of a line that goes on in the next block
                 while block := handle.read(self._BLOCK_BYTES):
-                    lines = (rest + block).split(b"\n")
-                    rest = lines.pop()  # the block's last line may go on in the next block
+                    if b"\n" not in block:  # joined once the line ends: a huge line costs linear time
+                        unfinished.append(block)
+                        continue
+                    lines = block.split(b"\n")
+                    lines[0] = b"".join([*unfinished, lines[0]])
+                    unfinished = [lines.pop()]
                     for line in lines:
                         number += 1
                         yield number, line
-                if rest:  # a last line without its LF
+                if last := b"".join(unfinished):  # a last line without its LF
                     number += 1
-                    yield number, rest
+                    yield number, last
         except _READ_ERRORS as error:
             # The exception text can quote bytes of the file (gzip's "Not a gzipped file (b'..')"),
             # so only its type is kept.
