@@ -155,6 +155,15 @@ def test_the_common_cue_path_reads_every_file_as_the_specification_steps(lines, 
     assert _parse_text(text) == _parse_text(text, common_cues=False)
 
 
+def test_timing_lines_without_empty_lines_between_are_each_a_cue():
+    # Each starts a block of its own (§ step 4.2). A file of them once made every cue look ahead to the
+    # end of the file: quadratic, 20,000 took 16 s (now 0.2 s).
+    n = 20_000
+    text = "WEBVTT\n\n" + "00:00:01.000 --> 00:00:02.000\n" * n + "\nwords\n"
+    assert cues_of(text) == [(1000, "")] * n
+    assert dropped_lines(text) == [n + 4]
+
+
 def test_cue_settings_are_ignored_and_spaces_around_the_arrow_are_optional():
     text = (
         "WEBVTT\n\n00:01.000 --> 00:02.000 align:start position:0% line:-1 junk\na\n\n"

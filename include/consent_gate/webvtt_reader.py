@@ -160,28 +160,36 @@ def _common_cue(source: _Input) -> Cue | None:
     timing line that parses, then text lines without `-->`, ended by an empty line. The step-by-step
     reading gives exactly this cue for such a block and leaves the position at the same empty line
     (see `_collect_block`: steps 4.1, 6 and 5). Anything else (a comment, a bad timing, an arrow in the
-    text, the file's last block) returns None with the position unchanged, for `_collect_block`."""
+    text, the file's last block) returns None with the position unchanged, for `_collect_block`.
+
+    Read a line at a time and given up at the first line that rules the block out: `_collect_block`
+    may end a block at an arrow line and start the next one there, so a look ahead to the block's end
+    could read the same lines again for every timing line of a file without empty lines (quadratic)."""
     text, start = source.text, source.position
-    end = text.find("\n\n", start)
-    if end < 0:
-        return None
-    lines = text[start:end].split("\n")
-    if "-->" in lines[0]:
-        timing_at = 0
-    elif len(lines) > 1 and "-->" in lines[1]:
-        timing_at = 1
-    else:
-        return None
-    words = lines[timing_at + 1 :]
-    if any("-->" in line for line in words):
+    lines: list[str] = []
+    timing_at: int | None = None
+    at = start
+    while (end := text.find("\n", at)) != at:  # until the empty line that ends the block
+        if end < 0:
+            return None  # the file's last block: `_collect_block` reads up to its end
+        line = text[at:end]
+        if "-->" in line:
+            if timing_at is not None:
+                return None  # a second arrow line: it starts a block of its own
+            timing_at = len(lines)
+        elif timing_at is None and lines:
+            return None  # neither of the first two lines has an arrow: no cue
+        lines.append(line)
+        at = end + 1
+    if timing_at is None:
         return None
     timing = parse_timing_line(lines[timing_at])
     if isinstance(timing, str):
         return None
     timing_start = start + len(lines[0]) + 1 if timing_at else start
     identifier = lines[0] if timing_at else ""
-    source.position = end
-    return Cue(source.line_number(timing_start), identifier, timing[0], timing[1], "\n".join(words))
+    source.position = at
+    return Cue(source.line_number(timing_start), identifier, timing[0], timing[1], "\n".join(lines[timing_at + 1 :]))
 
 
 def _collect_block(source: _Input, *, in_header: bool) -> Cue | DroppedBlock | None:
