@@ -136,24 +136,24 @@ def published_rows(
 ) -> pa.Table:
     """The content rows of the eligible artifacts: keyed hashes in place of every raw id. Built as
     columns: Arrow converts a list per column faster than a dict per row."""
-    eligible = [a for a, d in zip(artifacts, decisions, strict=True) if d.eligible]
+    chosen = [(a, d) for a, d in zip(artifacts, decisions, strict=True) if d.eligible]
     user_keys, account_keys = [], []
-    for artifact in eligible:
+    for artifact, _ in chosen:
         subjects = required_subjects(artifact)
         user_keys.append(sorted({keyer.user(sid) for kind, sid in subjects if kind == "user"}))
         account_keys.append(sorted({keyer.account(sid) for kind, sid in subjects if kind == "account"}))
     columns = {
-        "artifact_id": [a.artifact_id for a in eligible],
-        "artifact_type": [a.artifact_type for a in eligible],
-        "meeting_key": [keyer.meeting(a.meeting.meeting_id) for a in eligible],
+        "artifact_id": [a.artifact_id for a, _ in chosen],
+        "artifact_type": [a.artifact_type for a, _ in chosen],
+        "meeting_key": [keyer.meeting(a.meeting.meeting_id) for a, _ in chosen],
         "user_keys": user_keys,
         "account_keys": account_keys,
-        "captured_at": [a.captured_at for a in eligible],
-        "text": [a.text for a in eligible],
-        "media_uri": [a.media_uri for a in eligible],
-        "media_sha256": [a.media_sha256 for a in eligible],
-        "terms_versions": [list(d.terms_versions) for d in decisions if d.eligible],
-        "consent_as_of": [as_of] * len(eligible),
+        "captured_at": [a.captured_at for a, _ in chosen],
+        "text": [a.text for a, _ in chosen],
+        "media_uri": [a.media_uri for a, _ in chosen],
+        "media_sha256": [a.media_sha256 for a, _ in chosen],
+        "terms_versions": [list(d.terms_versions) for _, d in chosen],
+        "consent_as_of": [as_of] * len(chosen),
     }
     return pa.table(columns, schema=CONTENT_SCHEMA)
 

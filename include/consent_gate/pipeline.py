@@ -25,8 +25,8 @@ from consent_gate.publication import publish_stage, record_failed_attempt
 from consent_gate.steps import Progress, aggregate_day, gate_content, snapshot_consent
 from consent_gate.validation import import_great_expectations, validate_stage
 
-# A worker process costs ~2 s of start-up (a fresh interpreter importing pyarrow, DuckDB and the gate),
-# about what gating 1,000 meetings does: a smaller share of the day is faster in this process.
+# Worker processes cost ~1-2 s of start-up (the forkserver importing pyarrow, DuckDB and the gate, then
+# a fork each), about what gating 1,000 meetings does: a smaller day is faster in this process.
 MEETINGS_PER_WORKER = 1000
 
 
