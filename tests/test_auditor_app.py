@@ -422,6 +422,19 @@ def test_no_response_holds_content_or_raw_ids(server, evidence):
 # --- a real browser, through Airflow's own login --------------------------------------------------
 
 
+class ProtocolError(AssertionError):
+    """A DevTools command the browser answered with an error."""
+
+    # What Chromium answers when the page navigates while a script is evaluated in it: the script's
+    # document is gone, so the question is asked again of the next one.
+    NAVIGATING = ("Inspected target navigated or closed", "Execution context was destroyed",
+                  "Cannot find context with specified id")  # fmt: skip
+
+    def __init__(self, method: str, error: dict[str, Any]) -> None:
+        super().__init__(f"{method}: {error}")
+        self.navigating = any(m in str(error.get("message", "")) for m in self.NAVIGATING)
+
+
 class Browser:
     """Headless Chromium driven over the DevTools protocol (one page)."""
 
@@ -436,17 +449,30 @@ class Browser:
             message = json.loads(await self.socket.recv())
             if message.get("id") == number:
                 if "error" in message:
-                    raise AssertionError(f"{method}: {message['error']}")
+                    raise ProtocolError(method, message["error"])
                 return message["result"]
 
     async def evaluate(self, expression: str) -> Any:
         result = await self.command("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         return result["result"].get("value")
 
+    async def act(self, expression: str) -> None:
+        """Evaluate a script that may navigate away (a click): its effect is what `until` waits for next."""
+        try:
+            await self.evaluate(expression)
+        except ProtocolError as error:
+            if not error.navigating:
+                raise
+
     async def until(self, what: str, expression: str, timeout: float = 60) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = await self.evaluate(expression)
+            try:
+                value = await self.evaluate(expression)
+            except ProtocolError as error:  # the page navigated while it was asked (a redirect to the login)
+                if not error.navigating:
+                    raise
+                value = None
             if value:
                 return value
             await asyncio.sleep(0.5)
@@ -461,7 +487,7 @@ class Browser:
             f"Array.from(document.querySelectorAll('a,button')).find(e => e.innerText.trim() === {json.dumps(text)})"
         )
         await self.until(f"'{text}' on the page", f"!!{found}")
-        await self.evaluate(f"{found}.click()")
+        await self.act(f"{found}.click()")
 
     async def screenshot(self, path: Path) -> None:
         shot = await self.command("Page.captureScreenshot", format="png")
@@ -516,7 +542,7 @@ def test_an_auditor_logs_in_through_the_ui_and_finds_the_reports(server, evidenc
             await browser.screenshot(tmp_path / "1-login.png")
             await browser.type_into("input[name=username]", "auditor")
             await browser.type_into("input[name=password]", server.passwords["auditor"])
-            await browser.evaluate("document.querySelector('button[type=submit]').click()")
+            await browser.act("document.querySelector('button[type=submit]').click()")
             await browser.until("the home page", "!location.pathname.startsWith('/auth')")
 
             await browser.click_text("Consent audit")
