@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import random
+import unicodedata
 from datetime import timedelta
 
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consent_gate.artifacts import Meeting, Participant, read_transcript
-from consent_gate.speakers import attribute, normalise_name, read_cue_text, speakers_by_name
+from consent_gate.speakers import attribute, normalise_name, read_cue_text, read_tagged_cue_text, speakers_by_name
 from consent_gate.webvtt_reader import NotWebVTT, _parse_text, parse, parse_timing_line, timing_by_steps
 from tests.builders import ARROWS, DAY, T0
 
@@ -241,6 +242,22 @@ def test_tags_are_removed_and_character_references_decoded_after_splitting_tags(
     assert cue.lines == ("Tom & Jerry <v Bob> été",) and cue.voices == ()
     assert read_cue_text("<v.loud Tom &amp; Jerry>hi</v>").voices == (TOM,)
     assert read_cue_text("unclosed <b tag").lines == ("unclosed ",)
+
+
+# Text that may or may not hold tags, references, decomposed accents and odd whitespace.
+_CUE_TEXT = st.lists(
+    st.sampled_from([*"<>&;/.v Aa1:\t\n\x0c", "&amp;", "&lt", "&#38;", "<v A>", "</v>", "e\u0301", "\u00e9", "\u3000"])
+).map("".join)
+
+
+@given(_CUE_TEXT | st.text(max_size=30))
+def test_cue_text_without_tags_or_references_reads_as_by_the_steps(raw):
+    assert read_cue_text(raw) == read_tagged_cue_text(raw)
+
+
+@given(_CUE_TEXT | st.text(max_size=30))
+def test_names_are_normalised_as_nfc_with_whitespace_collapsed(name):
+    assert normalise_name(name) == " ".join(unicodedata.normalize("NFC", name).split())
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,9 @@ P = TypeVar("P")
 
 def normalise_name(name: str) -> str:
     """SPEC §2.1: Unicode NFC and runs of whitespace collapsed; never case-folded or fuzzy."""
-    return " ".join(unicodedata.normalize("NFC", name).split())
+    if not name.isascii():  # ASCII text is its own NFC form (most names and lines: skip the lookup)
+        name = unicodedata.normalize("NFC", name)
+    return " ".join(name.split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,13 @@ class Attribution(Generic[P]):
 
 def read_cue_text(raw: str) -> CueText:
     """§ cue text parsing rules, for attribution: text runs and `v` start tags; other tags dropped."""
+    if "<" not in raw and "&" not in raw:  # no tag, no character reference: the text is its own reading
+        return CueText(tuple(raw.split("\n")), ())
+    return read_tagged_cue_text(raw)
+
+
+def read_tagged_cue_text(raw: str) -> CueText:
+    """`read_cue_text` by the rules' steps, whatever the text holds."""
     parts: list[str] = []
     voices: list[str] = []
     position = 0
