@@ -23,7 +23,7 @@ from consent_gate.errors import AttemptNotRecorded, GateCheckFailed
 from consent_gate.layout import Stage, manifest_path
 from consent_gate.publication import publish_stage, record_failed_attempt
 from consent_gate.steps import Progress, aggregate_day, gate_content, snapshot_consent
-from consent_gate.validation import import_great_expectations, validate_stage
+from consent_gate.validation import import_great_expectations, validate_stage, verification_subjects
 
 # Worker processes cost ~1-2 s of start-up (the forkserver importing pyarrow, DuckDB and the gate, then
 # a fork each), about what gating 1,000 meetings does: a smaller day is faster in this process.
@@ -62,6 +62,10 @@ def run_day(
         say(f"step {name}: {time.monotonic() - started:.1f} s")
         return result
 
+    if workers is None:
+        workers = _workers_for_day(settings, day)
+    if workers > 1:  # the worker processes' server imports the steps while this process snapshots consent
+        _start_worker_server()
     stage = timed(
         "snapshot_consent",
         lambda: snapshot_consent(
@@ -69,16 +73,15 @@ def run_day(
         ),
     )
     try:
-        if workers is None:
-            workers = workers_for(len(settings.zone().meeting_folders(day)), usable_cpus())
+        subject_ids: set[str] | None = None  # the re-verification's, read by validate_stage unless read here
         if workers == 1:
             timed("gate_content", lambda: gate_content(settings, stage, progress=progress))
             timed("aggregate_telemetry", lambda: aggregate_day(settings, stage))
         else:
-            timed(
+            subject_ids = timed(
                 f"gate_content ({workers} shards) + aggregate_telemetry", lambda: _in_parallel(settings, stage, workers)
             )
-        checks = timed("validate", lambda: validate_stage(settings, stage))
+        checks = timed("validate", lambda: validate_stage(settings, stage, subject_ids))
         if not all(c.passed for c in checks):
             failed = ", ".join(c.name for c in checks if not c.passed)
             raise GateCheckFailed(f"checks failed: {failed}")
@@ -97,6 +100,16 @@ def workers_for(meetings: int, cpus: int) -> int:
     return max(1, min(cpus, meetings // MEETINGS_PER_WORKER))
 
 
+def _workers_for_day(settings: RunSettings, day: date) -> int:
+    """`workers_for` the day's meetings on this machine; 1 when the day cannot be listed (the snapshot
+    step, which runs next, refuses such a day with the reason)."""
+    try:
+        meetings = len(settings.zone().meeting_folders(day))
+    except Exception:  # noqa: BLE001 (whatever the listing raises, the snapshot step reports it)
+        return 1
+    return workers_for(meetings, usable_cpus())
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (a container's or taskset's limit, not the host's count)."""
     try:
@@ -105,23 +118,39 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _in_parallel(settings: RunSettings, stage: Stage, workers: int) -> None:
+def _in_parallel(settings: RunSettings, stage: Stage, workers: int) -> set[str] | None:
     """Gate `workers` shards and aggregate the telemetry in worker processes, while this one imports
-    Great Expectations for the checks that follow (~3 s otherwise spent after them); the first error
-    raised by any of them is raised here, after every process has stopped."""
+    Great Expectations and reads the re-verification's subjects for the checks that follow (~3 s
+    otherwise spent after them), which it returns (None if they could not be read: the check reads them
+    again, and fails closed). The first error raised by a worker is raised here, after every process
+    has stopped."""
     from concurrent.futures import ProcessPoolExecutor
 
-    # forkserver, not fork: a forked child would inherit the locks of this process's threads (DuckDB,
-    # fsspec); the server, single-threaded, imports the steps once and forks each worker ready to run.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["consent_gate.steps"])
-    with ProcessPoolExecutor(max_workers=workers + 1, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers + 1, mp_context=_start_worker_server()) as pool:
         try:
             telemetry = pool.submit(aggregate_day, settings, stage)
             shards = [pool.submit(gate_content, settings, stage, shard=s, shards=workers) for s in range(workers)]
             import_great_expectations()
+            try:
+                subject_ids: set[str] | None = verification_subjects(settings, stage.day)
+            except Exception:  # noqa: BLE001 (validate_stage reads them again and reports the failure)
+                subject_ids = None
             for done in (telemetry, *shards):
                 done.result()
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
+    return subject_ids
+
+
+def _start_worker_server() -> Any:
+    """The context worker processes are started in, its server started now (it runs until this process
+    ends; a second call finds it running). forkserver, not fork: a forked child would inherit the locks
+    of this process's threads (DuckDB, fsspec); the server, a fresh single-threaded interpreter, imports
+    the steps once (~0.7 s, in its own process) and forks each worker ready to run."""
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["consent_gate.steps"])
+    forkserver.ensure_running()
+    return context

@@ -392,10 +392,22 @@ def run_suites(
 # --- reports --------------------------------------------------------------------------------------
 
 
+def verification_subjects(settings: RunSettings, day: date) -> set[str]:
+    """The subject ids the day's meetings name, read from the landing zone itself (not from the gate's
+    output): what the independent re-verification asks the store about."""
+    zone = settings.zone()
+    return {key.split("\x1f", 1)[1] for key in day_subjects(zone, zone.meeting_folders(day))}
+
+
 def evidence_checks(
-    settings: RunSettings, stage: Stage, counts: dict[str, Any] | None = None, ledger: Ledger | None = None
+    settings: RunSettings,
+    stage: Stage,
+    counts: dict[str, Any] | None = None,
+    ledger: Ledger | None = None,
+    subject_ids: set[str] | None = None,
 ) -> list[CheckResult]:
     """The GX suites and the independent re-verification, as checks; an error in either fails closed.
+    `subject_ids`: `verification_subjects` of the day, when the caller read them already.
 
     Their reports go to the stage's `audit/` folder, so publication puts them under `_audit/dt=D/`.
     """
@@ -409,8 +421,8 @@ def evidence_checks(
     except Exception as error:  # noqa: BLE001  (any failure to validate is a failed check, named by type only)
         checks.append(CheckResult("gx_suites", False, f"validation could not run: {type(error).__name__}"))
     try:
-        zone = settings.zone()  # the subjects the day's meetings name, read from the landing zone itself
-        subject_ids = {key.split("\x1f", 1)[1] for key in day_subjects(zone, zone.meeting_folders(stage.day))}
+        if subject_ids is None:
+            subject_ids = verification_subjects(settings, stage.day)
         verification = verify_stage(store, stage.root, settings.consent_db, settings.secret, subject_ids)
         store.write_json(stage / "audit/validation/independent_verification.json", asdict(verification))
         checks.append(CheckResult("independent_verification", verification.passed, verification.detail()))
@@ -419,10 +431,12 @@ def evidence_checks(
     return checks
 
 
-def validate_stage(settings: RunSettings, stage: Stage) -> list[CheckResult]:
-    """Every check the stage must pass before publication; the results go to the stage."""
+def validate_stage(settings: RunSettings, stage: Stage, subject_ids: set[str] | None = None) -> list[CheckResult]:
+    """Every check the stage must pass before publication; the results go to the stage. `subject_ids`:
+    `verification_subjects` of the day, when the caller read them already (while workers gated)."""
     counts, ledger = staged_counts(settings, stage), stage_ledger(settings.store(), stage.root)  # counted once
     checks = reconciliation_checks(settings, stage, counts, ledger)
-    checks += evidence_checks(settings, stage, counts, ledger)  # GX suites + re-verification, reports in audit/
+    # GX suites + re-verification, reports in audit/
+    checks += evidence_checks(settings, stage, counts, ledger, subject_ids)
     settings.store().write_json(stage / CHECKS_REPORT, [asdict(c) for c in checks])
     return checks
