@@ -135,3 +135,21 @@ def test_files_lists_exactly_the_published_version_from_its_manifest(cli_world, 
     assert all("/aggregates/dt=2026-11-02/" in line for line in capsys.readouterr().out.split())
     assert main(["files", "--date", "2026-11-09", *out]) == 2
     assert "not published" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["installed command", "python -m"])
+def test_the_command_exits_with_the_status_and_output_of_main(cli_world, tmp_path, how):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, args = cli_world
+    out = args[args.index("--out") + 1]
+    start = [str(Path(sys.executable).with_name("consent-gate"))] if how == "installed command" else [
+        sys.executable, "-m", "consent_gate.cli"]  # fmt: skip
+    listed = subprocess.run([*start, "files", "--date", "2026-11-02", "--out", out], capture_output=True, text=True)
+    assert listed.returncode == 0 and "content/dt=2026-11-02/part-0000.parquet" in listed.stdout, listed.stderr
+    missing = subprocess.run(
+        [*start, "files", "--date", "2026-11-02", "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "is not published" in missing.stderr and not missing.stdout

@@ -8,6 +8,7 @@ landing zone (`var/raw`), the SQLite consent store (`var/consent.db`), the HMAC 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -300,5 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def command() -> None:
+    """The `consent-gate` command: `main`, then exit. The objects left (Great Expectations alone makes
+    millions) are moved out of the garbage collector's reach first: the interpreter's last collections
+    over them took ~0.7 s of every run's exit, after the work was done and its files closed."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()
