@@ -99,15 +99,22 @@ def decide(artifacts: Sequence[Artifact], snapshot: ConsentSnapshot) -> list[Dec
     is_account: list[bool] = []
     content_types: list[str] = []
     captured: list[int] = []
+    # A meeting's artifacts need the consent of the same few participants: their subject keys are made
+    # once per (meeting, participants) of the batch. Keyed by identity: the batch holds these objects.
+    keys_of: dict[tuple[int, ...], list[tuple[str, bool]]] = {}
     for index, artifact in enumerate(artifacts):
         if reasons[index] is not None:
             continue
-        captured_ns = to_ns(artifact.captured_at)
-        for subject_type, subject_id in required_subjects(artifact):
+        who = (id(artifact.meeting), *map(id, artifact.required_participants))
+        keys = keys_of.get(who)
+        if keys is None:
+            keys = keys_of[who] = [(subject_key(t, i), t == "account") for t, i in required_subjects(artifact)]
+        captured_ns, content_type = to_ns(artifact.captured_at), artifact.content_type
+        for key, account in keys:
             owner.append(index)
-            subjects.append(subject_key(subject_type, subject_id))
-            is_account.append(subject_type == "account")
-            content_types.append(artifact.content_type)
+            subjects.append(key)
+            is_account.append(account)
+            content_types.append(content_type)
             captured.append(captured_ns)
     owners = np.array(owner, dtype=np.int64)
     ok, terms = snapshot.consented(subjects, content_types, np.array(captured, dtype=np.int64))
@@ -120,14 +127,21 @@ def decide(artifacts: Sequence[Artifact], snapshot: ConsentSnapshot) -> list[Dec
     for index, version in zip(owner, terms, strict=True):
         if version is not None:
             terms_of.setdefault(index, set()).add(version)
+    # Decisions are immutable and few distinct: each made once and shared.
+    made: dict[tuple[str | None, tuple[str, ...]], Decision] = {}
     decisions = []
-    for index, reason in enumerate(reasons):
-        if reason is None and account_refused[index]:
+    for index, (reason, account_no, user_no) in enumerate(
+        zip(reasons, account_refused.tolist(), user_refused.tolist(), strict=True)
+    ):
+        if reason is None and account_no:
             reason = "account_not_consented"
-        elif reason is None and user_refused[index]:
+        elif reason is None and user_no:
             reason = "user_not_consented"
         versions = tuple(sorted(terms_of.get(index, ()))) if reason is None else ()
-        decisions.append(Decision(reason, versions))
+        decision = made.get((reason, versions))
+        if decision is None:
+            decision = made[reason, versions] = Decision(reason, versions)
+        decisions.append(decision)
     return decisions
 
 
