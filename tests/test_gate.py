@@ -93,6 +93,8 @@ def test_keys_differ_by_kind_and_secret():
 
 PEOPLE = [ADA, BOB, Participant("p4", "u_4", "acct_1", "Cy"), GUEST]
 SUBJECT_IDS = ["acct_1", "acct_2", "u_1", "u_2", "u_4"]
+# The same participants in a meeting of another account: a batch mixes meetings.
+OTHER_ACCOUNTS_MEETING = Meeting("m_2", "acct_2", T0, MEETING.participants)
 hours = st.integers(min_value=-4, max_value=4)
 
 
@@ -115,11 +117,12 @@ def worlds(draw):
             people = tuple(draw(st.lists(st.sampled_from(PEOPLE), min_size=1, max_size=3, unique=True)))
         else:
             people = (draw(st.sampled_from(PEOPLE)),)
+        meeting = draw(st.sampled_from([MEETING, OTHER_ACCOUNTS_MEETING]))
         artifacts.append(
             Artifact(
-                f"m_1/{kind}/{n}",
+                f"{meeting.meeting_id}/{kind}/{n}",
                 kind,
-                MEETING,
+                meeting,
                 at(draw(hours) * 60 + 1),
                 people,
                 "u",
