@@ -72,9 +72,6 @@ def case_gate(data: Path, out: Path, workers: int | None) -> dict[str, Any]:
     from consent_gate.config import utc_now
     from consent_gate.pipeline import run_day
     from consent_gate.records import parse_timestamp
-    from consent_gate.steps import settle_one_step_process
-
-    settle_one_step_process()  # as the consent-gate command does
 
     settings, as_of = _settings(data, out), parse_timestamp(AS_OF, "as_of")
     outcome = run_day(settings, DAY, as_of, run_id="bench", clock=utc_now, workers=workers)

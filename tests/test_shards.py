@@ -157,3 +157,23 @@ def test_a_worker_process_that_fails_fails_the_run_closed(sample_dir, tmp_path, 
     (attempt,) = (out / f"_audit/dt={DAY}/attempts").glob("*.json")
     record = json.loads(attempt.read_text())
     assert record["status"] == "failed" and record["failure"].startswith("FileNotFoundError")
+
+
+def test_a_step_collects_garbage_rarely_and_restores_the_collector_after_it():
+    import gc
+
+    from consent_gate.steps import rare_collections
+
+    before = gc.get_threshold()
+    with rare_collections():
+        assert gc.get_threshold() == (50_000, 20, 100)
+    assert gc.get_threshold() == before
+
+    @rare_collections()
+    def failing() -> None:
+        assert gc.get_threshold() == (50_000, 20, 100)
+        raise ValueError("the step failed")
+
+    with pytest.raises(ValueError, match="the step failed"):
+        failing()
+    assert gc.get_threshold() == before

@@ -21,7 +21,6 @@ from consent_gate.keys import MissingSecretError, create_secret_file, load_secre
 from consent_gate.layout import attempts_folder, audit_day, content_day
 from consent_gate.pipeline import run_day
 from consent_gate.records import MalformedRecord, parse_timestamp
-from consent_gate.steps import settle_one_step_process
 
 
 def _defaults() -> dict[str, str]:
@@ -303,11 +302,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def command() -> None:
-    """The `consent-gate` command: `main` in a process settled for one step (`settle_one_step_process`:
-    importing Great Expectations alone took 3.0 s, then 2.55 s), then exit. The objects left are moved
-    out of the garbage collector's reach first: the interpreter's last collections over them took
-    ~0.7 s of every run's exit, after the work was done and its files closed."""
-    settle_one_step_process()
+    """The `consent-gate` command: `main`, then exit. The objects left (Great Expectations alone makes
+    millions) are moved out of the garbage collector's reach first: the interpreter's last collections
+    over them took ~0.7 s of every run's exit, after the work was done and its files closed."""
     code = main()
     gc.freeze()
     sys.exit(code)

@@ -22,7 +22,7 @@ from consent_gate.config import Clock, RunSettings
 from consent_gate.errors import AttemptNotRecorded, GateCheckFailed
 from consent_gate.layout import Stage, manifest_path
 from consent_gate.publication import publish_stage, record_failed_attempt
-from consent_gate.steps import Progress, aggregate_day, gate_content, settle_one_step_process, snapshot_consent
+from consent_gate.steps import Progress, aggregate_day, gate_content, snapshot_consent
 from consent_gate.validation import import_great_expectations, validate_stage, verification_subjects
 
 # Worker processes cost ~1-2 s of start-up (the forkserver importing pyarrow, DuckDB and the gate, then
@@ -126,9 +126,7 @@ def _in_parallel(settings: RunSettings, stage: Stage, workers: int) -> set[str] 
     has stopped."""
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(
-        max_workers=workers + 1, mp_context=_start_worker_server(), initializer=settle_one_step_process
-    ) as pool:
+    with ProcessPoolExecutor(max_workers=workers + 1, mp_context=_start_worker_server()) as pool:
         try:
             telemetry = pool.submit(aggregate_day, settings, stage)
             shards = [pool.submit(gate_content, settings, stage, shard=s, shards=workers) for s in range(workers)]

@@ -36,7 +36,7 @@ from consent_gate.gate import CONTENT_SCHEMA
 from consent_gate.gx_reports import RESULT_FORMAT, SuiteOutcome, check_details, sanitized_result, write_reports
 from consent_gate.layout import CHECKS_REPORT, Stage
 from consent_gate.publish import OutputStore
-from consent_gate.steps import day_subjects
+from consent_gate.steps import day_subjects, rare_collections
 from consent_gate.telemetry import GROUP_FIELDS
 from consent_gate.verify import verify_stage
 
@@ -267,6 +267,7 @@ def reconciliation_frame(ledger: Ledger, counts: dict[str, Any]) -> Any:
 # --- running them ---------------------------------------------------------------------------------
 
 
+@rare_collections()
 def import_great_expectations() -> None:
     """Import Great Expectations (~3 s, mostly its expectation classes and SciPy), e.g. ahead of time
     while other processes gate the day; later imports are free."""
@@ -432,6 +433,7 @@ def evidence_checks(
     return checks
 
 
+@rare_collections()
 def validate_stage(settings: RunSettings, stage: Stage, subject_ids: set[str] | None = None) -> list[CheckResult]:
     """Every check the stage must pass before publication; the results go to the stage. `subject_ids`:
     `verification_subjects` of the day, when the caller read them already (while workers gated)."""
