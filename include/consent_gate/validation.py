@@ -433,7 +433,6 @@ def evidence_checks(
     return checks
 
 
-@rare_collections()
 def validate_stage(settings: RunSettings, stage: Stage, subject_ids: set[str] | None = None) -> list[CheckResult]:
     """Every check the stage must pass before publication; the results go to the stage. `subject_ids`:
     `verification_subjects` of the day, when the caller read them already (while workers gated)."""
