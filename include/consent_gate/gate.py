@@ -91,6 +91,13 @@ def structural_reason(artifact: Artifact) -> str | None:
     return None
 
 
+def _whose_consent(artifact: Artifact) -> tuple[int, ...]:
+    """The artifact's meeting and required participants, by identity: a meeting's artifacts need the
+    consent of the same few participants, so what derives from them is made once per batch (which
+    holds these objects, so no identity is reused while it runs)."""
+    return (id(artifact.meeting), *map(id, artifact.required_participants))
+
+
 def decide(artifacts: Sequence[Artifact], snapshot: ConsentSnapshot) -> list[Decision]:
     """A decision per artifact, in order."""
     reasons: list[str | None] = [structural_reason(a) for a in artifacts]
@@ -99,13 +106,11 @@ def decide(artifacts: Sequence[Artifact], snapshot: ConsentSnapshot) -> list[Dec
     is_account: list[bool] = []
     content_types: list[str] = []
     captured: list[int] = []
-    # A meeting's artifacts need the consent of the same few participants: their subject keys are made
-    # once per (meeting, participants) of the batch. Keyed by identity: the batch holds these objects.
-    keys_of: dict[tuple[int, ...], list[tuple[str, bool]]] = {}
+    keys_of: dict[tuple[int, ...], list[tuple[str, bool]]] = {}  # by _whose_consent
     for index, artifact in enumerate(artifacts):
         if reasons[index] is not None:
             continue
-        who = (id(artifact.meeting), *map(id, artifact.required_participants))
+        who = _whose_consent(artifact)
         keys = keys_of.get(who)
         if keys is None:
             keys = keys_of[who] = [(subject_key(t, i), t == "account") for t, i in required_subjects(artifact)]
@@ -152,10 +157,18 @@ def published_rows(
     columns: Arrow converts a list per column faster than a dict per row."""
     chosen = [(a, d) for a, d in zip(artifacts, decisions, strict=True) if d.eligible]
     user_keys, account_keys = [], []
+    keys_of: dict[tuple[int, ...], tuple[list[str], list[str]]] = {}  # by _whose_consent
     for artifact, _ in chosen:
-        subjects = required_subjects(artifact)
-        user_keys.append(sorted({keyer.user(sid) for kind, sid in subjects if kind == "user"}))
-        account_keys.append(sorted({keyer.account(sid) for kind, sid in subjects if kind == "account"}))
+        who = _whose_consent(artifact)
+        keys = keys_of.get(who)
+        if keys is None:
+            subjects = required_subjects(artifact)
+            keys = keys_of[who] = (
+                sorted({keyer.user(sid) for kind, sid in subjects if kind == "user"}),
+                sorted({keyer.account(sid) for kind, sid in subjects if kind == "account"}),
+            )
+        user_keys.append(keys[0])
+        account_keys.append(keys[1])
     columns = {
         "artifact_id": [a.artifact_id for a, _ in chosen],
         "artifact_type": [a.artifact_type for a, _ in chosen],
