@@ -456,10 +456,12 @@ def test_a_broken_reconciliation_is_raised_not_published():
     lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=30),
     last_lf=st.booleans(),
     block=st.integers(1, 50),
+    batch=st.integers(1, 8),
 )
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_telemetry_lines_are_numbered_across_decompressed_blocks(tmp_path_factory, lines, last_lf, block):
-    """Lines split from blocks of any size: each line once, numbered from 1, a last line without LF kept."""
+def test_telemetry_lines_are_numbered_across_decompressed_blocks(tmp_path_factory, lines, last_lf, block, batch):
+    """Lines split from blocks of any size and handed on in batches of any size: each line once, in
+    order, numbered from 1, a last line without LF kept."""
     from consent_gate.sources import LandingZone
     from consent_gate.telemetry import _TelemetryFile
 
@@ -467,6 +469,46 @@ def test_telemetry_lines_are_numbered_across_decompressed_blocks(tmp_path_factor
     (root / "t.gz").write_bytes(gzip.compress(b"\n".join(lines) + (b"\n" if last_lf and lines else b"")))
     source = _TelemetryFile(LandingZone(str(root)), "t.gz")
     source._BLOCK_BYTES = block
+    source._BATCH_LINES = batch
     expected = lines if (last_lf or not lines or lines[-1]) else lines[:-1]
-    assert list(source.lines()) == list(enumerate(expected, start=1))
+    batches = list(source.batches())
+    assert [(n, line) for first, run in batches for n, line in enumerate(run, first)] == list(
+        enumerate(expected, start=1)
+    )
+    assert all(len(run) >= batch for _, run in batches[:-1])
     assert source.error is None
+
+
+# --- repeated deliveries ------------------------------------------------------------------------
+
+CHANGES = [
+    # (case, how the second delivery differs from the first)
+    ("duration_added", {"duration_ms": 5}),
+    ("duration_null", {"duration_ms": None}),
+    ("user_id_absent", {"user_id": ABSENT}),
+    ("user_id_other", {"user_id": "u_2"}),
+    ("platform_null", {"platform": None}),
+    ("region_other", {"region": "us"}),
+    ("client_version_absent", {"client_version": ABSENT}),
+    ("event_type_other", {"event_type": "leave"}),
+    ("ts_other", {"ts": "2026-11-02T10:00:00.124Z"}),
+]
+
+
+@pytest.mark.parametrize(("case", "change"), CHANGES, ids=[c[0] for c in CHANGES])
+def test_deliveries_that_differ_in_one_parsed_field_are_all_quarantined(tmp_path, case, change):
+    first = event(event_id="ev_twice", duration_ms=7) if case == "duration_null" else event(event_id="ev_twice")
+    second = {key: value for key, value in {**first, **change}.items() if value is not ABSENT}
+    compact = json.dumps(second, separators=(",", ":")).encode()  # read column-wise; `first` one by one
+    result = run(tmp_path, write_part(tmp_path, [first, event(), compact]))
+    assert [q.unit for q in result.quarantine] == [f"{PREFIX}/part-0001.jsonl.gz:1", f"{PREFIX}/part-0001.jsonl.gz:3"]
+    assert result.counts.telemetry_in == 1 and result.counts.duplicate == 0 and result.counts.quarantined == 2
+    assert_accounting(result.counts)
+
+
+def test_deliveries_that_spell_the_same_instant_and_values_differently_are_one_event(tmp_path):
+    first = event(event_id="ev_twice", ts="2026-11-02T10:00:00.123Z", duration_ms=5, email="a@example.com")
+    second = dict(first, ts="2026-11-02T11:00:00.123000+01:00", duration_ms=5.0, email="b@example.com")
+    result = run(tmp_path, write_part(tmp_path, [first, json.dumps(second, separators=(",", ":"))]))
+    assert result.quarantine == [] and result.counts.duplicate == 1 and result.counts.aggregated == 1
+    assert_accounting(result.counts)

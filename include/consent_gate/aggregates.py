@@ -38,10 +38,13 @@ from consent_gate.records import (
 from consent_gate.sources import LandingZone
 from consent_gate.telemetry import (
     _DEFAULT_VALUES,
+    EVENT_SCHEMA,
     GROUP_FIELDS,
     GroupValues,
+    TelemetryEvent,
     _TelemetryFile,
     parse_event,
+    read_lines,
     relative_unit,
 )
 from consent_gate.verify import connect
@@ -85,12 +88,6 @@ class TelemetryAggregate:
     quarantine: list[Quarantined]
 
 
-# --- parsing one line ---------------------------------------------------------------------------
-
-
-# --- reading files ------------------------------------------------------------------------------
-
-
 # --- aggregation --------------------------------------------------------------------------------
 
 
@@ -131,18 +128,8 @@ def aggregate_telemetry(
     return TelemetryAggregate(table, day_groups.counts, day_groups.quarantine)
 
 
-_SPILL_SCHEMA = pa.schema(
-    [
-        pa.field("event_id", pa.string()),
-        pa.field("content", pa.int64()),
-        pa.field("file", pa.int32()),
-        pa.field("line", pa.int64()),
-        pa.field("in_day", pa.bool_()),
-        pa.field("group_id", pa.int32()),  # index into _DayGroups.group_keys: 4 strings a line cost more
-        pa.field("user_id", pa.string()),
-        pa.field("duration_ms", pa.float64()),
-    ]
-)
+# The parsed events of the day as read: where each line is, and its allow-listed fields (EVENT_SCHEMA).
+_SPILL_SCHEMA = pa.schema([pa.field("file", pa.int32()), pa.field("line", pa.int64()), *EVENT_SCHEMA])
 _SPILL_BATCH_ROWS = 100_000
 
 
@@ -156,44 +143,29 @@ class _DayGroups:
         self.quarantine: list[Quarantined] = []
         self.spill_path = spill_path
         self._writer = pq.ParquetWriter(spill_path, _SPILL_SCHEMA, compression="lz4")
-        self._columns: dict[str, list[Any]] = {name: [] for name in _SPILL_SCHEMA.names if name != "file"}
-        self._file = 0
-        # The day's distinct group keys (a few thousand at most: allow-listed values), by first appearance.
-        self.group_ids: dict[tuple[str, str, str, str], int] = {}
+        self._read: list[pa.Table] = []  # batches of events read, not yet spilled
+        self._buffered = 0
 
     def read_file(self, source: _TelemetryFile, unit: str, index: int) -> None:
+        """Every line of one file: column-wise where `read_lines` proves it can, else one by one."""
         counts = self.counts
-        in_day = self.day
-        group_ids = self.group_ids
-        self._file = index
-        # One bound append per column, looked up once: a line costs a few C calls, no tuple.
-        columns = self._columns
-        ids = columns["event_id"]
-        add_id, add_content, add_line = ids.append, columns["content"].append, columns["line"].append
-        add_in_day, add_group = columns["in_day"].append, columns["group_id"].append
-        add_user, add_duration = columns["user_id"].append, columns["duration_ms"].append
-        for number, line in source.lines():
-            if not line.strip():  # blank lines carry no event: not a unit
-                continue
-            counts.lines_read += 1
-            try:
-                event = parse_event(line, self.values)
-            except MalformedRecord as error:
-                self.quarantine_unit(f"{unit}:{number}", str(error))
-                continue
-            group_id = group_ids.get(event.group)
-            if group_id is None:
-                group_id = group_ids[event.group] = len(group_ids)
-            add_id(event.event_id)
-            add_content(event.content)
-            add_line(number)
-            add_in_day(event.day == in_day)
-            add_group(group_id)
-            add_user(event.user_id)
-            add_duration(event.duration_ms)
-            if len(ids) >= _SPILL_BATCH_ROWS:
-                self._flush()
-        self._flush()  # the buffered rows are all of this file (the spill's `file` column is one value)
+        for first, lines in source.batches():
+            batch = read_lines(lines)
+            if batch.events.num_rows:
+                counts.lines_read += batch.events.num_rows
+                self._add(index, first, batch.events)
+            one_by_one: list[tuple[int, TelemetryEvent]] = []
+            for position in batch.rest:
+                line = lines[position]
+                if not line.strip():  # blank lines carry no event: not a unit
+                    continue
+                counts.lines_read += 1
+                try:
+                    one_by_one.append((position, parse_event(line)))
+                except MalformedRecord as error:
+                    self.quarantine_unit(f"{unit}:{first + position}", str(error))
+            if one_by_one:
+                self._add(index, first, _events_table(one_by_one))
         if source.error is not None:
             # What was read before the break stays counted; the rest of the file is this one more unit.
             counts.lines_read += 1
@@ -204,39 +176,65 @@ class _DayGroups:
         self.counts.quarantined += 1
         self.quarantine.append(Quarantined(unit, error))
 
+    def _add(self, file: int, first: int, events: pa.Table) -> None:
+        """Buffer events read from lines `first + index` of file number `file`; spill every 100k rows."""
+        rows = events.num_rows
+        located = pa.table(
+            {
+                "file": pa.repeat(pa.scalar(file, pa.int32()), rows),
+                "line": pc.add(pc.cast(events.column("index"), pa.int64()), first),
+                **{name: events.column(name) for name in EVENT_SCHEMA.names},
+            },
+            schema=_SPILL_SCHEMA,
+        )
+        self._read.append(located)
+        self._buffered += rows
+        if self._buffered >= _SPILL_BATCH_ROWS:
+            self._flush()
+
     def _flush(self) -> None:
-        columns = self._columns
-        if columns["event_id"]:
-            rows = len(columns["event_id"])
-            arrays = [
-                pa.repeat(pa.scalar(self._file, pa.int32()), rows) if f.name == "file"
-                else pa.array(columns[f.name], type=f.type)
-                for f in _SPILL_SCHEMA
-            ]  # fmt: skip
-            self._writer.write_table(pa.Table.from_arrays(arrays, schema=_SPILL_SCHEMA))
-            for values in columns.values():  # emptied in place: read_file holds their append methods
-                values.clear()
+        if self._read:
+            self._writer.write_table(pa.concat_tables(self._read))
+            self._read, self._buffered = [], 0
 
     def close(self) -> None:
         self._flush()
         self._writer.close()
 
 
+def _events_table(events: list[tuple[int, TelemetryEvent]]) -> pa.Table:
+    """The events parse_event read one by one, as read_lines returns its own: EVENT_SCHEMA and `index`."""
+    columns = {
+        "event_id": [event.event_id for _, event in events],
+        "ts_us": [event.ts_us for _, event in events],
+        **{name: [event.raw[i] for _, event in events] for i, name in enumerate(GROUP_FIELDS)},
+        "user_id": [event.user_id for _, event in events],
+        "duration_ms": [event.duration_ms for _, event in events],
+    }
+    table = pa.Table.from_pydict(columns, schema=EVENT_SCHEMA)
+    return table.append_column("index", pa.array([position for position, _ in events], pa.int32()))
+
+
+# Whether the deliveries of an event differ in a parsed field: two values, or a value and a null.
+def _differs(column: str) -> str:
+    return f"(coalesce(min({column}) <> max({column}), false) OR count({column}) NOT IN (0, count(*)))"
+
+
+_PARSED = ("ts_us", *GROUP_FIELDS, "user_id", "duration_ms")
+
 # One row per event_id: its deliveries, whether they differ, and the event's fields (all deliveries of
-# an event whose content hashes agree carry the same fields).
-_EVENTS_SQL = """
+# an event that do not differ carry the same fields). Compared field by field, exactly, with min/max and
+# counts (no hash to collide, no set of values kept per event).
+_EVENTS_SQL = f"""
 CREATE TEMP TABLE events AS
 SELECT event_id,
        count(*) AS deliveries,
-       -- whether the deliveries differ: min/max, not count(DISTINCT), which keeps a hash set per event
-       (min(content) <> max(content)) AS differ,
+       ({" OR ".join(_differs(name) for name in _PARSED)}) AS differ,
        -- min() of equal values is that value (null when all are null); when the deliveries differ
        -- (differ) they are all quarantined and these are never read.
-       bool_and(in_day) AS in_day,
-       min(group_id) AS group_id,
-       min(user_id) AS user_id,
-       min(duration_ms) AS duration_ms
-FROM read_parquet(?)
+       min(ts_us) >= $day_start AND min(ts_us) < $day_end AS in_day,
+       {", ".join(f"min({name}) AS {name}" for name in _PARSED)}
+FROM read_parquet($spill)
 GROUP BY event_id
 """
 _COUNTS_SQL = """
@@ -246,14 +244,18 @@ SELECT coalesce(sum(deliveries) FILTER (WHERE differ), 0),
        count(*) FILTER (WHERE NOT differ AND NOT in_day)
 FROM events
 """
+# Each group key's distinct values as sent, to be published through the policy's allow-lists.
+_SENT_VALUES_SQL = "SELECT DISTINCT {field} FROM events WHERE NOT differ AND in_day"
 # quantile_cont interpolates linearly between closest ranks over non-null values, as SPEC §4 asks.
-_GROUPS_SQL = """
-SELECT g.event_type, g.client_version, g.platform, g.region,
+# The joins map each value as sent to its published value (null-safe: a missing value is `unknown`).
+_GROUPS_SQL = f"""
+SELECT {", ".join(f"published_{name}.published AS {name}" for name in GROUP_FIELDS)},
        count(*) AS event_count,
        count(DISTINCT e.user_id) AS distinct_users,
        quantile_cont(e.duration_ms, 0.5) AS duration_ms_p50,
        quantile_cont(e.duration_ms, 0.95) AS duration_ms_p95
-FROM events e JOIN group_keys g USING (group_id)
+FROM events e
+{" ".join(f"JOIN published_{name} ON e.{name} IS NOT DISTINCT FROM published_{name}.sent" for name in GROUP_FIELDS)}
 WHERE NOT e.differ AND e.in_day
 GROUP BY ALL
 """
@@ -261,23 +263,19 @@ _CONFLICTS_SQL = """
 SELECT s.file, s.line FROM read_parquet(?) s JOIN events e USING (event_id)
 WHERE e.differ ORDER BY s.file, s.line
 """
+_US_PER_DAY = 86_400_000_000
 
 
 def _publish_groups(day_groups: _DayGroups, k: int, units: list[str], spill: str) -> pa.Table:
     """Duplicates, conflicts and groups in DuckDB; groups with at least k distinct users, the rest counted."""
     counts = day_groups.counts
     dt = day_groups.day.isoformat()
+    day_start = (day_groups.day - date(1970, 1, 1)).days * _US_PER_DAY
     connection = connect(spill)
-    keys = list(day_groups.group_ids)
-    group_keys = pa.table(
-        {
-            "group_id": pa.array(range(len(keys)), pa.int32()),
-            **{name: pa.array([key[i] for key in keys], pa.string()) for i, name in enumerate(GROUP_FIELDS)},
-        }
-    )
     try:
-        connection.register("group_keys", group_keys)
-        connection.execute(_EVENTS_SQL, [day_groups.spill_path]).fetchall()  # to the end: no pending result
+        connection.execute(
+            _EVENTS_SQL, {"spill": day_groups.spill_path, "day_start": day_start, "day_end": day_start + _US_PER_DAY}
+        ).fetchall()  # to the end: no pending result
         [(conflicting, duplicate, unique, out_of_partition)] = connection.execute(_COUNTS_SQL).fetchall()
         counts.duplicate += int(duplicate)
         counts.telemetry_in += int(unique)
@@ -292,6 +290,15 @@ def _publish_groups(day_groups: _DayGroups, k: int, units: list[str], spill: str
                         "field 'event_id': delivered more than once with different content; every delivery "
                         "is quarantined",
                     )
+        for name in GROUP_FIELDS:
+            sent = [value for (value,) in connection.execute(_SENT_VALUES_SQL.format(field=name)).fetchall()]
+            published = pa.table(
+                {
+                    "sent": pa.array(sent, pa.string()),
+                    "published": pa.array([day_groups.values.published(name, value) for value in sent], pa.string()),
+                }
+            )
+            connection.register(f"published_{name}", published)
         groups = connection.sql(
             f"SELECT ?::VARCHAR AS dt, * FROM ({_GROUPS_SQL}) ORDER BY event_type, client_version, platform, region",
             params=[dt],

@@ -10,10 +10,13 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 # ISO-8601 with a mandatory offset. datetime.fromisoformat alone is too lenient (it takes dates
 # without a time, a space separator and offset-less values), so the shape is checked first.
@@ -256,3 +259,83 @@ def _is_unicode(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+# --- timestamps of a column ----------------------------------------------------------------------
+
+# The shape parse_timestamp reads, in ASCII digits only (Python's \d also takes other scripts' digits:
+# those values are left to parse_timestamp, which decides them). RE2 syntax: `$` is the end of the text.
+_TIMESTAMP_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$"
+_US_PER_DAY = 86_400_000_000
+_EARLIEST_US = (EARLIEST - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+_LATEST_US = (LATEST - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def timestamps_us(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """parse_timestamp over a column of strings, column-wise: (microseconds since the epoch, read).
+
+    `read` is False where the value is not one this reads the plain way (null, another shape, a date or
+    time out of range, an offset of 24 hours or more, an instant outside 1900..2200): the caller leaves
+    those rows to parse_timestamp, which accepts or refuses them. Where `read` is True the microseconds
+    are the instant parse_timestamp returns (the fraction truncated to microseconds, in UTC).
+    """
+    shaped = pc.fill_null(pc.match_substring_regex(values, _TIMESTAMP_SHAPE), False)
+    where = shaped.to_numpy(zero_copy_only=False)
+    # Every value of `text` has the shape, so its digits sit at known places from either end: read as
+    # bytes straight from Arrow's buffers, a handful of array operations for the whole column.
+    text = values.filter(shaped)
+    starts, ends, data = _string_buffers(text)
+
+    def number(at: np.ndarray, digits: int) -> np.ndarray:
+        value = np.zeros(len(at), dtype=np.int64)
+        for k in range(digits):
+            value = value * 10 + (data[at + k].astype(np.int64) - 48)
+        return value
+
+    year, month, day = number(starts, 4), number(starts + 5, 2), number(starts + 8, 2)
+    hour, minute, second = number(starts + 11, 2), number(starts + 14, 2), number(starts + 17, 2)
+    utc = data[ends - 1] == ord("Z")
+    sign = np.where(data[ends - 6] == ord("-"), -1, 1)  # read where the offset is "+hh:mm" or "-hh:mm"
+    offset_hours = np.where(utc, 0, number(ends - 5, 2))
+    offset_minutes = np.where(utc, 0, number(ends - 2, 2))
+    # Between the seconds and the offset: nothing, or "." and 1-9 digits, of which 6 count (truncated).
+    fraction_digits = np.where(utc, ends - 1, ends - 6) - (starts + 20)
+    micros = np.zeros(len(starts), dtype=np.int64)
+    for k in range(6):
+        digit = data[np.minimum(starts + 20 + k, ends - 1)].astype(np.int64) - 48
+        micros = micros * 10 + np.where(k < fraction_digits, digit, 0)
+    valid = (
+        (month >= 1) & (month <= 12) & (day >= 1) & (day <= _days_in_month(year, month))
+        & (hour <= 23) & (minute <= 59) & (second <= 59) & (offset_hours <= 23) & (offset_minutes <= 59)
+    )  # fmt: skip
+    clock = (hour * 3600 + minute * 60 + second - sign * (offset_hours * 3600 + offset_minutes * 60)) * 1_000_000
+    instant = _days_from_civil(year, month, day) * _US_PER_DAY + clock + micros
+    read = valid & (instant >= _EARLIEST_US) & (instant <= _LATEST_US)
+    instants = np.zeros(len(where), dtype=np.int64)
+    instants[where] = np.where(read, instant, 0)
+    reads = np.zeros(len(where), dtype=bool)
+    reads[where] = read
+    return instants, reads
+
+
+def _string_buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each value of a string array starts and ends in its data buffer, and that buffer's bytes."""
+    _, offsets, data = values.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int32)[values.offset : values.offset + len(values) + 1].astype(np.int64)
+    return bounds[:-1], bounds[1:], np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+
+
+def _days_in_month(year: np.ndarray, month: np.ndarray) -> np.ndarray:
+    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
+    lengths = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31, 31])  # index 12: month 0 or 13+
+    return lengths[np.clip(month - 1, 0, 12)] + ((month == 2) & leap)
+
+
+def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Days since 1970-01-01 of proleptic Gregorian dates (H. Hinnant's algorithm), column-wise."""
+    year = year - (month <= 2)
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146_097 + day_of_era - 719_468

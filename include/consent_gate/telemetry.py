@@ -12,22 +12,30 @@ import gzip
 import math
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import fsspec
 import fsspec.core
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from consent_gate.config import Policy
 from consent_gate.records import (
+    _FAST_REFUSES,
+    MAX_JSON_DEPTH,
     MalformedRecord,
     load_json,
     optional_str,
     parse_timestamp,
     require_object,
     require_str,
+    timestamps_us,
 )
 from consent_gate.sources import LandingZone
 
@@ -70,17 +78,15 @@ class GroupValues:
             re.compile(policy.telemetry_client_version_pattern),
         )
 
-    def group_of(self, raw: tuple[str | None, str | None, str | None, str | None]) -> tuple[str, str, str, str]:
-        """The published GROUP_FIELDS values of an event's raw ones: UNKNOWN when missing, the value when
-        allow-listed, else OTHER. (One call per line, unrolled: it runs for every telemetry event.)"""
-        event_type, client_version, platform, region = raw
-        return (
-            UNKNOWN if event_type is None else event_type if event_type in self.event_types else OTHER,
-            UNKNOWN if client_version is None
-            else client_version if self.client_version.fullmatch(client_version) else OTHER,
-            UNKNOWN if platform is None else platform if platform in self.platforms else OTHER,
-            UNKNOWN if region is None else region if region in self.regions else OTHER,
-        )  # fmt: skip
+    def published(self, field: str, value: str | None) -> str:
+        """The published value of one GROUP_FIELDS key sent as `value`: UNKNOWN when missing, the value
+        when allow-listed, else OTHER. Called once per distinct value of a day, not per event."""
+        if value is None:
+            return UNKNOWN
+        if field == "client_version":
+            return value if self.client_version.fullmatch(value) else OTHER
+        allowed = {"event_type": self.event_types, "platform": self.platforms, "region": self.regions}[field]
+        return value if value in allowed else OTHER
 
 
 def default_group_values() -> GroupValues:
@@ -91,22 +97,25 @@ _DEFAULT_VALUES = default_group_values()
 
 
 class TelemetryEvent(NamedTuple):
-    """The allow-listed part of one event: what aggregation needs, and no identifier but user_id.
+    """The allow-listed part of one event, as parsed: what aggregation needs, and no identifier but user_id.
 
-    A NamedTuple, not a frozen dataclass: one is built per line, and tuple construction is cheaper.
+    A NamedTuple, not a frozen dataclass: one is built per line read one by one, and tuple construction
+    is cheaper. Two deliveries of an event_id are the same delivery when all of these but event_id are
+    equal (the instant, not its spelling).
     """
 
     event_id: str
-    day: date
-    group: tuple[str, str, str, str]  # GROUP_FIELDS values: allow-listed, UNKNOWN or OTHER
+    ts_us: int  # the instant, in microseconds since 1970-01-01T00:00:00Z
+    raw: tuple[str | None, str | None, str | None, str | None]  # GROUP_FIELDS values as sent ("" is None)
     user_id: str | None
     duration_ms: float | None
-    # Hash of the parsed allow-listed fields: equal hashes are the same delivery. Compared only within one
-    # run (Python's hash is per process), and only between deliveries of one event_id.
-    content: int
 
 
-def parse_event(line: bytes, values: GroupValues | None = None) -> TelemetryEvent:
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def parse_event(line: bytes) -> TelemetryEvent:
     """One telemetry line to its allow-listed fields; MalformedRecord names the field, never the value."""
     # Strict JSON (SPEC §2.1): duplicate keys, NaN, lone surrogates and deep nesting are malformed.
     decoded = require_object(load_json(line, "<line>"), "<line>")
@@ -122,11 +131,8 @@ def parse_event(line: bytes, values: GroupValues | None = None) -> TelemetryEven
         optional_str(record, "platform"),
         optional_str(record, "region"),
     )  # GROUP_FIELDS, in order
-    group = (values or _DEFAULT_VALUES).group_of(raw)
     duration = _duration_ms(record)
-    # The delivery's content as parsed: the instant (not its spelling), the raw key values, user, duration.
-    content = hash((instant, raw, user_id, duration))
-    return TelemetryEvent(event_id, instant.date(), group, user_id, duration, content)
+    return TelemetryEvent(event_id, (instant - _EPOCH) // _MICROSECOND, raw, user_id, duration)
 
 
 def _duration_ms(record: dict[str, Any]) -> float | None:
@@ -146,6 +152,171 @@ def _duration_ms(record: dict[str, Any]) -> float | None:
     if duration < 0:
         raise MalformedRecord("duration_ms", "negative")
     return duration
+
+
+# --- reading many lines at once --------------------------------------------------------------------
+
+# The parsed part of an event, as `read_lines` returns it column-wise and `parse_event` one by one.
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string()),
+        pa.field("ts_us", pa.int64()),
+        *(pa.field(name, pa.string()) for name in GROUP_FIELDS),
+        pa.field("user_id", pa.string()),
+        pa.field("duration_ms", pa.float64()),
+    ]
+)
+_STRING_FIELDS = ("event_id", "ts", *GROUP_FIELDS, "user_id")
+_JSON_WHITESPACE = b" \t\r\n"
+_DECODER = msgspec.json.Decoder()
+_ENCODER = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class LineBatch:
+    """A batch of lines, read column-wise where that reading is provably `parse_event`'s."""
+
+    events: pa.Table  # EVENT_SCHEMA plus `index` (int32): the events of the lines read, by line index
+    rest: list[int]  # the other lines' indexes, ascending: blank, malformed or unusual ones, for parse_event
+
+
+def read_lines(lines: Sequence[bytes]) -> LineBatch:
+    """The events of a batch of telemetry lines, column-wise, for the lines it can prove it reads as
+    `parse_event` does; every other line's index is in `rest`, and `parse_event` decides it.
+
+    Proven means: the line is, but for surrounding whitespace, byte for byte the canonical (compact)
+    encoding of the JSON object it decodes to (so it has no duplicate key and every strict reader reads
+    it as that object, as in `records._canonical_json`), nested at most MAX_JSON_DEPTH deep, and its
+    allow-listed fields have the types and shapes `parse_event` accepts, checked column-wise.
+    """
+    decoded = _decode_each(lines)
+    encode = _ENCODER.encode
+    # A line is its value's canonical encoding: compared in C, a line at a time.
+    canonical = list(map(bytes.__eq__, map(encode, decoded), lines))
+    if all(canonical) and _one_object_each(lines, decoded):  # the usual batch: written compactly, flat
+        index = list(range(len(lines)))
+        objects = decoded
+        rest: list[int] = []
+    else:
+        index, objects, rest = [], [], []
+        for number, (value, line, same) in enumerate(zip(decoded, lines, canonical, strict=True)):
+            if (
+                type(value) is dict
+                and (same or encode(value) == line.strip(_JSON_WHITESPACE))
+                and line.count(b"{") + line.count(b"[") <= MAX_JSON_DEPTH
+            ):
+                index.append(number)
+                objects.append(value)
+            else:
+                rest.append(number)
+    events, read = _event_columns(objects)
+    positions = np.asarray(index, dtype=np.int32)
+    rest.extend(positions[~read].tolist())
+    rest.sort()
+    return LineBatch(events.filter(pa.array(read)).append_column("index", pa.array(positions[read])), rest)
+
+
+def _decode_each(lines: Sequence[bytes]) -> list[Any]:
+    """Each line's value, decoded in C one after the other; None for a line msgspec refuses (which so
+    is never taken for the canonical `null`: that line would have decoded)."""
+    values: list[Any] = []
+    decoding = map(_DECODER.decode, lines)
+    while True:
+        try:
+            values.extend(decoding)  # keeps the values before a failure; `decoding` goes on after it
+            return values
+        except _FAST_REFUSES:  # malformed, invalid UTF-8, too deep, a number beyond a float
+            values.append(None)
+
+
+def _one_object_each(lines: Sequence[bytes], values: list[Any]) -> bool:
+    """Every value is an object and the lines hold one bracket each: no line is nested at all (the
+    object's own `{` is its one bracket), so none can be nested too deep."""
+    brackets = sum(map(bytes.count, lines, repeat(b"{"))) + sum(map(bytes.count, lines, repeat(b"[")))
+    return brackets == len(lines) and all(type(value) is dict for value in values)
+
+
+def _event_columns(objects: list[dict[str, Any]]) -> tuple[pa.Table, np.ndarray]:
+    """The EVENT_SCHEMA columns of decoded objects and, per object, whether they hold what `parse_event`
+    would make of it (False: a field it would refuse, or a value it is left to read one by one).
+
+    Only ALLOWED_FIELDS are looked up, as in `parse_event`."""
+    strings, other = _string_columns(objects)
+    read = ~other
+    # event_id: present, a string, not empty (require_str)
+    read &= pc.fill_null(pc.greater(pc.binary_length(strings["event_id"]), 0), False).to_numpy(zero_copy_only=False)
+    ts_us, ts_read = timestamps_us(strings["ts"])
+    read &= ts_read
+    duration, other = _duration_column([value.get("duration_ms") for value in objects])
+    read &= ~other & pc.fill_null(pc.greater_equal(duration, 0.0), True).to_numpy(zero_copy_only=False)
+    columns = {
+        "event_id": strings["event_id"],
+        "ts_us": pa.array(ts_us, pa.int64()),
+        # optional_str: an empty string is no value
+        **{name: _empty_is_null(strings[name]) for name in (*GROUP_FIELDS, "user_id")},
+        "duration_ms": duration,
+    }
+    return pa.Table.from_pydict(columns, schema=EVENT_SCHEMA), read
+
+
+# The allow-listed string fields, converted in one pass over the objects (Arrow looks up these keys only).
+_STRINGS = pa.struct([pa.field(name, pa.string()) for name in _STRING_FIELDS])
+
+
+def _string_columns(objects: list[dict[str, Any]]) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """The string fields as columns (null where absent or null), and which objects hold something else
+    in one of them (a number, a list, ...: null in its column, and the object left to parse_event)."""
+    try:
+        columns = pa.array(objects, type=_STRINGS).flatten()
+        return dict(zip(_STRING_FIELDS, columns, strict=True)), np.zeros(len(objects), dtype=bool)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        other = np.zeros(len(objects), dtype=bool)
+        strings = {}
+        for name in _STRING_FIELDS:
+            strings[name], not_strings = _string_column([value.get(name) for value in objects])
+            other |= not_strings
+        return strings, other
+
+
+def _string_column(values: list[Any]) -> tuple[pa.Array, np.ndarray]:
+    """Strings and nulls as a column, and where a value was something else (then null in the column)."""
+    try:
+        return pa.array(values, pa.string()), np.zeros(len(values), dtype=bool)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        other = np.fromiter((value is not None and type(value) is not str for value in values), bool, len(values))
+        return pa.array([None if bad else value for value, bad in zip(values, other, strict=True)], pa.string()), other
+
+
+# Integers a double holds exactly: Arrow refuses to convert larger ones, and float() would round them.
+_EXACT_INTEGER = 2**53
+
+
+def _duration_column(values: list[Any]) -> tuple[pa.Array, np.ndarray]:
+    """Numbers and nulls as doubles, and where a value was something else: a bool (`true` is not a
+    duration), a string, an integer beyond 2**53. Negative ones are for the caller to check."""
+    kinds = set(map(type, values))
+    if kinds <= {int, float, type(None)}:
+        try:
+            return pa.array(values, pa.float64()), np.zeros(len(values), dtype=bool)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            pass
+    other = np.fromiter(
+        (
+            not (value is None or type(value) is float or (type(value) is int and abs(value) <= _EXACT_INTEGER))
+            for value in values
+        ),
+        bool,
+        len(values),
+    )
+    kept = [None if bad else value for value, bad in zip(values, other, strict=True)]
+    return pa.array(kept, pa.float64()), other
+
+
+def _empty_is_null(column: pa.Array) -> pa.Array:
+    empty = pc.equal(column, "")
+    if not pc.any(empty).as_py():  # the usual column: no choice to make, and nothing copied
+        return column
+    return pc.if_else(empty, pa.scalar(None, pa.string()), column)
 
 
 class _TelemetryFile:
@@ -170,9 +341,14 @@ class _TelemetryFile:
     # per line. A block small enough that a broken stream loses few of the lines before the break.
     _BLOCK_BYTES = 64 << 10
 
-    def lines(self) -> Iterator[tuple[int, bytes]]:
-        """(line number, line without its LF) for every line of the file, blank ones included."""
-        number = 0
+    # Lines handed on together: read_lines decodes a batch at once, so its fixed costs are shared.
+    _BATCH_LINES = 2048
+
+    def batches(self) -> Iterator[tuple[int, list[bytes]]]:
+        """(number of the first line, the lines without their LF), in order, for every line of the file,
+        blank ones included; a batch holds _BATCH_LINES lines or more, but for the last one."""
+        number = 0  # lines handed on so far
+        pending: list[bytes] = []
         try:
             with self._open() as handle:
                 unfinished: list[bytes] = []  # the pieces of a line that goes on in the next block
@@ -183,16 +359,18 @@ class _TelemetryFile:
                     lines = block.split(b"\n")
                     lines[0] = b"".join([*unfinished, lines[0]])
                     unfinished = [lines.pop()]
-                    for line in lines:
-                        number += 1
-                        yield number, line
+                    pending += lines
+                    if len(pending) >= self._BATCH_LINES:
+                        yield number + 1, pending
+                        number, pending = number + len(pending), []
                 if last := b"".join(unfinished):  # a last line without its LF
-                    number += 1
-                    yield number, last
+                    pending.append(last)
         except _READ_ERRORS as error:
             # The exception text can quote bytes of the file (gzip's "Not a gzipped file (b'..')"),
-            # so only its type is kept.
-            self.error = f"file cannot be read as gzip ({type(error).__name__}) after line {number}"
+            # so only its type is kept. The lines read before the break are still handed on.
+            self.error = f"file cannot be read as gzip ({type(error).__name__}) after line {number + len(pending)}"
+        if pending:
+            yield number + 1, pending
 
 
 def relative_unit(url: str, landing_root: str) -> str:
