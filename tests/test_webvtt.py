@@ -406,3 +406,13 @@ def test_a_cue_outside_the_meeting_is_one_quarantined_unit():
     assert [a.artifact_id for a in artifacts] == ["m_1/transcript/1"]
     assert [q.unit for q in quarantined] == [f"{PATH}#2"] and "line 6" in quarantined[0].error
     assert "after" not in quarantined[0].error  # errors never carry content
+
+
+@given(st.text(st.sampled_from("a\n\r-"), max_size=60), st.lists(st.integers(0, 60), max_size=12))
+def test_line_numbers_are_counted_from_wherever_the_parser_asked_last(text, positions):
+    from consent_gate.webvtt_reader import _Input
+
+    source = _Input(text)
+    for position in positions:
+        position = min(position, len(text))
+        assert source.line_number(position) == text.count("\n", 0, position) + 1

@@ -141,7 +141,7 @@ def _read_transcript(data: bytes, meeting: Meeting, path: str) -> tuple[list[Art
     # Invalid UTF-8 is read as a browser reads it: each bad byte sequence becomes U+FFFD in the words,
     # and every cue of the file says so in the speakers evidence (`invalid_utf8`).
     quarantined = [Quarantined(f"{path}:{block.line}", block.problem) for block in parsed.dropped]
-    by_name = speakers_by_name([(p.display_name, p) for p in meeting.participants])
+    names = speakers_by_name([(p.display_name, p) for p in meeting.participants])
     ended_at = meeting.ended_at or meeting.started_at  # no end known: no cue can be placed (fail closed)
     length_ms = (ended_at - meeting.started_at) // timedelta(milliseconds=1)
     artifacts = []
@@ -152,7 +152,7 @@ def _read_transcript(data: bytes, meeting: Meeting, path: str) -> tuple[list[Art
                 Quarantined(f"{path}#{n}", f"cue at line {cue.line} starts outside the meeting's started_at..ended_at")
             )
             continue
-        said = attribute(cue.text, by_name)
+        said = attribute(cue.text, names)
         speaker = said.speaker
         artifacts.append(
             Artifact(

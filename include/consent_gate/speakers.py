@@ -21,9 +21,9 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 VOICE_SPAN = "voice_span"
 PREFIX = "prefix"
@@ -53,20 +53,35 @@ def normalise_name(name: str) -> str:
     return " ".join(name.split())
 
 
-@dataclass(frozen=True, slots=True)
-class CueText:
+# NamedTuples, not frozen dataclasses: one of each is made per cue, and a tuple is made in a third
+# of the time (a frozen dataclass sets each field through object.__setattr__).
+class CueText(NamedTuple):
     """Cue text as the parsing rules read it: the words and every voice annotation."""
 
     lines: tuple[str, ...]  # tags removed, character references decoded
     voices: tuple[str, ...]  # normalised annotations of the `v` start tags, in order
 
 
-@dataclass(frozen=True, slots=True)
-class Attribution(Generic[P]):
+class Attribution(NamedTuple, Generic[P]):
     speaker: P | None
     source: str | None  # VOICE_SPAN | PREFIX: where the (claimed) name came from; None if none
     reason: str | None  # None when identified, else one of UNIDENTIFIED_REASONS
     words: str
+
+
+@dataclass(frozen=True)
+class SpeakerNames(Generic[P]):
+    """A meeting's participants by normalised display name (a name may belong to several), made once
+    per meeting: every cue of its transcript is attributed against it."""
+
+    by_name: dict[str, list[P]]
+    longest_first: tuple[str, ...]  # the names, longest first: `Smith, John:` before `Smith:`
+    labels: tuple[str, ...]  # the same, each followed by ":" (what a labelled line starts with)
+
+    @classmethod
+    def of(cls, by_name: dict[str, list[P]]) -> SpeakerNames[P]:
+        longest_first = tuple(sorted(by_name, key=len, reverse=True))
+        return cls(by_name, longest_first, tuple(name + ":" for name in longest_first))
 
 
 def read_cue_text(raw: str) -> CueText:
@@ -107,33 +122,39 @@ def line_label(line: str) -> str | None:
     return label
 
 
-def speakers_by_name(participants: Sequence[tuple[str | None, P]]) -> dict[str, list[P]]:
+def speakers_by_name(participants: Sequence[tuple[str | None, P]]) -> SpeakerNames[P]:
     """Participants by normalised display name (a name may belong to several)."""
     index: dict[str, list[P]] = {}
     for display_name, participant in participants:
         if display_name is not None and normalise_name(display_name):
             index.setdefault(normalise_name(display_name), []).append(participant)
-    return index
+    return SpeakerNames.of(index)
 
 
-def _labels(lines: Sequence[str], names: Sequence[str]) -> list[tuple[str, int] | None]:
+def _labels(lines: Sequence[str], names: SpeakerNames[Any]) -> list[tuple[str, int] | None]:
     """Per line: the name it is labelled with and how many colons the label spans, or None. A
     participant's display name followed by `:` wins (longest first: `Smith, John:` and `Team: Sales:`
     are names, though no generic label), else any `Name:` label."""
     found: list[tuple[str, int] | None] = []
     for line in lines:
         normalised = normalise_name(line)
-        name = next((n for n in names if normalised.startswith(n + ":")), None)
+        name = None
+        if normalised.startswith(names.labels):  # one C call rules out every name, as it mostly does
+            for candidate, label in zip(names.longest_first, names.labels, strict=True):
+                if normalised.startswith(label):
+                    name = candidate
+                    break
         if name is None:
             name = line_label(line)
         found.append((name, name.count(":") + 1) if name else None)
     return found
 
 
-def attribute(raw: str, by_name: Mapping[str, Sequence[P]]) -> Attribution[P]:
-    """The speaker and words of one cue's raw text (SPEC §2.1)."""
+def attribute(raw: str, names: SpeakerNames[P]) -> Attribution[P]:
+    """The speaker and words of one cue's raw text (SPEC §2.1), among the meeting's `names`."""
+    by_name = names.by_name
     cue = read_cue_text(raw)
-    labels = _labels(cue.lines, sorted(by_name, key=len, reverse=True))
+    labels = _labels(cue.lines, names)
     named = {label[0] for label in labels if label}
     if cue.voices:
         source, name = VOICE_SPAN, cue.voices[0]

@@ -15,9 +15,9 @@ character references) is read in `consent_gate.speakers`.
 
 from __future__ import annotations
 
-import bisect
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # A cue start or end further away than this is "too large to be a time": it cannot be added to a
 # datetime (Python's timedelta stops at 999,999,999 days), so the block is dropped and reported.
@@ -37,9 +37,9 @@ _COMMON_TIMING = re.compile(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Cue:
-    """A cue the parser returns, in file order."""
+class Cue(NamedTuple):
+    """A cue the parser returns, in file order. (A NamedTuple: one is made per cue, three times faster
+    than a frozen dataclass.)"""
 
     line: int  # 1-based line of its timing line in the normalised input
     identifier: str
@@ -95,21 +95,22 @@ class _Input:
     def __init__(self, text: str) -> None:
         self.text = text
         self.position = 0
-        self._line_ends: list[int] | None = None
+        self._counted_to = 0  # the line ends before this position are counted in _line
+        self._line = 1
 
     def past_end(self) -> bool:
         return self.position >= len(self.text)
 
     def line_number(self, position: int) -> int:
-        """1-based line of `position`, by bisection over the line ends (counting each time would make
-        a transcript of many cues quadratic)."""
-        if self._line_ends is None:
-            ends, at = [], self.text.find("\n")
-            while at >= 0:
-                ends.append(at)
-                at = self.text.find("\n", at + 1)
-            self._line_ends = ends
-        return bisect.bisect_left(self._line_ends, position) + 1
+        """1-based line of `position`: the line ends between it and the position last asked about,
+        counted in C. The parser asks in file order (a block's start after its timing line at most),
+        so the file is counted about once, never from its start for every cue (quadratic)."""
+        if position >= self._counted_to:
+            self._line += self.text.count("\n", self._counted_to, position)
+        else:
+            self._line -= self.text.count("\n", position, self._counted_to)
+        self._counted_to = position
+        return self._line
 
     def collect_line(self) -> str:
         """§ collect a sequence of code points that are not U+000A LF."""
