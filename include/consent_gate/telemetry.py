@@ -15,7 +15,6 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import repeat
 from typing import Any, NamedTuple
 
 import fsspec
@@ -191,28 +190,27 @@ def read_lines(lines: Sequence[bytes]) -> LineBatch:
     """
     decoded = _decode_each(lines)
     encode = _ENCODER.encode
-    # A line is its value's canonical encoding: compared in C, a line at a time.
+    # A line is its value's canonical encoding: compared in C, a line at a time. The few that are not
+    # byte for byte (malformed, spaced, with a CR) are looked at once more, without surrounding whitespace.
     canonical = list(map(bytes.__eq__, map(encode, decoded), lines))
-    if all(canonical) and _one_object_each(lines, decoded):  # the usual batch: written compactly, flat
+    for odd in [number for number, same in enumerate(canonical) if not same]:
+        canonical[odd] = encode(decoded[odd]) == lines[odd].strip(_JSON_WHITESPACE)
+    if all(canonical) and all(type(value) is dict for value in decoded):  # the usual batch
         index = list(range(len(lines)))
-        objects = decoded
-        rest: list[int] = []
     else:
-        index, objects, rest = [], [], []
-        for number, (value, line, same) in enumerate(zip(decoded, lines, canonical, strict=True)):
-            if (
-                type(value) is dict
-                and (same or encode(value) == line.strip(_JSON_WHITESPACE))
-                and line.count(b"{") + line.count(b"[") <= MAX_JSON_DEPTH
-            ):
-                index.append(number)
-                objects.append(value)
-            else:
-                rest.append(number)
+        index = [
+            n for n, (same, value) in enumerate(zip(canonical, decoded, strict=True)) if same and type(value) is dict
+        ]
+    # Each object's own `{` is a bracket: as many brackets as objects means none is nested at all.
+    chosen = b"".join([lines[n] for n in index])
+    if chosen.count(b"{") + chosen.count(b"[") != len(index):
+        index = [n for n in index if lines[n].count(b"{") + lines[n].count(b"[") <= MAX_JSON_DEPTH]
+    rest = sorted(set(range(len(lines))).difference(index))
+    objects = [decoded[n] for n in index]
     events, read = _event_columns(objects)
     positions = np.asarray(index, dtype=np.int32)
-    rest.extend(positions[~read].tolist())
-    rest.sort()
+    if not read.all():
+        rest = sorted([*rest, *positions[~read].tolist()])
     return LineBatch(events.filter(pa.array(read)).append_column("index", pa.array(positions[read])), rest)
 
 
@@ -227,13 +225,6 @@ def _decode_each(lines: Sequence[bytes]) -> list[Any]:
             return values
         except _FAST_REFUSES:  # malformed, invalid UTF-8, too deep, a number beyond a float
             values.append(None)
-
-
-def _one_object_each(lines: Sequence[bytes], values: list[Any]) -> bool:
-    """Every value is an object and the lines hold one bracket each: no line is nested at all (the
-    object's own `{` is its one bracket), so none can be nested too deep."""
-    brackets = sum(map(bytes.count, lines, repeat(b"{"))) + sum(map(bytes.count, lines, repeat(b"[")))
-    return brackets == len(lines) and all(type(value) is dict for value in values)
 
 
 def _event_columns(objects: list[dict[str, Any]]) -> tuple[pa.Table, np.ndarray]:
