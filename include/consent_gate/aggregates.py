@@ -222,20 +222,32 @@ def _differs(column: str) -> str:
 
 _PARSED = ("ts_us", *GROUP_FIELDS, "user_id", "duration_ms")
 
-# One row per event_id: its deliveries, whether they differ, and the event's fields (all deliveries of
-# an event that do not differ carry the same fields). Compared field by field, exactly, with min/max and
-# counts (no hash to collide, no set of values kept per event).
-_EVENTS_SQL = f"""
-CREATE TEMP TABLE events AS
+# The event_ids delivered more than once (a few, usually): their deliveries, whether those differ, and
+# the event's fields (all deliveries of an event that do not differ carry the same fields). Compared
+# field by field, exactly, with min/max and counts (no hash to collide, no set of values kept per
+# event); only for these events, so the whole day is grouped by event_id once, with a count alone.
+_REPEATED_SQL = f"""
+CREATE TEMP TABLE repeated AS
 SELECT event_id,
        count(*) AS deliveries,
        ({" OR ".join(_differs(name) for name in _PARSED)}) AS differ,
        -- min() of equal values is that value (null when all are null); when the deliveries differ
        -- (differ) they are all quarantined and these are never read.
-       min(ts_us) >= $day_start AND min(ts_us) < $day_end AS in_day,
        {", ".join(f"min({name}) AS {name}" for name in _PARSED)}
 FROM read_parquet($spill)
+WHERE event_id IN (SELECT event_id FROM read_parquet($spill) GROUP BY event_id HAVING count(*) > 1)
 GROUP BY event_id
+"""
+# One row per event_id: every event delivered once as read, and the repeated ones as judged above.
+_EVENTS_SQL = f"""
+CREATE TEMP TABLE events AS
+SELECT *, ts_us >= $day_start AND ts_us < $day_end AS in_day
+FROM (
+  SELECT event_id, 1::BIGINT AS deliveries, false AS differ, {", ".join(_PARSED)}
+  FROM read_parquet($spill) WHERE event_id NOT IN (SELECT event_id FROM repeated)
+  UNION ALL
+  SELECT event_id, deliveries, differ, {", ".join(_PARSED)} FROM repeated
+)
 """
 _COUNTS_SQL = """
 SELECT coalesce(sum(deliveries) FILTER (WHERE differ), 0),
@@ -273,9 +285,10 @@ def _publish_groups(day_groups: _DayGroups, k: int, units: list[str], spill: str
     day_start = (day_groups.day - date(1970, 1, 1)).days * _US_PER_DAY
     connection = connect(spill)
     try:
+        connection.execute(_REPEATED_SQL, {"spill": day_groups.spill_path}).fetchall()  # to the end
         connection.execute(
             _EVENTS_SQL, {"spill": day_groups.spill_path, "day_start": day_start, "day_end": day_start + _US_PER_DAY}
-        ).fetchall()  # to the end: no pending result
+        ).fetchall()
         [(conflicting, duplicate, unique, out_of_partition)] = connection.execute(_COUNTS_SQL).fetchall()
         counts.duplicate += int(duplicate)
         counts.telemetry_in += int(unique)

@@ -188,6 +188,8 @@ def read_lines(lines: Sequence[bytes]) -> LineBatch:
     it as that object, as in `records._canonical_json`), nested at most MAX_JSON_DEPTH deep, and its
     allow-listed fields have the types and shapes `parse_event` accepts, checked column-wise.
     """
+    if not _may_be_compact(lines):  # a file written spaced, say: every line is parse_event's anyway
+        return LineBatch(_NO_EVENTS, list(range(len(lines))))
     decoded = _decode_each(lines)
     encode = _ENCODER.encode
     # A line is its value's canonical encoding: compared in C, a line at a time. The few that are not
@@ -212,6 +214,21 @@ def read_lines(lines: Sequence[bytes]) -> LineBatch:
     if not read.all():
         rest = sorted([*rest, *positions[~read].tolist()])
     return LineBatch(events.filter(pa.array(read)).append_column("index", pa.array(positions[read])), rest)
+
+
+_PROBE_LINES = 16
+_NO_EVENTS = EVENT_SCHEMA.append(pa.field("index", pa.int32())).empty_table()
+
+
+def _may_be_compact(lines: Sequence[bytes]) -> bool:
+    """Whether one of the batch's first lines is written canonically: if none is, the batch is most
+    likely written otherwise throughout (an exporter's setting), and the column-wise attempt, which
+    would cost each line a decoding and an encoding more, is not made. (Only ever a matter of speed.)"""
+    probe = lines[:_PROBE_LINES]
+    return not probe or any(
+        _ENCODER.encode(value) == line.strip(_JSON_WHITESPACE)
+        for value, line in zip(_decode_each(probe), probe, strict=True)
+    )
 
 
 def _decode_each(lines: Sequence[bytes]) -> list[Any]:
