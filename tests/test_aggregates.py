@@ -512,3 +512,18 @@ def test_deliveries_that_spell_the_same_instant_and_values_differently_are_one_e
     result = run(tmp_path, write_part(tmp_path, [first, json.dumps(second, separators=(",", ":"))]))
     assert result.quarantine == [] and result.counts.duplicate == 1 and result.counts.aggregated == 1
     assert_accounting(result.counts)
+
+
+def test_a_column_wise_reading_that_fails_leaves_its_lines_to_the_strict_reader(tmp_path, monkeypatch):
+    items = [json.dumps(event(user_id=f"u_{n % 3}"), separators=(",", ":")) for n in range(50)]
+    part = write_part(tmp_path, [*items, "{", event(ts="2026-11-02T10:00:00")])
+    expected = run(tmp_path, part)
+
+    def broken(lines):
+        raise RuntimeError("a bug in the column-wise reading")
+
+    monkeypatch.setattr(aggregates, "read_lines", broken)
+    result = run(tmp_path, part)
+    assert rows(result) == rows(expected) and result.counts == expected.counts
+    assert [(q.unit, q.error) for q in result.quarantine] == [(q.unit, q.error) for q in expected.quarantine]
+    assert result.counts.telemetry_in == 50 and result.counts.quarantined == 2

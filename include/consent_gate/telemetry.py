@@ -178,6 +178,11 @@ class LineBatch:
     events: pa.Table  # EVENT_SCHEMA plus `index` (int32): the events of the lines read, by line index
     rest: list[int]  # the other lines' indexes, ascending: blank, malformed or unusual ones, for parse_event
 
+    @classmethod
+    def one_by_one(cls, lines: int) -> LineBatch:
+        """A batch of `lines` lines, every one of them left to parse_event."""
+        return cls(_NO_EVENTS, list(range(lines)))
+
 
 def read_lines(lines: Sequence[bytes]) -> LineBatch:
     """The events of a batch of telemetry lines, column-wise, for the lines it can prove it reads as
@@ -189,7 +194,7 @@ def read_lines(lines: Sequence[bytes]) -> LineBatch:
     allow-listed fields have the types and shapes `parse_event` accepts, checked column-wise.
     """
     if not _may_be_compact(lines):  # a file written spaced, say: every line is parse_event's anyway
-        return LineBatch(_NO_EVENTS, list(range(len(lines))))
+        return LineBatch.one_by_one(len(lines))
     decoded = _decode_each(lines)
     encode = _ENCODER.encode
     # A line is its value's canonical encoding: compared in C, a line at a time. The few that are not
@@ -267,6 +272,9 @@ def _event_columns(objects: list[dict[str, Any]]) -> tuple[pa.Table, np.ndarray]
     return pa.Table.from_pydict(columns, schema=EVENT_SCHEMA), read
 
 
+# What Arrow raises for a value it cannot convert to the column's type (a number for a string, 2**64).
+_NOT_CONVERTED = (pa.ArrowException, TypeError, ValueError, OverflowError)
+
 # The allow-listed string fields, converted in one pass over the objects (Arrow looks up these keys only).
 _STRINGS = pa.struct([pa.field(name, pa.string()) for name in _STRING_FIELDS])
 
@@ -277,7 +285,7 @@ def _string_columns(objects: list[dict[str, Any]]) -> tuple[dict[str, pa.Array],
     try:
         columns = pa.array(objects, type=_STRINGS).flatten()
         return dict(zip(_STRING_FIELDS, columns, strict=True)), np.zeros(len(objects), dtype=bool)
-    except (pa.ArrowTypeError, pa.ArrowInvalid):
+    except _NOT_CONVERTED:
         other = np.zeros(len(objects), dtype=bool)
         strings = {}
         for name in _STRING_FIELDS:
@@ -290,7 +298,7 @@ def _string_column(values: list[Any]) -> tuple[pa.Array, np.ndarray]:
     """Strings and nulls as a column, and where a value was something else (then null in the column)."""
     try:
         return pa.array(values, pa.string()), np.zeros(len(values), dtype=bool)
-    except (pa.ArrowTypeError, pa.ArrowInvalid):
+    except _NOT_CONVERTED:
         other = np.fromiter((value is not None and type(value) is not str for value in values), bool, len(values))
         return pa.array([None if bad else value for value, bad in zip(values, other, strict=True)], pa.string()), other
 
@@ -306,7 +314,7 @@ def _duration_column(values: list[Any]) -> tuple[pa.Array, np.ndarray]:
     if kinds <= {int, float, type(None)}:
         try:
             return pa.array(values, pa.float64()), np.zeros(len(values), dtype=bool)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        except _NOT_CONVERTED:
             pass
     other = np.fromiter(
         (
