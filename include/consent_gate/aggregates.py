@@ -3,8 +3,9 @@
 Telemetry may be used only in aggregate, with no identifiers and no small groups. So the step reads an
 allow-list of fields (never the rest of an event), keeps per group only a count, the set of user ids
 (needed to count distinct users, dropped before output) and the durations, and publishes a group only
-when at least `k` distinct users stand behind it. Files are streamed line by line: a day's events are
-never all held in memory.
+when at least `k` distinct users stand behind it. Files are streamed a batch of lines at a time (read
+column-wise where `telemetry.read_lines` proves that is the strict reading, else by `parse_event`): a
+day's events are never all held in memory.
 
 Every non-blank line ends in exactly one of: aggregated, suppressed, out of partition, duplicate,
 quarantined. A gzip stream that breaks mid-way is one more quarantined unit (and one more unit read),
@@ -12,10 +13,11 @@ so that the accounting `lines_read == telemetry_in + duplicate + quarantined` ho
 
 Telemetry is delivered at least once (SPEC §4, revised): the parsed, allow-listed part of each line is
 spilled in Arrow batches to a temporary Parquet file, and DuckDB (bounded memory, spilling to disk)
-finds the repeated deliveries of an event_id, quarantines the event_ids whose deliveries differ, and
-computes the groups over the first delivery of each event: no Python loop over rows or groups, and no
-in-memory set of the day's event ids. Group key values are allow-listed by the policy: any other value
-is published as `other`, so a free-text field cannot carry an e-mail into the aggregates.
+finds the repeated deliveries of an event_id, quarantines the event_ids whose deliveries differ (any
+parsed field, compared exactly), and computes the groups over the first delivery of each event: no
+Python loop over rows or groups, and no in-memory set of the day's event ids. Group key values are
+allow-listed by the policy, once per distinct value of the day: any other value is published as
+`other`, so a free-text field cannot carry an e-mail into the aggregates.
 """
 
 from __future__ import annotations
