@@ -34,6 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from consent_gate.records import (
+    EPOCH,
+    US_PER_DAY,
     MalformedRecord,
     Quarantined,
 )
@@ -281,19 +283,18 @@ _CONFLICTS_SQL = """
 SELECT s.file, s.line FROM read_parquet(?) s JOIN events e USING (event_id)
 WHERE e.differ ORDER BY s.file, s.line
 """
-_US_PER_DAY = 86_400_000_000
 
 
 def _publish_groups(day_groups: _DayGroups, k: int, units: list[str], spill: str) -> pa.Table:
     """Duplicates, conflicts and groups in DuckDB; groups with at least k distinct users, the rest counted."""
     counts = day_groups.counts
     dt = day_groups.day.isoformat()
-    day_start = (day_groups.day - date(1970, 1, 1)).days * _US_PER_DAY
+    day_start = (day_groups.day - EPOCH.date()).days * US_PER_DAY
     connection = connect(spill)
     try:
         connection.execute(_REPEATED_SQL, {"spill": day_groups.spill_path}).fetchall()  # to the end
         connection.execute(
-            _EVENTS_SQL, {"spill": day_groups.spill_path, "day_start": day_start, "day_end": day_start + _US_PER_DAY}
+            _EVENTS_SQL, {"spill": day_groups.spill_path, "day_start": day_start, "day_end": day_start + US_PER_DAY}
         ).fetchall()
         [(conflicting, duplicate, unique, out_of_partition)] = connection.execute(_COUNTS_SQL).fetchall()
         counts.duplicate += int(duplicate)

@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from consent_gate.consent_store import ConsentStoreError as ConsentStoreError  # re-exported: the run's error
 from consent_gate.consent_store import connect
-from consent_gate.records import MalformedRecord, in_range, parse_timestamp
+from consent_gate.records import MalformedRecord, in_range, parse_timestamp, to_us
 
 PURPOSE = "ai_training"
 CONTENT_TYPES = ("transcript", "chat", "summary", "recording")
@@ -139,15 +139,9 @@ class ConsentSnapshot:
         return (at_capture == GRANT) & (at_as_of == GRANT), terms
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
 def to_ns(instant: datetime) -> int:
     """Nanoseconds since the epoch, exactly (a datetime has whole microseconds); one call per artifact."""
-    if instant.tzinfo is None:
-        raise ValueError("naive datetime: every instant in consent-gate carries an offset")
-    return (instant - _EPOCH) // _MICROSECOND * 1000
+    return to_us(instant) * 1000
 
 
 def _cell_timestamp(value: Any, field_name: str) -> datetime:

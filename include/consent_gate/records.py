@@ -25,6 +25,9 @@ _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.(\d{1,9})
 # timestamps overflow (pandas, Arrow ns), and no meeting or consent decision can be dated there.
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+US_PER_DAY = 86_400_000_000
+_MICROSECOND = timedelta(microseconds=1)
 
 # SPEC §2.1: strict RFC 8259 JSON; nesting deeper than this is malformed (and never a RecursionError).
 MAX_JSON_DEPTH = 64
@@ -69,6 +72,13 @@ def parse_timestamp(value: Any, field: str) -> datetime:
     except ValueError:
         raise MalformedRecord(field, "not a valid date or time") from None
     return in_range(parsed, field)
+
+
+def to_us(instant: datetime) -> int:
+    """Microseconds since the epoch, exactly (a datetime has whole microseconds)."""
+    if instant.tzinfo is None:
+        raise ValueError("naive datetime: every instant in consent-gate carries an offset")
+    return (instant - EPOCH) // _MICROSECOND
 
 
 def in_range(instant: datetime, field: str) -> datetime:
@@ -188,7 +198,13 @@ def _canonical_json(raw: bytes) -> Any:
         value = _FAST_DECODER.decode(raw)
     except _FAST_REFUSES:
         return None
-    return value if _FAST_ENCODER.encode(value) == raw.strip(_JSON_WHITESPACE) else None
+    return value if is_canonical_encoding(value, raw) else None
+
+
+def is_canonical_encoding(value: Any, raw: bytes) -> bool:
+    """Whether `raw`, but for surrounding whitespace, is byte for byte `value`'s canonical (compact)
+    encoding: then it holds no duplicate key and every strict reader reads it as `value`."""
+    return _FAST_ENCODER.encode(value) == raw.strip(_JSON_WHITESPACE)
 
 
 def _load_json_strictly(data: bytes | str, where: str) -> Any:
@@ -266,9 +282,8 @@ def _is_unicode(text: str) -> bool:
 # The shape parse_timestamp reads, in ASCII digits only (Python's \d also takes other scripts' digits:
 # those values are left to parse_timestamp, which decides them). RE2 syntax: `$` is the end of the text.
 _TIMESTAMP_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$"
-_US_PER_DAY = 86_400_000_000
-_EARLIEST_US = (EARLIEST - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-_LATEST_US = (LATEST - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+_EARLIEST_US = to_us(EARLIEST)
+_LATEST_US = to_us(LATEST)
 
 
 def timestamps_us(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -309,7 +324,7 @@ def timestamps_us(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         & (hour <= 23) & (minute <= 59) & (second <= 59) & (offset_hours <= 23) & (offset_minutes <= 59)
     )  # fmt: skip
     clock = (hour * 3600 + minute * 60 + second - sign * (offset_hours * 3600 + offset_minutes * 60)) * 1_000_000
-    instant = _days_from_civil(year, month, day) * _US_PER_DAY + clock + micros
+    instant = _days_from_civil(year, month, day) * US_PER_DAY + clock + micros
     read = valid & (instant >= _EARLIEST_US) & (instant <= _LATEST_US)
     instants = np.zeros(len(where), dtype=np.int64)
     instants[where] = np.where(read, instant, 0)

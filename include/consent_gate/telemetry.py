@@ -14,27 +14,29 @@ import re
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import fsspec
 import fsspec.core
-import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from consent_gate.config import Policy
 from consent_gate.records import (
+    _FAST_DECODER,
+    _FAST_ENCODER,
     _FAST_REFUSES,
     MAX_JSON_DEPTH,
     MalformedRecord,
+    is_canonical_encoding,
     load_json,
     optional_str,
     parse_timestamp,
     require_object,
     require_str,
     timestamps_us,
+    to_us,
 )
 from consent_gate.sources import LandingZone
 
@@ -110,10 +112,6 @@ class TelemetryEvent(NamedTuple):
     duration_ms: float | None
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
 def parse_event(line: bytes) -> TelemetryEvent:
     """One telemetry line to its allow-listed fields; MalformedRecord names the field, never the value."""
     # Strict JSON (SPEC §2.1): duplicate keys, NaN, lone surrogates and deep nesting are malformed.
@@ -131,7 +129,7 @@ def parse_event(line: bytes) -> TelemetryEvent:
         optional_str(record, "region"),
     )  # GROUP_FIELDS, in order
     duration = _duration_ms(record)
-    return TelemetryEvent(event_id, (instant - _EPOCH) // _MICROSECOND, raw, user_id, duration)
+    return TelemetryEvent(event_id, to_us(instant), raw, user_id, duration)
 
 
 def _duration_ms(record: dict[str, Any]) -> float | None:
@@ -166,9 +164,6 @@ EVENT_SCHEMA = pa.schema(
     ]
 )
 _STRING_FIELDS = ("event_id", "ts", *GROUP_FIELDS, "user_id")
-_JSON_WHITESPACE = b" \t\r\n"
-_DECODER = msgspec.json.Decoder()
-_ENCODER = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True)
@@ -193,15 +188,18 @@ def read_lines(lines: Sequence[bytes]) -> LineBatch:
     it as that object, as in `records._canonical_json`), nested at most MAX_JSON_DEPTH deep, and its
     allow-listed fields have the types and shapes `parse_event` accepts, checked column-wise.
     """
-    if not _may_be_compact(lines):  # a file written spaced, say: every line is parse_event's anyway
+    # A batch none of whose first lines is written canonically (a file written spaced, say) is most
+    # likely written so throughout: the column-wise attempt, a decoding and an encoding more a line, is
+    # not made. (Only ever a matter of speed.)
+    decoded = _decode_each(lines[:_PROBE_LINES])
+    if lines and not any(map(is_canonical_encoding, decoded, lines[:_PROBE_LINES])):
         return LineBatch.one_by_one(len(lines))
-    decoded = _decode_each(lines)
-    encode = _ENCODER.encode
+    decoded += _decode_each(lines[_PROBE_LINES:])
     # A line is its value's canonical encoding: compared in C, a line at a time. The few that are not
     # byte for byte (malformed, spaced, with a CR) are looked at once more, without surrounding whitespace.
-    canonical = list(map(bytes.__eq__, map(encode, decoded), lines))
+    canonical = list(map(bytes.__eq__, map(_FAST_ENCODER.encode, decoded), lines))
     for odd in [number for number, same in enumerate(canonical) if not same]:
-        canonical[odd] = encode(decoded[odd]) == lines[odd].strip(_JSON_WHITESPACE)
+        canonical[odd] = is_canonical_encoding(decoded[odd], lines[odd])
     if all(canonical) and all(type(value) is dict for value in decoded):  # the usual batch
         index = list(range(len(lines)))
     else:
@@ -212,35 +210,21 @@ def read_lines(lines: Sequence[bytes]) -> LineBatch:
     chosen = b"".join([lines[n] for n in index])
     if chosen.count(b"{") + chosen.count(b"[") != len(index):
         index = [n for n in index if lines[n].count(b"{") + lines[n].count(b"[") <= MAX_JSON_DEPTH]
-    rest = sorted(set(range(len(lines))).difference(index))
-    objects = [decoded[n] for n in index]
-    events, read = _event_columns(objects)
-    positions = np.asarray(index, dtype=np.int32)
-    if not read.all():
-        rest = sorted([*rest, *positions[~read].tolist()])
-    return LineBatch(events.filter(pa.array(read)).append_column("index", pa.array(positions[read])), rest)
+    events, read = _event_columns([decoded[n] for n in index])
+    positions = np.asarray(index, dtype=np.int32)[read]
+    rest = sorted(set(range(len(lines))).difference(positions.tolist()))
+    return LineBatch(events.filter(pa.array(read)).append_column("index", pa.array(positions)), rest)
 
 
 _PROBE_LINES = 16
 _NO_EVENTS = EVENT_SCHEMA.append(pa.field("index", pa.int32())).empty_table()
 
 
-def _may_be_compact(lines: Sequence[bytes]) -> bool:
-    """Whether one of the batch's first lines is written canonically: if none is, the batch is most
-    likely written otherwise throughout (an exporter's setting), and the column-wise attempt, which
-    would cost each line a decoding and an encoding more, is not made. (Only ever a matter of speed.)"""
-    probe = lines[:_PROBE_LINES]
-    return not probe or any(
-        _ENCODER.encode(value) == line.strip(_JSON_WHITESPACE)
-        for value, line in zip(_decode_each(probe), probe, strict=True)
-    )
-
-
 def _decode_each(lines: Sequence[bytes]) -> list[Any]:
     """Each line's value, decoded in C one after the other; None for a line msgspec refuses (which so
     is never taken for the canonical `null`: that line would have decoded)."""
     values: list[Any] = []
-    decoding = map(_DECODER.decode, lines)
+    decoding = map(_FAST_DECODER.decode, lines)
     while True:
         try:
             values.extend(decoding)  # keeps the values before a failure; `decoding` goes on after it
