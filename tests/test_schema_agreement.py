@@ -62,13 +62,14 @@ def declared_tests(column: dict[str, Any]) -> set[str]:
 
 @pytest.fixture(scope="module")
 def expectations() -> dict[str, list[Any]]:
-    """The GX expectations of the content and aggregate suites, as `run_suites` builds them."""
+    """The GX expectations of the content (`content_columns` and `content`) and aggregate suites, as
+    `run_suites` builds them."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
 
     return {
-        "content": validation._content_expectations(gxe, Column),
+        "content": validation._columns_expectations(gxe, Column) + validation._content_expectations(gxe, Column),
         "aggregates": validation._aggregate_expectations(gxe, Column, k=10, day=DAY),
     }
 
@@ -127,3 +128,14 @@ def test_the_documented_value_sets_are_the_codes_reasons_and_sources():
     speakers = DOC["speakers"]["columns"]
     assert allowed_values(speakers["speaker_source"]) == [*SPEAKER_SOURCES, None]
     assert allowed_values(speakers["unidentified_reason"]) == [*UNIDENTIFIED_REASONS, None]
+
+
+def test_the_content_suite_frames_hold_every_column_its_expectations_read():
+    """`content` runs on the `CONTENT_CHECKED` columns alone: each column an expectation or a row
+    condition names must be among them (the row conditions name `artifact_type`)."""
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    named = {e.column for e in validation._content_expectations(gxe, Column)} | {"artifact_type"}
+    assert named == set(validation.CONTENT_CHECKED)
+    assert set(validation.CONTENT_CHECKED) <= set(CONTENT_SCHEMA.names)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import duckdb
 import fsspec
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from consent_gate import stores
 from consent_gate.publish import (
     JOURNAL,
     OutputStore,
@@ -179,8 +181,21 @@ def test_remove_deletes_a_single_file(store, request):
 # --- links: never followed ------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["openat2", "walk"])
+def opening(request, monkeypatch) -> str:
+    """Local files opened in one openat2 call, or (a kernel without it) by the lstat walk."""
+    if request.param == "walk":
+        monkeypatch.setattr(stores._Openat2, "usable", False)
+    else:
+        probe = stores._Openat2(os.path.dirname(__file__)).open("conftest.py")
+        if probe is None:
+            pytest.skip("this machine has no openat2 (Linux 5.6+ on x86_64 or aarch64): only the walk is tested")
+        os.close(probe)
+    return request.param
+
+
 @pytest.mark.unit
-def test_a_link_anywhere_on_the_way_is_listed_never_followed(linkable_store, tmp_path):
+def test_a_link_anywhere_on_the_way_is_listed_never_followed(linkable_store, tmp_path, opening):
     store = linkable_store
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -189,11 +204,59 @@ def test_a_link_anywhere_on_the_way_is_listed_never_followed(linkable_store, tmp
     root = tmp_path / "out"
     (root / "day/link.json").symlink_to(elsewhere / "secret.json")
     (root / "linked-day").symlink_to(elsewhere)
+    (root / "alias-day").symlink_to("day")  # a link that stays inside the root is not followed either
     assert sorted(store.listing("day")) == [("link.json", "symlink"), ("real.json", "file")]
-    for relative in ("day/link.json", "linked-day/secret.json"):
+    for relative in ("day/link.json", "linked-day/secret.json", "alias-day/real.json"):
         with pytest.raises(NotARegularFile):
             store.open_no_follow(relative)
     with pytest.raises(NotARegularFile):
         store.listing("linked-day")
     with pytest.raises(NotARegularFile):
         store.open_no_follow("day")  # a folder is not a regular file
+
+
+@pytest.mark.unit
+def test_a_local_file_is_opened_beneath_the_root_only(linkable_store, tmp_path, opening):
+    store = linkable_store
+    store.write_bytes("day/a.json", b"{}")
+    (tmp_path / "beside.json").write_text("{}")
+    if opening == "openat2":  # the walk checks for links only: landing-zone names are never ".." (is_safe_name)
+        with pytest.raises(NotARegularFile, match="outside"):
+            store.open_no_follow("../beside.json")
+    os.mkfifo(tmp_path / "out/day/fifo.json")  # named like a data file, and would block a plain open
+    with pytest.raises(NotARegularFile):
+        store.open_no_follow("day/fifo.json")
+    with pytest.raises(NotADirectoryError):
+        store.open_no_follow("day/a.json/b.json")
+    with pytest.raises(FileNotFoundError):
+        store.open_no_follow("day/missing.json")
+    with store.open_no_follow("day/a.json") as handle:
+        assert handle.read() == b"{}"
+    assert store.listing("missing") == [] and store.listing("day/missing") == []
+    with pytest.raises(NotARegularFile, match="not a folder"):
+        store.listing("day/a.json")
+    assert sorted(store.listing("day")) == [("a.json", "file"), ("fifo.json", "other")]
+
+
+@pytest.mark.unit
+def test_a_root_reached_through_a_link_is_read(tmp_path, opening):
+    """Links above the root are the operator's (e.g. /data -> /mnt/disk1); only those below it are refused."""
+    (tmp_path / "real/day").mkdir(parents=True)
+    (tmp_path / "real/day/a.json").write_text("{}")
+    (tmp_path / "root").symlink_to(tmp_path / "real")
+    with storage_for(str(tmp_path / "root")).open_no_follow("day/a.json") as handle:
+        assert handle.read() == b"{}"
+
+
+@pytest.mark.unit
+def test_a_store_opens_files_in_a_child_process(linkable_store, opening):
+    """The root's descriptor is the process's own: a forked child inherits it, a started one (which
+    unpickles the store) opens its own."""
+    import multiprocessing
+
+    store = linkable_store
+    store.write_bytes("day/a.json", b"{}")
+    assert store.read_bytes("day/a.json") == b"{}"  # this process opened the root
+    for method in ("fork", "spawn"):
+        with multiprocessing.get_context(method).Pool(1) as pool:
+            assert pool.apply(store.read_bytes, ("day/a.json",)) == b"{}"

@@ -23,7 +23,14 @@ from consent_gate.validation import validate_stage
 
 DAY = date(2026, 11, 2)
 AS_OF = parse_timestamp("2026-11-20T00:00:00Z", "as_of")
-GX_CHECKS = {"gx_content", "gx_content_keys", "gx_content_ids", "gx_aggregates", "gx_reconciliation"}
+GX_CHECKS = {
+    "gx_content_columns",
+    "gx_content",
+    "gx_content_keys",
+    "gx_content_ids",
+    "gx_aggregates",
+    "gx_reconciliation",
+}
 
 Tamper = Callable[[OutputStore, Stage], None]
 
@@ -156,7 +163,7 @@ def test_offline_html_strips_cdn_stylesheets_scripts_and_images():
     ("tamper", "must_fail"),
     [
         pytest.param(unknown_artifact_type, {"gx_content"}, id="tampered-staged-file"),
-        pytest.param(missing_column, {"gx_content"}, id="missing-column"),
+        pytest.param(missing_column, {"gx_content_columns", "gx_content"}, id="missing-column"),
         pytest.param(unreconciled_count, {"gx_reconciliation"}, id="unreconciled-count"),
     ],
 )
@@ -258,3 +265,51 @@ def test_staged_parts_hold_a_few_row_groups_not_one_per_meeting(sample_dir, tmp_
     assert all(results.values()), results
     assert seen["audit/inputs/meetings-0000.parquet"] == 1  # 40 meetings, each its own write
     assert all(groups == 1 for groups in seen.values()), seen
+
+
+@pytest.mark.unit
+def test_the_column_check_sees_every_distinct_list_of_staged_columns(tmp_path):
+    """`content_columns` checks each staged file's names (from its footer), each list once."""
+    from consent_gate.gate import CONTENT_SCHEMA
+    from consent_gate.stores import storage_for
+    from consent_gate.validation import _columns_frames
+
+    store = storage_for(str(tmp_path))
+    whole, short = CONTENT_SCHEMA.empty_table(), CONTENT_SCHEMA.empty_table().drop_columns(["text"])
+    for name, table in [("a", whole), ("b", short), ("c", whole), ("d", short)]:
+        rewrite(store, f"content/{name}.parquet", table)
+    files = store.files("content", ".parquet")
+    frames = list(_columns_frames(store, files))
+    assert [list(frame.columns) for frame in frames] == [CONTENT_SCHEMA.names, short.schema.names]
+    assert all(len(frame) == 0 for frame in frames)
+
+
+@pytest.mark.unit
+def test_great_expectations_is_imported_without_the_modules_no_suite_uses():
+    """In a fresh interpreter: GX imports without SciPy's statistics or Altair, a suite runs, and
+    both are still there, whole, for whoever asks for them."""
+    import subprocess
+    import sys
+    import textwrap
+
+    program = textwrap.dedent(
+        """
+        import sys
+        from consent_gate.validation import import_great_expectations, DEFERRED_IMPORTS
+        import_great_expectations()
+        import great_expectations as gx
+        import pandas as pd
+        context = gx.get_context(mode="ephemeral")
+        batch = context.data_sources.add_pandas("p").add_dataframe_asset("a").add_batch_definition_whole_dataframe("b")
+        expectation = gx.expectations.ExpectColumnValuesToNotBeNull(column="x")
+        result = batch.get_batch(batch_parameters={"dataframe": pd.DataFrame({"x": [1, None]})}).validate(expectation)
+        loaded = sorted(m for m in sys.modules if m.startswith(("scipy.stats.", "altair.")))
+        print(result.success, loaded)
+        import scipy.stats, altair
+        print(scipy.stats.entropy([1, 1], [1, 1]), altair.Chart.__name__)
+        from great_expectations.expectations.core import expect_column_kl_divergence_to_be_less_than as kl
+        print(vars(kl.stats).get("entropy") is scipy.stats.entropy)  # the stand-in GX bound is the module now
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["False []", "0.0 Chart", "True"], out

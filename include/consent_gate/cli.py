@@ -182,6 +182,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"  telemetry: {telemetry['aggregated']} events in published groups, "
         f"{telemetry['suppressed_groups']} groups suppressed (k={settings.policy.k_min_distinct_users})"
     )
+    if telemetry.get("read_one_by_one_batches"):
+        print(
+            f"  telemetry: {telemetry['read_one_by_one_batches']} batches of lines read one by one after the "
+            "column-wise reading failed (the same events, read slower): please report it"
+        )
     for check in outcome.checks:
         print(f"  check {check.name}: {'passed' if check.passed else 'FAILED'}")
     print(f"content:   {args.out}/{content_day(args.date)}/")

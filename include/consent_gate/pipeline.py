@@ -22,8 +22,16 @@ from consent_gate.config import Clock, RunSettings
 from consent_gate.errors import AttemptNotRecorded, GateCheckFailed
 from consent_gate.layout import Stage, manifest_path
 from consent_gate.publication import publish_stage, record_failed_attempt
-from consent_gate.steps import Progress, aggregate_day, gate_content, snapshot_consent
-from consent_gate.validation import import_great_expectations, validate_stage, verification_subjects
+from consent_gate.steps import (
+    DayInputs,
+    Progress,
+    aggregate_day,
+    gate_content,
+    read_day_inputs,
+    require_arrivals,
+    snapshot_consent,
+)
+from consent_gate.validation import import_great_expectations, validate_stage
 
 # Worker processes cost ~1-2 s of start-up (the forkserver importing pyarrow, DuckDB and the gate, then
 # a fork each), about what gating 1,000 meetings does: a smaller day is faster in this process.
@@ -62,26 +70,33 @@ def run_day(
         say(f"step {name}: {time.monotonic() - started:.1f} s")
         return result
 
+    zone = settings.zone()
+    folders = require_arrivals(zone, day)  # listed once: the snapshot, the shards and the checks share it
     if workers is None:
-        workers = _workers_for_day(settings, day)
+        workers = workers_for(len(folders), usable_cpus())
     if workers > 1:  # the worker processes' server imports the steps while this process snapshots consent
         _start_worker_server()
-    stage = timed(
-        "snapshot_consent",
-        lambda: snapshot_consent(
-            settings, day, as_of, run_id=run_id, dag_run_id=dag_run_id, progress=progress, clock=clock
-        ),
-    )
+    inputs: DayInputs | None = None
+
+    def snapshot() -> Stage:
+        nonlocal inputs
+        inputs = read_day_inputs(zone, folders)
+        return snapshot_consent(
+            settings, day, as_of, run_id=run_id, dag_run_id=dag_run_id, progress=progress, clock=clock, inputs=inputs
+        )
+
+    stage = timed("snapshot_consent", snapshot)
+    assert inputs is not None
     try:
-        subject_ids: set[str] | None = None  # the re-verification's, read by validate_stage unless read here
         if workers == 1:
-            timed("gate_content", lambda: gate_content(settings, stage, progress=progress))
+            timed("gate_content", lambda: gate_content(settings, stage, progress=progress, inputs=inputs))
             timed("aggregate_telemetry", lambda: aggregate_day(settings, stage))
         else:
-            subject_ids = timed(
-                f"gate_content ({workers} shards) + aggregate_telemetry", lambda: _in_parallel(settings, stage, workers)
+            timed(
+                f"gate_content ({workers} shards) + aggregate_telemetry",
+                lambda: _in_parallel(settings, stage, workers, inputs),
             )
-        checks = timed("validate", lambda: validate_stage(settings, stage, subject_ids))
+        checks = timed("validate", lambda: validate_stage(settings, stage, inputs.subject_ids()))
         if not all(c.passed for c in checks):
             failed = ", ".join(c.name for c in checks if not c.passed)
             raise GateCheckFailed(f"checks failed: {failed}")
@@ -100,16 +115,6 @@ def workers_for(meetings: int, cpus: int) -> int:
     return max(1, min(cpus, meetings // MEETINGS_PER_WORKER))
 
 
-def _workers_for_day(settings: RunSettings, day: date) -> int:
-    """`workers_for` the day's meetings on this machine; 1 when the day cannot be listed (the snapshot
-    step, which runs next, refuses such a day with the reason)."""
-    try:
-        meetings = len(settings.zone().meeting_folders(day))
-    except Exception:  # noqa: BLE001 (whatever the listing raises, the snapshot step reports it)
-        return 1
-    return workers_for(meetings, usable_cpus())
-
-
 def usable_cpus() -> int:
     """The CPUs this process may run on (a container's or taskset's limit, not the host's count)."""
     try:
@@ -118,29 +123,25 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _in_parallel(settings: RunSettings, stage: Stage, workers: int) -> set[str] | None:
+def _in_parallel(settings: RunSettings, stage: Stage, workers: int, inputs: DayInputs) -> None:
     """Gate `workers` shards and aggregate the telemetry in worker processes, while this one imports
-    Great Expectations and reads the re-verification's subjects for the checks that follow (~3 s
-    otherwise spent after them), which it returns (None if they could not be read: the check reads them
-    again, and fails closed). The first error raised by a worker is raised here, after every process
-    has stopped."""
+    Great Expectations for the checks that follow (~2-3 s otherwise spent after them). The first error
+    raised by a worker is raised here, after every process has stopped."""
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers + 1, mp_context=_start_worker_server()) as pool:
         try:
             telemetry = pool.submit(aggregate_day, settings, stage)
-            shards = [pool.submit(gate_content, settings, stage, shard=s, shards=workers) for s in range(workers)]
+            shards = [
+                pool.submit(gate_content, settings, stage, shard=s, shards=workers, inputs=inputs)
+                for s in range(workers)
+            ]
             import_great_expectations()
-            try:
-                subject_ids: set[str] | None = verification_subjects(settings, stage.day)
-            except Exception:  # noqa: BLE001 (validate_stage reads them again and reports the failure)
-                subject_ids = None
             for done in (telemetry, *shards):
                 done.result()
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
-    return subject_ids
 
 
 def _start_worker_server() -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
 import subprocess
 import uuid
 from collections import Counter
@@ -110,6 +109,26 @@ def code_version() -> str:
 # --- step 1: consent snapshot -------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DayInputs:
+    """What the snapshot step reads of the landing zone: the day's meeting folders and the subject keys
+    their meetings name (`day_subjects`). A caller holding them (the command line's run) hands them to
+    the shards and the re-verification, which would otherwise each list the day and read every
+    meeting.json again; Airflow's tasks, in separate processes, read them themselves."""
+
+    folders: tuple[str, ...]
+    subjects: frozenset[str]
+
+    def subject_ids(self) -> set[str]:
+        """The raw ids of `subjects` (what the re-verification asks the store about)."""
+        return {key.split("\x1f", 1)[1] for key in self.subjects}
+
+
+def read_day_inputs(zone: LandingZone, folders: list[str]) -> DayInputs:
+    """`DayInputs` of these meeting folders (`require_arrivals` lists them)."""
+    return DayInputs(tuple(folders), frozenset(day_subjects(zone, folders)))
+
+
 def snapshot_consent(
     settings: RunSettings,
     day: date,
@@ -119,9 +138,11 @@ def snapshot_consent(
     dag_run_id: str | None = None,
     progress: Progress | None = None,
     clock: Clock,
+    inputs: DayInputs | None = None,
 ) -> Stage:
     """Pin `as_of`, read the consent store once (column-wise), judge it vectorized and write the
     snapshot file into a new stage with its checksum; every later step reads that file, not the store.
+    `inputs`: the day's `DayInputs` when the caller read them already (else read here).
 
     A pin later than the moment of the snapshot is refused (FutureAsOf): SPEC §3, revised 2026-11-28.
     Refused (RunRefused, nothing staged) when nothing arrived for the day: a wrong `--raw` or a partition
@@ -129,8 +150,10 @@ def snapshot_consent(
     """
     now = clock()
     as_of = refuse_future_as_of(as_of, now)
-    zone = settings.zone()
-    subjects = day_subjects(zone, require_arrivals(zone, day))
+    if inputs is None:
+        zone = settings.zone()
+        inputs = read_day_inputs(zone, require_arrivals(zone, day))
+    subjects = set(inputs.subjects)
     stage = Stage(day, new_attempt_id(run_id, now))
     store = settings.store()
     try:
@@ -304,14 +327,11 @@ def day_subjects(zone: LandingZone, folders: list[str]) -> set[str]:
 def _meeting_records(zone: LandingZone, folders: list[str]) -> Iterator[Any]:
     """Each folder's meeting.json parsed leniently (None when unreadable or a link). From an object store
     on 16 threads: one GET each, and 10,000 in a row would take minutes."""
-    local = zone.url("") == zone._abs("")  # a local path: links can be seen (object stores have none)
+    local = zone.url("") == zone._abs("")  # a local path (object stores are read on threads)
 
     def read(folder: str) -> Any:
-        relative = f"{folder}/meeting.json"
-        try:
-            if local and (os.path.islink(zone.url(folder)) or os.path.islink(zone.url(relative))):
-                return None
-            return json.loads(zone.read_bytes(relative) or b"null")
+        try:  # a link anywhere on the way raises NotARegularFile: the record is None
+            return json.loads(zone.read_bytes(f"{folder}/meeting.json") or b"null")
         except Exception:  # noqa: BLE001 (any unreadable file: the gate itself quarantines it)
             return None
 
@@ -346,13 +366,27 @@ def shard_of(meeting_folder: str, shards: int) -> int:
 
 @rare_collections()
 def gate_content(
-    settings: RunSettings, stage: Stage, *, shard: int = 0, shards: int = 1, progress: Progress | None = None
+    settings: RunSettings,
+    stage: Stage,
+    *,
+    shard: int = 0,
+    shards: int = 1,
+    progress: Progress | None = None,
+    inputs: DayInputs | None = None,
 ) -> ContentReport:
-    """Gate the day's meetings of one shard into staged content, exclusions and quarantine."""
+    """Gate the day's meetings of one shard into staged content, exclusions and quarantine. `inputs`:
+    the `DayInputs` the snapshot step read, when the caller holds them; the shard then gates those
+    folders and loads the consent of the whole day's subjects (a superset of its own) rather than
+    listing the day and reading its meeting.json files once more."""
     zone, store = settings.zone(), settings.store()
     keyer = Keyer(settings.secret)
-    folders = [f for f in zone.meeting_folders(stage.day) if shard_of(f, shards) == shard]
-    snapshot = load_snapshot(settings, stage, day_subjects(zone, folders))
+    if inputs is None:
+        folders = [f for f in zone.meeting_folders(stage.day) if shard_of(f, shards) == shard]
+        subjects = day_subjects(zone, folders)
+    else:
+        folders = [f for f in inputs.folders if shard_of(f, shards) == shard]
+        subjects = set(inputs.subjects)
+    snapshot = load_snapshot(settings, stage, subjects)
     content = ParquetSink(store, stage / f"content/{part_name(shard)}", CONTENT_SCHEMA)
     excluded = ParquetSink(store, stage / f"audit/excluded/{part_name(shard)}", EXCLUDED_SCHEMA)
     quarantine = ParquetSink(store, stage / f"audit/quarantine/{part_name(shard, 'content')}", QUARANTINE_SCHEMA)

@@ -21,6 +21,7 @@ import fcntl
 import os
 import shutil
 import stat
+import weakref
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -59,11 +60,75 @@ _RENAME_EXCHANGE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 
+# openat2(2) (Linux 5.6+): the same number on x86_64 and aarch64; elsewhere the lstat walk is used.
+_SYS_OPENAT2 = 437 if os.uname().machine in ("x86_64", "aarch64") else None
+_RESOLVE_NO_SYMLINKS = 0x04  # no link at any component, the last one included
+_RESOLVE_BENEATH = 0x08  # no way out of the starting folder: no "..", no absolute path
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+class _Openat2:
+    """A file or folder below a root folder opened in one openat2 call that refuses a link at any component and
+    any way out of the root: what the lstat of every component (`LocalStorage._no_follow_path`) checks,
+    without the window between the checks and the open, in ~7 µs where the walk takes ~16 µs (a day
+    of 10,000 meetings opens ~90,000 files). The root is opened once (a forked child inherits it; a
+    pickled copy opens its own); links above it are followed, as the walk allows. Unavailable (None
+    from `open`) on other machines, on kernels before 5.6 and where a seccomp filter refuses the call:
+    callers then walk."""
+
+    usable = _SYS_OPENAT2 is not None
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._fd: int | None = None  # inherited by a forked child, where it stays valid
+
+    def open(self, relative: str, *, folder: bool = False) -> int | None:
+        """A descriptor of `relative` (a `folder`, or anything else) opened for reading; None when
+        openat2 cannot be used here (or, for a folder, when something on the way is not one: the walk
+        says what). NotARegularFile for a link or a way out of the root; FileNotFoundError and other
+        OSErrors as `os.open` raises them."""
+        if not _Openat2.usable:
+            return None
+        how = _OpenHow(_FOLDER_FLAGS if folder else _READ_FLAGS, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH)
+        encoded = relative.encode()
+        fd = _libc.syscall(_SYS_OPENAT2, self._root_fd(), encoded, ctypes.byref(how), ctypes.sizeof(how))
+        if fd >= 0:
+            return fd
+        code = ctypes.get_errno()
+        if code == errno.ELOOP:
+            raise NotARegularFile(f"{relative}: {NOT_FOLLOWED}")
+        if code == errno.EXDEV:
+            raise NotARegularFile(f"{relative}: outside the landing zone")
+        if code in (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG):  # no openat2 here: walk from now on
+            _Openat2.usable = False
+            return None
+        if code == errno.EAGAIN or (folder and code == errno.ENOTDIR):  # a rename raced the resolution
+            return None
+        raise OSError(code, os.strerror(code), relative)
+
+    def _root_fd(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            weakref.finalize(self, os.close, self._fd)
+        return self._fd
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root, "_fd": None}  # a descriptor means nothing in another process
+
 
 class LocalStorage(OutputStore):
     """A local folder: atomic folder exchange, per-day flock, no link ever followed."""
 
     history_stays_in_place = False
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        super().__init__(root, storage_options)
+        self._beneath = _Openat2(self.root_path)
 
     def uri(self, relative: str) -> str:
         return self.path(relative)
@@ -92,13 +157,24 @@ class LocalStorage(OutputStore):
 
     def listing(self, relative: str) -> list[tuple[str, str]]:
         try:
-            with os.scandir(self._no_follow_path(relative, directory=True)) as entries:
+            fd = self._beneath.open(relative, folder=True)
+            where: str | int = self._no_follow_path(relative, directory=True) if fd is None else fd
+        except FileNotFoundError:
+            return []
+        try:
+            with os.scandir(where) as entries:  # a descriptor is duplicated by scandir: closed below
                 return [(entry.name, _local_kind(entry)) for entry in entries]
         except FileNotFoundError:
             return []
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def open_no_follow(self, relative: str) -> BinaryIO:
-        return open_no_follow(self._no_follow_path(relative))
+        fd = self._beneath.open(relative)
+        if fd is None:
+            return open_no_follow(self._no_follow_path(relative))
+        return _regular_file(fd)
 
     def _no_follow_path(self, relative: str, *, directory: bool = False) -> str:
         """The path of `relative`, each component below the root checked not to be a link (lstat), so
@@ -192,11 +268,16 @@ class LocalStorage(OutputStore):
 def open_no_follow(path: str) -> Any:
     """Open a local regular file for reading without following a link at its last component."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, _READ_FLAGS)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise NotARegularFile(NOT_FOLLOWED) from None
         raise
+    return _regular_file(fd)
+
+
+def _regular_file(fd: int) -> Any:
+    """The open descriptor as a binary file; NotARegularFile (closing it) unless it is a regular file."""
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, FIFO or device named like a data file
         os.close(fd)
         raise NotARegularFile("not a regular file")

@@ -10,19 +10,24 @@ the SUMMARY format with no partial lists, are reduced to an allow-list of counts
 written, and the rendered Data Docs are rewritten to use no asset from the network.
 
 Memory stays bounded however big the day: the staged content is read once, a batch of `BATCH_ROWS`
-rows at a time, and each batch feeds the `content` suite, the narrow per-row frame of `content_keys`
-(validated every `NARROW_BATCH_ROWS` rows) and, for `content_ids`, temporary files that spread the
-day's `artifact_id`s over buckets by a hash of the id: equal ids share a bucket, so uniqueness within
-every bucket is uniqueness across the day, while no more than about `NARROW_BATCH_ROWS` ids are held
-at once. List columns reach pandas as Arrow-backed columns (no Python object per key), and Data Docs
-are rendered once at the end instead of after every batch.
+rows at a time, and each batch feeds the `content` suite (the columns it checks values of), the narrow
+per-row frame of `content_keys` (validated every `NARROW_BATCH_ROWS` rows) and, for `content_ids`,
+temporary files that spread the day's `artifact_id`s over buckets by a hash of the id: equal ids share
+a bucket, so uniqueness within every bucket is uniqueness across the day, while no more than about
+`NARROW_BATCH_ROWS` ids are held at once. `content_columns` checks each staged file's column names
+from its footer. Data Docs are rendered once at the end instead of after every batch.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import re
+import sys
 import tempfile
+import threading
+import types
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import date
@@ -40,7 +45,7 @@ from consent_gate.steps import day_subjects, rare_collections
 from consent_gate.telemetry import GROUP_FIELDS
 from consent_gate.verify import verify_stage
 
-SUITES = ("content", "content_keys", "content_ids", "aggregates", "reconciliation")
+SUITES = ("content_columns", "content", "content_keys", "content_ids", "aggregates", "reconciliation")
 TEXT_TYPES = ("transcript_segment", "chat_message", "summary")
 ARTIFACT_TYPES = (*TEXT_TYPES, "recording")
 # Content rows per GX batch (wide rows: text): what bounds the suites' memory. A checkpoint run costs
@@ -55,11 +60,21 @@ _HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
 # --- the suites ---------------------------------------------------------------------------------
 
 
+def _columns_expectations(gxe: Any, column: Any) -> list[Any]:
+    return [gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(CONTENT_SCHEMA.names))]
+
+
+# The columns the `content` suite reads values of: its frames hold these alone. A row-conditioned
+# expectation filters every column of its frame, and the key lists (checked by `content_keys`) cost
+# half of each run (0.53 -> 0.30 s per 100k rows); the staged files' whole column lists are checked by
+# `content_columns`, once per distinct list of names.
+CONTENT_CHECKED = ("artifact_id", "artifact_type", "captured_at", "consent_as_of", "text", "media_uri", "media_sha256")
+
+
 def _content_expectations(gxe: Any, column: Any) -> list[Any]:
     is_recording = column("artifact_type") == "recording"
     is_text = column("artifact_type") != "recording"
     return [
-        gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(CONTENT_SCHEMA.names)),
         gxe.ExpectColumnValuesToNotBeNull(column="artifact_id"),
         gxe.ExpectColumnValuesToBeUnique(column="artifact_id"),
         gxe.ExpectColumnValuesToBeInSet(column="artifact_type", value_set=list(ARTIFACT_TYPES)),
@@ -128,14 +143,22 @@ def _parquet_batches(store: OutputStore, files: list[str], columns: list[str] | 
 
 
 def _content_frame(batch: Any) -> Any:
-    """The batch as pandas; list columns stay Arrow-backed (no Python object per key), the rest as usual."""
-    import pandas as pd
-    import pyarrow as pa
+    """The batch's `CONTENT_CHECKED` columns (those it has: a missing one fails its expectations) as pandas."""
+    return batch.select([name for name in CONTENT_CHECKED if name in batch.schema.names]).to_pandas()
 
-    def dtype(arrow_type: Any) -> Any:
-        return pd.ArrowDtype(arrow_type) if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) else None
 
-    return batch.to_pandas(types_mapper=dtype)
+def _columns_frames(store: OutputStore, files: list[str]) -> Iterator[Any]:
+    """An empty frame with the columns of each staged file, once per distinct list of column names (the
+    schema of an empty table: no data is read)."""
+    import pyarrow.parquet as pq
+
+    seen: set[tuple[str, ...]] = set()
+    for path in files:
+        with store.open(path) as handle:
+            schema = pq.ParquetFile(handle).schema_arrow
+        if tuple(schema.names) not in seen:
+            seen.add(tuple(schema.names))
+            yield schema.empty_table().to_pandas()
 
 
 def _keys_frame(batch: Any) -> Any:
@@ -267,11 +290,42 @@ def reconciliation_frame(ledger: Ledger, counts: dict[str, Any]) -> Any:
 # --- running them ---------------------------------------------------------------------------------
 
 
+# Imported by Great Expectations' module of expectations for expectations and renderers no suite here
+# uses (KL divergence, KS tests, their charts): ~40% of importing GX (1.1 of 2.8 s), spent in the
+# run's own process while its workers gate the day, and again in every validate task.
+DEFERRED_IMPORTS = ("scipy.stats", "altair")
+
+
+class _DeferredModule(types.ModuleType):
+    """Stands in `sys.modules` for a module not imported yet: the first attribute anyone asks of it
+    imports the real module, which then replaces the stand-in everywhere it was bound (its namespace
+    is copied in). Nothing is lost: a program that uses the module gets it, later."""
+
+    def __getattr__(self, attribute: str) -> Any:
+        with _DEFERRED_LOCK:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
+            real = importlib.import_module(self.__name__)
+            vars(self).update(vars(real))
+        return getattr(real, attribute)
+
+
+_DEFERRED_LOCK = threading.RLock()
+
+
+def _defer_imports(names: tuple[str, ...]) -> None:
+    for name in names:
+        if name not in sys.modules and importlib.util.find_spec(name.partition(".")[0]) is not None:
+            sys.modules[name] = _DeferredModule(name)
+
+
 @rare_collections()
 def import_great_expectations() -> None:
-    """Import Great Expectations (~3 s, mostly its expectation classes and SciPy), e.g. ahead of time
-    while other processes gate the day; later imports are free."""
+    """Import Great Expectations (~2-3 s, mostly its expectation classes), e.g. ahead of time while
+    other processes gate the day; later imports are free. `DEFERRED_IMPORTS` are imported when used."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # before the import: GX reads it then
+    if "great_expectations" not in sys.modules:
+        _defer_imports(DEFERRED_IMPORTS)
     import great_expectations.expectations  # noqa: F401
 
 
@@ -347,6 +401,7 @@ def run_suites(
     with tempfile.TemporaryDirectory(prefix="consent-gate-gx-") as tmp:
         runner = _Runner(Path(tmp) / "gx")
         column, gxe = runner.column, runner.gxe
+        runner.add_suite("content_columns", _columns_expectations(gxe, column))
         runner.add_suite("content", _content_expectations(gxe, column))
         runner.add_suite("content_keys", _keys_expectations(gxe, column))
         runner.add_suite("content_ids", _ids_expectations(gxe, column))
@@ -356,6 +411,8 @@ def run_suites(
 
         # One pass over the staged content feeds all three content suites.
         content_files = store.files(f"{stage_root}/content", ".parquet")
+        for frame in _columns_frames(store, content_files):
+            runner.run(outcomes["content_columns"], frame)
         ids = _IdBuckets(Path(tmp), -(-store.parquet_rows(content_files) // NARROW_BATCH_ROWS))
         keys: list[Any] = []
         try:
@@ -371,7 +428,9 @@ def run_suites(
             if keys:
                 runner.run(outcomes["content_keys"], pd.concat(keys, ignore_index=True))
                 keys.clear()
-            if outcomes["content"].batches == 0:  # nothing eligible: the published schema is still checked
+            if outcomes["content_columns"].batches == 0:  # no staged file: the published schema is checked
+                runner.run(outcomes["content_columns"], CONTENT_SCHEMA.empty_table().to_pandas())
+            if outcomes["content"].batches == 0:  # nothing eligible
                 runner.run(outcomes["content"], _content_frame(CONTENT_SCHEMA.empty_table()))
                 runner.run(outcomes["content_keys"], _keys_frame(CONTENT_SCHEMA.empty_table()))
             for frame in ids.frames():
@@ -396,7 +455,9 @@ def run_suites(
 
 def verification_subjects(settings: RunSettings, day: date) -> set[str]:
     """The subject ids the day's meetings name, read from the landing zone itself (not from the gate's
-    output): what the independent re-verification asks the store about."""
+    output): what the independent re-verification asks the store about. They only choose which
+    consent rows it loads: a published row needing anyone outside them finds no grant and fails the
+    check, so a caller may pass the snapshot step's `DayInputs.subject_ids()` instead of a second read."""
     zone = settings.zone()
     return {key.split("\x1f", 1)[1] for key in day_subjects(zone, zone.meeting_folders(day))}
 
@@ -411,31 +472,42 @@ def evidence_checks(
     """The GX suites and the independent re-verification, as checks; an error in either fails closed.
     `subject_ids`: `verification_subjects` of the day, when the caller read them already.
 
-    Their reports go to the stage's `audit/` folder, so publication puts them under `_audit/dt=D/`.
+    The re-verification runs on a thread beside the suites: it is DuckDB and SQLite work, which leaves
+    the interpreter to GX (~0.2 s of a 10k-meeting day's checks). Their reports go to the stage's
+    `audit/` folder, so publication puts them under `_audit/dt=D/`.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     store = settings.store()
     checks: list[CheckResult] = []
-    try:
-        counts = counts if counts is not None else staged_counts(settings, stage)
-        k = settings.policy.k_min_distinct_users
-        outcomes = run_suites(store, stage.root, stage.day, k=k, counts=counts, ledger=ledger)
-        checks += [CheckResult(f"gx_{o.suite}", o.passed, check_details(o)) for o in outcomes]
-    except Exception as error:  # noqa: BLE001  (any failure to validate is a failed check, named by type only)
-        checks.append(CheckResult("gx_suites", False, f"validation could not run: {type(error).__name__}"))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="re-verification") as beside:
+        verifying = beside.submit(_independent_verification, settings, stage, subject_ids)
+        try:
+            counts = counts if counts is not None else staged_counts(settings, stage)
+            k = settings.policy.k_min_distinct_users
+            outcomes = run_suites(store, stage.root, stage.day, k=k, counts=counts, ledger=ledger)
+            checks += [CheckResult(f"gx_{o.suite}", o.passed, check_details(o)) for o in outcomes]
+        except Exception as error:  # noqa: BLE001  (any failure to validate is a failed check, named by type only)
+            checks.append(CheckResult("gx_suites", False, f"validation could not run: {type(error).__name__}"))
+        checks.append(verifying.result())
+    return checks
+
+
+def _independent_verification(settings: RunSettings, stage: Stage, subject_ids: set[str] | None) -> CheckResult:
     try:
         if subject_ids is None:
             subject_ids = verification_subjects(settings, stage.day)
+        store = settings.store()
         verification = verify_stage(store, stage.root, settings.consent_db, settings.secret, subject_ids)
         store.write_json(stage / "audit/validation/independent_verification.json", asdict(verification))
-        checks.append(CheckResult("independent_verification", verification.passed, verification.detail()))
+        return CheckResult("independent_verification", verification.passed, verification.detail())
     except Exception as error:  # noqa: BLE001
-        checks.append(CheckResult("independent_verification", False, f"could not run: {type(error).__name__}"))
-    return checks
+        return CheckResult("independent_verification", False, f"could not run: {type(error).__name__}")
 
 
 def validate_stage(settings: RunSettings, stage: Stage, subject_ids: set[str] | None = None) -> list[CheckResult]:
     """Every check the stage must pass before publication; the results go to the stage. `subject_ids`:
-    `verification_subjects` of the day, when the caller read them already (while workers gated)."""
+    `verification_subjects` of the day, when the caller read them already."""
     counts, ledger = staged_counts(settings, stage), stage_ledger(settings.store(), stage.root)  # counted once
     checks = reconciliation_checks(settings, stage, counts, ledger)
     # GX suites + re-verification, reports in audit/
