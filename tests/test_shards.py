@@ -177,3 +177,35 @@ def test_a_step_collects_garbage_rarely_and_restores_the_collector_after_it():
     with pytest.raises(ValueError, match="the step failed"):
         failing()
     assert gc.get_threshold() == before
+
+
+@pytest.mark.integration
+def test_a_run_lists_the_day_once_and_reads_each_meeting_json_twice(sample_dir, tmp_path, monkeypatch):
+    """The snapshot step reads the day's subjects from meeting.json and the gate reads each meeting
+    whole; the shards and the re-verification are handed the folders and subjects the snapshot step
+    read, so nothing else lists the day or reads a meeting.json."""
+    from collections import Counter
+
+    from consent_gate.pipeline import run_day
+
+    reads: Counter[str] = Counter()
+    listings: Counter[date] = Counter()
+    read_bytes, meeting_folders = LandingZone.read_bytes, LandingZone.meeting_folders
+
+    def counted_read(zone: LandingZone, relative: str) -> bytes | None:
+        if relative.endswith("/meeting.json"):
+            reads[relative] += 1
+        return read_bytes(zone, relative)
+
+    def counted_listing(zone: LandingZone, day: date) -> list[str]:
+        listings[day] += 1
+        return meeting_folders(zone, day)
+
+    monkeypatch.setattr(LandingZone, "read_bytes", counted_read)
+    monkeypatch.setattr(LandingZone, "meeting_folders", counted_listing)
+    outcome = run_day(settings_for(sample_dir, str(tmp_path / "out")), DAY, AS_OF, run_id="reads", clock=utc_now)
+    assert outcome.published
+    assert listings == {DAY: 1}
+    assert len(reads) == outcome.manifest["counts"]["content"]["meetings"] > 0
+    # twice: the snapshot step's and the gate's; once: a folder the gate quarantines without reading it
+    assert set(reads.values()) == {1, 2} and Counter(reads.values())[2] > Counter(reads.values())[1]
