@@ -240,7 +240,11 @@ def manifest(day: str = DAY, **fields: Any) -> dict[str, Any]:
         "status": "published",
         "inputs": {"files": 2, "listed_in": "inputs.parquet"},
         "counts": {
-            "content": content, "telemetry": telemetry, "units_in": 5, "quarantined": 0, "quarantine_ratio": 0.0,
+            "content": content,
+            "telemetry": telemetry,
+            "units_in": 5,
+            "quarantined": 0,
+            "quarantine_ratio": 0.0,
         },  # fmt: skip
         "checks": [{"name": "content_reconciles", "passed": True, "detail": "5 = 4 + 1 + 0"}],
         "started_at": instant,

@@ -103,8 +103,12 @@ def test_a_sweep_announces_each_rewritten_day_keyed_by_day(published, sample_dir
              "2026-11-26T09:00:00Z", "2026-11-26T09:00:00Z", "2026-01"),
         )  # fmt: skip
     outcome = sweep(
-        settings.store(), settings.consent_db, settings.secret, parse_timestamp("2026-11-26T10:00:00Z", "t")
-    , clock=utc_now)
+        settings.store(),
+        settings.consent_db,
+        settings.secret,
+        parse_timestamp("2026-11-26T10:00:00Z", "t"),
+        clock=utc_now,
+    )
     summary = {"sweep_id": outcome.sweep_id, "days_rewritten": len(outcome.purges)}
     events = RecordedEvents()
     extra = assets.announce_sweep(events, settings.store(), settings.out, summary)

@@ -52,9 +52,7 @@ def imports_of(source: str, modules: set[str], own: str) -> set[str]:
             elif node.module.startswith("consent_gate."):
                 found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
-            found.update(
-                alias.name.split(".")[1] for alias in node.names if alias.name.startswith("consent_gate.")
-            )
+            found.update(alias.name.split(".")[1] for alias in node.names if alias.name.startswith("consent_gate."))
     return found - {own}
 
 

@@ -113,7 +113,7 @@ def test_the_auditors_view_refuses_a_nonconforming_manifest(tmp_path):
     store = write_nonconforming_day(tmp_path)
     settings = RunSettings(raw=str(tmp_path), out=store.root, consent_db="sqlite:///nowhere.db", policy=Policy(),
                            secret=b"k" * 32)  # fmt: skip
-    app = create_app(lambda: settings, read_access=lambda _dag_id: (lambda: None))
+    app = create_app(lambda: settings, read_access=lambda _dag_id: lambda: None)
     with TestClient(app) as client:
         for page in (f"/day/{DAY}", "/"):
             response = client.get(page)
