@@ -76,17 +76,15 @@ def run_day(
         workers = workers_for(len(folders), usable_cpus())
     if workers > 1:  # the worker processes' server imports the steps while this process snapshots consent
         _start_worker_server()
-    inputs: DayInputs | None = None
 
-    def snapshot() -> Stage:
-        nonlocal inputs
+    def snapshot() -> tuple[Stage, DayInputs]:
         inputs = read_day_inputs(zone, folders)
-        return snapshot_consent(
+        stage = snapshot_consent(
             settings, day, as_of, run_id=run_id, dag_run_id=dag_run_id, progress=progress, clock=clock, inputs=inputs
         )
+        return stage, inputs
 
-    stage = timed("snapshot_consent", snapshot)
-    assert inputs is not None
+    stage, inputs = timed("snapshot_consent", snapshot)
     try:
         if workers == 1:
             timed("gate_content", lambda: gate_content(settings, stage, progress=progress, inputs=inputs))

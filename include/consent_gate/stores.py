@@ -73,13 +73,13 @@ class _OpenHow(ctypes.Structure):
 
 
 class _Openat2:
-    """A file or folder below a root folder opened in one openat2 call that refuses a link at any component and
-    any way out of the root: what the lstat of every component (`LocalStorage._no_follow_path`) checks,
-    without the window between the checks and the open, in ~7 µs where the walk takes ~16 µs (a day
-    of 10,000 meetings opens ~90,000 files). The root is opened once (a forked child inherits it; a
-    pickled copy opens its own); links above it are followed, as the walk allows. Unavailable (None
-    from `open`) on other machines, on kernels before 5.6 and where a seccomp filter refuses the call:
-    callers then walk."""
+    """A file or folder below a root folder opened in one openat2 call that refuses a link at any
+    component and any way out of the root: what the lstat of every component
+    (`LocalStorage._no_follow_path`) checks, without the window between the checks and the open, in
+    ~7 µs where the walk takes ~16 µs (a day of 10,000 meetings opens ~90,000 files). The root is
+    opened once (a forked child inherits it; a pickled copy opens its own); links above it are
+    followed, as the walk allows. Unavailable (None from `open`) on other machines, on kernels before
+    5.6 and where a seccomp filter refuses the call: callers then walk."""
 
     usable = _SYS_OPENAT2 is not None
 
@@ -103,11 +103,13 @@ class _Openat2:
         if code == errno.ELOOP:
             raise NotARegularFile(f"{relative}: {NOT_FOLLOWED}")
         if code == errno.EXDEV:
-            raise NotARegularFile(f"{relative}: outside the landing zone")
+            raise NotARegularFile(f"{relative}: outside the root")
         if code in (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG):  # no openat2 here: walk from now on
             _Openat2.usable = False
             return None
-        if code == errno.EAGAIN or (folder and code == errno.ENOTDIR):  # a rename raced the resolution
+        if code == errno.EAGAIN:  # a rename raced the resolution: this one is walked
+            return None
+        if folder and code == errno.ENOTDIR:  # a file where a folder should be: the walk names which
             return None
         raise OSError(code, os.strerror(code), relative)
 

@@ -315,8 +315,13 @@ _DEFERRED_LOCK = threading.RLock()
 
 def _defer_imports(names: tuple[str, ...]) -> None:
     for name in names:
-        if name not in sys.modules and importlib.util.find_spec(name.partition(".")[0]) is not None:
-            sys.modules[name] = _DeferredModule(name)
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)  # imports a parent package only (scipy's own is light)
+        if spec is not None:  # installed: its stand-in carries its spec, so find_spec answers as before
+            stand_in = _DeferredModule(name)
+            stand_in.__spec__ = spec
+            sys.modules[name] = stand_in
 
 
 @rare_collections()
