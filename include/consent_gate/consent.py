@@ -79,6 +79,11 @@ def subject_key(subject_type: str, subject_id: str) -> str:
     return f"{subject_type}\x1f{subject_id}"
 
 
+def subject_ids_of(keys: Iterable[str]) -> set[str]:
+    """The subject ids of `subject_key`s, whatever their type."""
+    return {key.split("\x1f", 1)[1] for key in keys}
+
+
 @dataclass
 class ConsentSnapshot:
     """The consent visible at `as_of`, indexed for batched state look-ups."""

@@ -39,7 +39,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from consent_gate.consent import UnreadableConsentRow, checksum_of
+from consent_gate.consent import UnreadableConsentRow, checksum_of, subject_ids_of
 from consent_gate.consent_store import (
     Progress,
     changed_bound,
@@ -242,7 +242,7 @@ def _from_ledger(
     url: str, as_of: datetime, store: str, pepper: str, ledger: Ledger, bound: str, new_bound: str,
     counted: int, subjects: set[str], files: dict[str, str],
 ) -> RunConsent:  # fmt: skip
-    subject_ids = sorted({key.split("\x1f", 1)[1] for key in subjects})
+    subject_ids = sorted(subject_ids_of(subjects))
     table = rows_to_judge(url, bound, subject_ids)
     events, tables = _day_events(pepper, subjects, files)
     judged, facts = judge_with_facts(table, as_of, new_bound, pepper, {files["events"]: events}, bound, tables)

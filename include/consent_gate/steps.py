@@ -25,7 +25,7 @@ import consent_gate
 from consent_gate.aggregates import AGGREGATE_SCHEMA, aggregate_telemetry
 from consent_gate.artifacts import Artifact
 from consent_gate.config import PROJECT_ROOT, Clock, RunSettings
-from consent_gate.consent import ConsentSnapshot, refuse_future_as_of, subject_key
+from consent_gate.consent import ConsentSnapshot, refuse_future_as_of, subject_ids_of, subject_key
 from consent_gate.consent_ledger import Ledger, ledger_from_json, ledger_json, run_consent, uncovered_markers
 from consent_gate.consent_vector import (
     SnapshotSummary,
@@ -121,7 +121,7 @@ class DayInputs:
 
     def subject_ids(self) -> set[str]:
         """The raw ids of `subjects` (what the re-verification asks the store about)."""
-        return {key.split("\x1f", 1)[1] for key in self.subjects}
+        return subject_ids_of(self.subjects)
 
 
 def read_day_inputs(zone: LandingZone, folders: list[str]) -> DayInputs:

@@ -41,7 +41,7 @@ from consent_gate.gate import CONTENT_SCHEMA
 from consent_gate.gx_reports import RESULT_FORMAT, SuiteOutcome, check_details, sanitized_result, write_reports
 from consent_gate.layout import CHECKS_REPORT, Stage
 from consent_gate.publish import OutputStore
-from consent_gate.steps import day_subjects, rare_collections
+from consent_gate.steps import rare_collections, read_day_inputs
 from consent_gate.telemetry import GROUP_FIELDS
 from consent_gate.verify import verify_stage
 
@@ -464,7 +464,7 @@ def verification_subjects(settings: RunSettings, day: date) -> set[str]:
     consent rows it loads: a published row needing anyone outside them finds no grant and fails the
     check, so a caller may pass the snapshot step's `DayInputs.subject_ids()` instead of a second read."""
     zone = settings.zone()
-    return {key.split("\x1f", 1)[1] for key in day_subjects(zone, zone.meeting_folders(day))}
+    return read_day_inputs(zone, zone.meeting_folders(day)).subject_ids()
 
 
 def evidence_checks(
