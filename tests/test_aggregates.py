@@ -500,8 +500,9 @@ CHANGES = [
 def test_deliveries_that_differ_in_one_parsed_field_are_all_quarantined(tmp_path, case, change):
     first = event(event_id="ev_twice", duration_ms=7) if case == "duration_null" else event(event_id="ev_twice")
     second = {key: value for key, value in {**first, **change}.items() if value is not ABSENT}
-    compact = json.dumps(second, separators=(",", ":")).encode()  # read column-wise; `first` one by one
-    result = run(tmp_path, write_part(tmp_path, [first, event(), compact]))
+    compact = json.dumps(second, separators=(",", ":")).encode()  # read column-wise
+    one_by_one = json.dumps(first, separators=(", ", ":"))  # no canonical layout: parse_event reads it
+    result = run(tmp_path, write_part(tmp_path, [one_by_one, event(), compact]))
     assert [q.unit for q in result.quarantine] == [f"{PREFIX}/part-0001.jsonl.gz:1", f"{PREFIX}/part-0001.jsonl.gz:3"]
     assert result.counts.telemetry_in == 1 and result.counts.duplicate == 0 and result.counts.quarantined == 2
     assert_accounting(result.counts)

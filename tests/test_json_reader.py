@@ -1,8 +1,9 @@
 """The one JSON reader (SPEC §2.1, strict RFC 8259): its fast path reads exactly what the strict one does.
 
-`records.load_json` reads a document that is byte for byte its own canonical encoding with msgspec and
-anything else with the strict reader (duplicate keys, NaN, lone surrogates, depth). Generated documents,
-written compactly and otherwise and then damaged, must read the same (value and type) or fail the same.
+`records.load_json` reads a document that is byte for byte one of its own canonical encodings (compact,
+or spaced as `json.dumps` writes by default or with `indent=2`) with msgspec and anything else with the
+strict reader (duplicate keys, NaN, lone surrogates, depth). Generated documents, written compactly,
+spaced, indented and otherwise and then damaged, must read the same (value and type) or fail the same.
 """
 
 from __future__ import annotations
@@ -33,9 +34,19 @@ _VALUES = st.recursive(
 )
 
 
-def _written(value, compact: bool, ascii_only: bool) -> str:
-    separators = (",", ":") if compact else (", ", ": ")
-    return json.dumps(value, separators=separators, ensure_ascii=ascii_only)
+_LAYOUTS = st.sampled_from(
+    [
+        {"separators": (",", ":")},  # compact
+        {"separators": (", ", ": ")},  # json.dumps's default
+        {"indent": 2},  # pretty-printed, as meeting files are
+        {"indent": 4},  # indented otherwise: never the fast path
+        {"separators": (", ", ":")},  # spaced otherwise: never the fast path
+    ]
+)
+
+
+def _written(value, layout: dict, ascii_only: bool) -> str:
+    return json.dumps(value, ensure_ascii=ascii_only, **layout)
 
 
 _DAMAGE = st.sampled_from(
@@ -44,6 +55,8 @@ _DAMAGE = st.sampled_from(
         lambda t: t.replace("{", '{"k":1,"k":1,', 1) if "{" in t else t,  # a duplicate key, compact
         lambda t: t.replace("{", '{"k":1,"k":2,', 1) if "{" in t else t,
         lambda t: t.replace("{", '{"k" :1,"k":1,', 1) if "{" in t else t,  # spaced from its colon
+        lambda t: t.replace("{", '{"k": 1, "k": 1, ', 1) if "{" in t else t,  # a duplicate key, spaced
+        lambda t: t.replace("{\n", '{\n  "k": 1,\n  "k": 1,\n', 1) if "{\n" in t else t,  # and indented
         lambda t: t + "\n",
         lambda t: " " + t + "\r\n",
         lambda t: t.replace("1", "NaN", 1),
@@ -65,10 +78,10 @@ def _reading(data: bytes, read) -> tuple[str, str]:
         return "refused", str(error)
 
 
-@given(_VALUES, st.booleans(), st.booleans(), _DAMAGE)
-@settings(max_examples=1500, deadline=None)
-def test_load_json_reads_every_document_as_the_strict_reader_does(value, compact, ascii_only, damage):
-    data = damage(_written(value, compact, ascii_only)).encode("utf-8", "surrogatepass")
+@given(_VALUES, _LAYOUTS, st.booleans(), _DAMAGE)
+@settings(max_examples=2500, deadline=None)
+def test_load_json_reads_every_document_as_the_strict_reader_does(value, layout, ascii_only, damage):
+    data = damage(_written(value, layout, ascii_only)).encode("utf-8", "surrogatepass")
     assert _reading(data, lambda d: load_json(d, "<line>")) == _reading(
         data, lambda d: _load_json_strictly(d, "<line>")
     )
@@ -94,3 +107,19 @@ def test_a_compact_event_takes_the_fast_path_and_a_duplicate_key_does_not():
     with pytest.raises(MalformedRecord, match="duplicate key"):
         load_json(nested, "<line>")
     assert load_json(b'{"a":1e400}') == {"a": float("inf")}  # as json reads it; duration_ms refuses it later
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [{"separators": (",", ":")}, {"separators": (", ", ": ")}, {"indent": 2}],
+    ids=["compact", "spaced", "indented"],
+)
+def test_each_canonical_layout_takes_the_fast_path_and_a_duplicate_key_in_it_does_not(layout):
+    record = {"meeting_id": "m_1", "participants": [{"user_id": "u_1", "n": [1, {}]}, {}], "text": "é😀"}
+    assert _canonical_json(json.dumps(record, ensure_ascii=False, **layout).encode()) == record
+    # The same layout, byte for byte, with "meeting_id" written twice: msgspec keeps the last one.
+    twice = json.dumps({"once": "m_2", **record}, ensure_ascii=False, **layout).replace('"once"', '"meeting_id"', 1)
+    assert _canonical_json(twice.encode()) is None
+    with pytest.raises(MalformedRecord, match="field 'meeting_id': duplicate key"):
+        load_json(twice.encode())
+    assert _canonical_json(json.dumps(record, indent=4).encode()) is None  # another layout: the strict reader

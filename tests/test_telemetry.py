@@ -140,7 +140,8 @@ _WRITINGS = st.sampled_from(
         lambda e: json.dumps(e, separators=(",", ":"), ensure_ascii=False),  # compact: column-wise
         lambda e: json.dumps(e, separators=(",", ":"), ensure_ascii=False),
         lambda e: json.dumps(e, separators=(",", ":")),  # \u escapes: not canonical, one by one
-        lambda e: json.dumps(e),  # spaced
+        lambda e: json.dumps(e, ensure_ascii=False),  # spaced as json.dumps's default: column-wise
+        lambda e: json.dumps(e, separators=(", ", ":")),  # spaced otherwise: one by one
         lambda e: json.dumps(e, separators=(",", ":"), ensure_ascii=False) + "\r",
         lambda e: " " + json.dumps(e, separators=(",", ":"), ensure_ascii=False),
     ]
@@ -305,4 +306,6 @@ def test_a_day_aggregates_the_same_whether_read_column_wise_or_line_by_line(tmp_
 
 
 def _spaced(event: dict[str, Any]) -> bytes:
-    return json.dumps(event).encode()
+    # A space after each comma only: no canonical layout (records.is_canonical_encoding), so parse_event
+    # reads every line.
+    return json.dumps(event, separators=(", ", ":")).encode()

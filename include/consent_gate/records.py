@@ -184,11 +184,12 @@ _JSON_WHITESPACE = b" \t\r\n"
 
 
 def _canonical_json(raw: bytes) -> Any:
-    """The value `raw` holds when `raw` is byte for byte its canonical (compact) encoding; else None,
-    and `_load_json_strictly` reads it. Most records are written so: a telemetry event, a chat message.
+    """The value `raw` holds when `raw` is byte for byte one of its canonical encodings (compact, or as
+    `json.dumps` lays it out: `is_canonical_encoding`); else None, and `_load_json_strictly` reads it.
+    Most records are written so: a telemetry event, a chat message, a pretty-printed meeting file.
 
     Why that is the strict reading: an encoder writes each key of an object once, so a document equal
-    to the encoding of what it decodes to has no duplicate key, and every strict reader reads it as
+    to an encoding of what it decodes to has no duplicate key, and every strict reader reads it as
     that value. Brackets bound its depth; NaN, Infinity, lone surrogates and numbers beyond a float
     make msgspec refuse (json reads 1e400 as inf, and on the strict path it still does).
     """
@@ -202,9 +203,17 @@ def _canonical_json(raw: bytes) -> Any:
 
 
 def is_canonical_encoding(value: Any, raw: bytes) -> bool:
-    """Whether `raw`, but for surrounding whitespace, is byte for byte `value`'s canonical (compact)
-    encoding: then it holds no duplicate key and every strict reader reads it as `value`."""
-    return _FAST_ENCODER.encode(value) == raw.strip(_JSON_WHITESPACE)
+    """Whether `raw`, but for surrounding whitespace, is byte for byte an encoding of `value` that
+    writes each key once: compact, or laid out as Python's `json.dumps` does by default (one line) or
+    with `indent=2` (`msgspec.json.format` of the compact encoding: whitespace changed, nothing else).
+    Then it holds no duplicate key and every strict reader reads it as `value`. (The layouts cost a
+    format and a comparison in C; the strict reader calls Python for every object: 4.6% of the
+    instructions of gating a day, `benchmarks/instructions.py`.)"""
+    compact = _FAST_ENCODER.encode(value)
+    written = raw.strip(_JSON_WHITESPACE)
+    if compact == written:
+        return True
+    return msgspec.json.format(compact, indent=2 if b"\n" in written else 0) == written
 
 
 def _load_json_strictly(data: bytes | str, where: str) -> Any:

@@ -183,20 +183,20 @@ def read_lines(lines: Sequence[bytes]) -> LineBatch:
     """The events of a batch of telemetry lines, column-wise, for the lines it can prove it reads as
     `parse_event` does; every other line's index is in `rest`, and `parse_event` decides it.
 
-    Proven means: the line is, but for surrounding whitespace, byte for byte the canonical (compact)
-    encoding of the JSON object it decodes to (so it has no duplicate key and every strict reader reads
-    it as that object, as in `records._canonical_json`), nested at most MAX_JSON_DEPTH deep, and its
+    Proven means: the line is, but for surrounding whitespace, byte for byte a canonical encoding of the
+    JSON object it decodes to (`records.is_canonical_encoding`: so it has no duplicate key and every
+    strict reader reads it as that object, as in `records._canonical_json`), nested at most MAX_JSON_DEPTH deep, and its
     allow-listed fields have the types and shapes `parse_event` accepts, checked column-wise.
     """
-    # A batch none of whose first lines is written canonically (a file written spaced, say) is most
-    # likely written so throughout: the column-wise attempt, a decoding and an encoding more a line, is
-    # not made. (Only ever a matter of speed.)
+    # A batch none of whose first lines is written canonically (a file written with \u escapes, say) is
+    # most likely written so throughout: the column-wise attempt, a decoding and an encoding more a line,
+    # is not made. (Only ever a matter of speed.)
     decoded = _decode_each(lines[:_PROBE_LINES])
     if lines and not any(map(is_canonical_encoding, decoded, lines[:_PROBE_LINES])):
         return LineBatch.one_by_one(len(lines))
     decoded += _decode_each(lines[_PROBE_LINES:])
-    # A line is its value's canonical encoding: compared in C, a line at a time. The few that are not
-    # byte for byte (malformed, spaced, with a CR) are looked at once more, without surrounding whitespace.
+    # A line is its value's compact encoding: compared in C, a line at a time. The few that are not byte
+    # for byte (malformed, spaced, with a CR) are looked at once more: other layouts, surrounding whitespace.
     canonical = list(map(bytes.__eq__, map(_FAST_ENCODER.encode, decoded), lines))
     for odd in [number for number, same in enumerate(canonical) if not same]:
         canonical[odd] = is_canonical_encoding(decoded[odd], lines[odd])
