@@ -144,29 +144,31 @@ def _read_transcript(data: bytes, meeting: Meeting, path: str) -> tuple[list[Art
     names = speakers_by_name([(p.display_name, p) for p in meeting.participants])
     ended_at = meeting.ended_at or meeting.started_at  # no end known: no cue can be placed (fail closed)
     length_ms = (ended_at - meeting.started_at) // timedelta(milliseconds=1)
+    # Made once per file, not per cue: what every cue's artifact shares.
+    started_at, replaced = meeting.started_at, parsed.replaced_bytes
+    artifact_id, unit = f"{meeting.meeting_id}/transcript/", f"{path}#"
     artifacts = []
     for n, cue in enumerate(parsed.cues, start=1):
         if not 0 <= cue.start_ms <= length_ms:
             # SPEC §2.1: an HLS offset or another file's clock gives a capture time nobody can check.
             quarantined.append(
-                Quarantined(f"{path}#{n}", f"cue at line {cue.line} starts outside the meeting's started_at..ended_at")
+                Quarantined(f"{unit}{n}", f"cue at line {cue.line} starts outside the meeting's started_at..ended_at")
             )
             continue
-        said = attribute(cue.text, names)
-        speaker = said.speaker
+        speaker, source, reason, words = attribute(cue.text, names)
         artifacts.append(
             Artifact(
-                artifact_id=f"{meeting.meeting_id}/transcript/{n}",
+                artifact_id=f"{artifact_id}{n}",
                 artifact_type="transcript_segment",
                 meeting=meeting,
-                captured_at=meeting.started_at + timedelta(milliseconds=cue.start_ms),
+                captured_at=started_at + timedelta(0, 0, 0, cue.start_ms),  # (days, s, µs, ms): positional is faster
                 required_participants=(speaker,) if speaker is not None else (),
-                unit=f"{path}#{n}",
-                text=said.words,
+                unit=f"{unit}{n}",
+                text=words,
                 unidentified_speaker=speaker is None,
-                speaker_source=said.source,
-                unidentified_reason=said.reason,
-                invalid_utf8=parsed.replaced_bytes,
+                speaker_source=source,
+                unidentified_reason=reason,
+                invalid_utf8=replaced,
             )
         )
     return artifacts, quarantined
