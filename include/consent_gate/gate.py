@@ -189,24 +189,22 @@ def published_rows(
 
 def excluded_rows(artifacts: Sequence[Artifact], decisions: Sequence[Decision]) -> pa.Table:
     """Why each excluded artifact was dropped; no content, no raw ids."""
-    rows = [
-        {"artifact_id": a.artifact_id, "artifact_type": a.artifact_type, "reason": d.reason}
-        for a, d in zip(artifacts, decisions, strict=True)
-        if not d.eligible
-    ]
-    return pa.Table.from_pylist(rows, schema=EXCLUDED_SCHEMA)
+    dropped = [(a, d) for a, d in zip(artifacts, decisions, strict=True) if d.reason is not None]
+    columns = {
+        "artifact_id": [a.artifact_id for a, _ in dropped],
+        "artifact_type": [a.artifact_type for a, _ in dropped],
+        "reason": [d.reason for _, d in dropped],
+    }
+    return pa.table(columns, schema=EXCLUDED_SCHEMA)
 
 
 def speaker_rows(artifacts: Sequence[Artifact]) -> pa.Table:
     """The speakers evidence of the transcript segments among `artifacts`."""
-    rows = [
-        {
-            "artifact_id": a.artifact_id,
-            "speaker_source": a.speaker_source,
-            "unidentified_reason": a.unidentified_reason,
-            "invalid_utf8": a.invalid_utf8,
-        }
-        for a in artifacts
-        if a.artifact_type == "transcript_segment"
-    ]
-    return pa.Table.from_pylist(rows, schema=SPEAKERS_SCHEMA)
+    segments = [a for a in artifacts if a.artifact_type == "transcript_segment"]
+    columns = {
+        "artifact_id": [a.artifact_id for a in segments],
+        "speaker_source": [a.speaker_source for a in segments],
+        "unidentified_reason": [a.unidentified_reason for a in segments],
+        "invalid_utf8": [a.invalid_utf8 for a in segments],
+    }
+    return pa.table(columns, schema=SPEAKERS_SCHEMA)
