@@ -267,8 +267,18 @@ def parse_timing_line(line: str) -> tuple[int, int] | str:
     common = _COMMON_TIMING.match(line)
     if common is None:
         return timing_by_steps(line)
-    h1, m1, s1, t1, h2, m2, s2, t2 = map(int, common.groups())
-    return ((h1 * 60 + m1) * 60 + s1) * 1000 + t1, ((h2 * 60 + m2) * 60 + s2) * 1000 + t2
+    h1, m1, s1, t1, h2, m2, s2, t2 = common.groups()
+    two, three = _TWO_DIGITS, _THREE_DIGITS
+    return (
+        ((int(h1) * 60 + two[m1]) * 60 + two[s1]) * 1000 + three[t1],
+        ((int(h2) * 60 + two[m2]) * 60 + two[s2]) * 1000 + three[t2],
+    )
+
+
+# The values of the fixed-width fields _COMMON_TIMING matches (minutes and seconds [0-5][0-9], three
+# digits of milliseconds), looked up: int() of a string costs a type call each, 8 a cue.
+_TWO_DIGITS = {f"{n:02d}": n for n in range(60)}
+_THREE_DIGITS = {f"{n:03d}": n for n in range(1000)}
 
 
 def timing_by_steps(line: str) -> tuple[int, int] | str:
