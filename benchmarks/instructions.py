@@ -43,7 +43,8 @@ _TOGGLE = "*operator_call*"
 
 
 def _child(tree: str, data: str, out: str) -> None:
-    """Runs under callgrind: the snapshot (uncounted), then gate_content (counted)."""
+    """Runs under callgrind: the day's inputs and snapshot (uncounted), then gate_content (counted),
+    given the inputs as the command line's run gives them."""
     import operator
 
     import bench
@@ -51,11 +52,18 @@ def _child(tree: str, data: str, out: str) -> None:
     sys.path.insert(0, tree)
     from consent_gate.config import utc_now
     from consent_gate.records import parse_timestamp
-    from consent_gate.steps import gate_content, snapshot_consent
+    from consent_gate.steps import gate_content, read_day_inputs, snapshot_consent
 
     settings = bench._settings(Path(data), Path(out))
-    stage = snapshot_consent(settings, bench.DAY, parse_timestamp(bench.AS_OF, "as_of"), run_id="instr", clock=utc_now)
-    report = operator.call(gate_content, settings, stage)
+    zone = settings.zone()
+    inputs = read_day_inputs(zone, zone.meeting_folders(bench.DAY))  # as `consent-gate run` hands them on
+    as_of = parse_timestamp(bench.AS_OF, "as_of")
+    stage = snapshot_consent(settings, bench.DAY, as_of, run_id="instr", clock=utc_now, inputs=inputs)
+    import consent_gate
+
+    if not consent_gate.__file__.startswith(tree):  # an installed copy would be counted instead
+        raise SystemExit(f"consent_gate was imported from {consent_gate.__file__}, not from {tree}")
+    report = operator.call(gate_content, settings, stage, inputs=inputs)
     print(f"published {report.published} of {report.units_in}")
 
 
@@ -89,6 +97,9 @@ def main() -> None:
 
     data, _ = bench.prepare(args.work, args.meetings)
     trees = [tree.resolve() for tree in args.trees] or [PROJECT / "include"]
+    for tree in trees:
+        if not (tree / "consent_gate/__init__.py").is_file():
+            sys.exit(f"{tree} does not hold consent_gate/: name a checkout's include/ folder")
     with ThreadPoolExecutor(max_workers=max(1, len(os.sched_getaffinity(0)))) as pool:
         counts = list(pool.map(lambda tree: count(tree, data), trees))
     first = counts[0][0]
