@@ -162,7 +162,7 @@ def published_rows(
     (ids, types, meetings, users, accounts, captured, texts, uris, sha256s, terms) = columns.values()
     keys_of: dict[tuple[int, ...], tuple[str, list[str], list[str]]] = {}  # by _whose_consent
     for artifact, decision in zip(artifacts, decisions, strict=True):
-        if decision.reason is not None:
+        if not decision.eligible:
             continue
         who = _whose_consent(artifact)
         keys = keys_of.get(who)
@@ -189,7 +189,7 @@ def published_rows(
 
 def excluded_rows(artifacts: Sequence[Artifact], decisions: Sequence[Decision]) -> pa.Table:
     """Why each excluded artifact was dropped; no content, no raw ids."""
-    dropped = [(a, d) for a, d in zip(artifacts, decisions, strict=True) if d.reason is not None]
+    dropped = [(a, d) for a, d in zip(artifacts, decisions, strict=True) if not d.eligible]
     columns = {
         "artifact_id": [a.artifact_id for a, _ in dropped],
         "artifact_type": [a.artifact_type for a, _ in dropped],

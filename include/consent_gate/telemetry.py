@@ -185,8 +185,9 @@ def read_lines(lines: Sequence[bytes]) -> LineBatch:
 
     Proven means: the line is, but for surrounding whitespace, byte for byte a canonical encoding of the
     JSON object it decodes to (`records.is_canonical_encoding`: so it has no duplicate key and every
-    strict reader reads it as that object, as in `records._canonical_json`), nested at most MAX_JSON_DEPTH deep, and its
-    allow-listed fields have the types and shapes `parse_event` accepts, checked column-wise.
+    strict reader reads it as that object, as in `records._canonical_json`), nested at most
+    MAX_JSON_DEPTH deep, and its allow-listed fields have the types and shapes `parse_event` accepts,
+    checked column-wise.
     """
     # A batch none of whose first lines is written canonically (a file written with \u escapes, say) is
     # most likely written so throughout: the column-wise attempt, a decoding and an encoding more a line,
