@@ -287,3 +287,45 @@ def test_a_full_scope_answers_for_subjects_met_after_its_first_answer(tmp_path):
             assert ok.tolist() == [True]
         events = scope.whole_store.events_path
     assert not Path(events).exists()  # the whole-store consent lives only as long as the sweep
+
+
+# recorded_at / effective_at cells as a hostile SQLite store may hold them (its columns untyped): text
+# around the changed bound, before 1900, malformed, numbers (sorting before any text), blobs (after).
+_CELLS = st.sampled_from(
+    [None, "2026-11-18T23:59:59Z", "2026-11-19", "2026-11-19T00:00:00Z", "2026-11-21T08:00:00Z",
+     "1899-12-31T23:59:59Z", "1900", "0", "", "zzz", 5, 2026.5, b"\x00", b"2026-11-20"]
+)  # fmt: skip
+
+
+@given(st.lists(st.tuples(_CELLS, _CELLS), max_size=30))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_the_changed_rows_are_read_in_parts_exactly_as_the_one_condition_selects_them(tmp_path_factory, cells):
+    """`read_changed_rows` reads disjoint indexed ranges (SQLite scans the whole table for the OR of
+    them): the same rows, each once, as `recorded_at >= L OR effective_at >= L OR recorded_at < '1900'
+    OR recorded_at IS NULL`, under SQLite's order across types."""
+    from consent_gate.consent import COLUMNS
+    from consent_gate.consent_store import changed_bound, read_changed_rows
+
+    db = tmp_path_factory.mktemp("changed") / "consent.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute(f"CREATE TABLE consent_events ({', '.join(COLUMNS)})")  # untyped: cells keep their type
+        rows = [consent_row(f"e{n}", "u_1", effective="x", recorded="x") for n in range(len(cells))]
+        position = {name: i for i, name in enumerate(COLUMNS)}
+        for row, (recorded, effective) in zip(rows, cells, strict=True):
+            cell = list(row)
+            cell[position["recorded_at"]], cell[position["effective_at"]] = recorded, effective
+            connection.execute(f"INSERT INTO consent_events VALUES ({', '.join('?' * len(COLUMNS))})", cell)
+    url = f"sqlite:///{db}"
+    create_consent_indexes(url)
+    since = at(0).replace(year=2026, month=11, day=20, hour=0, minute=0, second=0, microsecond=0)
+    lower = changed_bound(since)
+    with sqlite3.connect(db) as connection:
+        expected = sorted(
+            event_id
+            for (event_id,) in connection.execute(
+                "SELECT event_id FROM consent_events WHERE recorded_at >= ? OR effective_at >= ? "
+                "OR recorded_at < '1900' OR recorded_at IS NULL",
+                (lower, lower),
+            )
+        )
+    assert sorted(read_changed_rows(url, since, purpose="test").column("event_id").to_pylist()) == expected

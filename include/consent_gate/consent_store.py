@@ -365,14 +365,27 @@ def changed_bound(since: datetime) -> str:
 def read_changed_rows(url: str, since: datetime, *, purpose: str) -> pa.Table:
     """The rows that may have changed consent after `since`: recorded or effective from `changed_bound`
     on (indexed ranges), plus rows whose recorded_at cannot be an instant at all (missing, or sorting
-    before any year 1900). Every other row is counted by `count_recorded_before`."""
+    before any year 1900). Every other row is counted by `count_recorded_before`.
+
+    Read as the disjoint parts of `recorded_at >= L OR effective_at >= L OR recorded_at < '1900' OR
+    recorded_at IS NULL`, each an indexed range: SQLite (3.40, 3.53) plans that OR as a scan of the whole
+    table, 2.4 s at 20M rows where the parts take milliseconds. Every row is in exactly one part, under
+    SQLite's order across types too (a number sorts before any text, a blob after)."""
     lower = changed_bound(since)
-    return read_consent_table(
-        url,
-        "WHERE recorded_at/*C*/ >= ? OR effective_at/*C*/ >= ? OR recorded_at/*C*/ < '1900' OR recorded_at IS NULL",
-        (lower, lower),
-        purpose=purpose,
+    parts = (
+        ("WHERE recorded_at/*C*/ >= ?", (lower,)),
+        ("WHERE recorded_at/*C*/ < '1900' AND recorded_at/*C*/ < ?", (lower,)),
+        ("WHERE recorded_at IS NULL", ()),
+        # NOT (…), not the ranges themselves: SQLite would walk the recorded_at index over ['1900', L), the
+        # whole store (36 s at 20M rows), instead of the effective_at index from L (a NULL is in no part but
+        # the third: NOT of a comparison with NULL is NULL).
+        (
+            "WHERE effective_at/*C*/ >= ? AND NOT (recorded_at/*C*/ >= ?) AND NOT (recorded_at/*C*/ < '1900')",
+            (lower, lower),
+        ),
     )
+    tables = [read_consent_table(url, where, params, purpose=purpose) for where, params in parts]
+    return pa.concat_tables(tables)
 
 
 def read_rows_outside(url: str, bound: str, *, purpose: str) -> pa.Table:
