@@ -50,19 +50,18 @@ def _child(tree: str, data: str, out: str) -> None:
     import bench
 
     sys.path.insert(0, tree)
+    import consent_gate
     from consent_gate.config import utc_now
     from consent_gate.records import parse_timestamp
     from consent_gate.steps import gate_content, read_day_inputs, snapshot_consent
 
+    if not consent_gate.__file__.startswith(tree):  # an installed copy would be counted instead
+        raise SystemExit(f"consent_gate was imported from {consent_gate.__file__}, not from {tree}")
     settings = bench._settings(Path(data), Path(out))
     zone = settings.zone()
     inputs = read_day_inputs(zone, zone.meeting_folders(bench.DAY))  # as `consent-gate run` hands them on
     as_of = parse_timestamp(bench.AS_OF, "as_of")
     stage = snapshot_consent(settings, bench.DAY, as_of, run_id="instr", clock=utc_now, inputs=inputs)
-    import consent_gate
-
-    if not consent_gate.__file__.startswith(tree):  # an installed copy would be counted instead
-        raise SystemExit(f"consent_gate was imported from {consent_gate.__file__}, not from {tree}")
     report = operator.call(gate_content, settings, stage, inputs=inputs)
     print(f"published {report.published} of {report.units_in}")
 

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -317,7 +317,7 @@ def test_the_changed_rows_are_read_in_parts_exactly_as_the_one_condition_selects
             connection.execute(f"INSERT INTO consent_events VALUES ({', '.join('?' * len(COLUMNS))})", cell)
     url = f"sqlite:///{db}"
     create_consent_indexes(url)
-    since = at(0).replace(year=2026, month=11, day=20, hour=0, minute=0, second=0, microsecond=0)
+    since = datetime(2026, 11, 20, tzinfo=UTC)
     lower = changed_bound(since)
     with sqlite3.connect(db) as connection:
         expected = sorted(

@@ -146,24 +146,23 @@ def _read_transcript(data: bytes, meeting: Meeting, path: str) -> tuple[list[Art
     length_ms = (ended_at - meeting.started_at) // timedelta(milliseconds=1)
     # Made once per file, not per cue: what every cue's artifact shares.
     started_at, replaced = meeting.started_at, parsed.replaced_bytes
-    artifact_id, unit = f"{meeting.meeting_id}/transcript/", f"{path}#"
+    id_prefix, unit_prefix = f"{meeting.meeting_id}/transcript/", f"{path}#"
     artifacts = []
     for n, cue in enumerate(parsed.cues, start=1):
         if not 0 <= cue.start_ms <= length_ms:
             # SPEC §2.1: an HLS offset or another file's clock gives a capture time nobody can check.
-            quarantined.append(
-                Quarantined(f"{unit}{n}", f"cue at line {cue.line} starts outside the meeting's started_at..ended_at")
-            )
+            problem = f"cue at line {cue.line} starts outside the meeting's started_at..ended_at"
+            quarantined.append(Quarantined(f"{unit_prefix}{n}", problem))
             continue
         speaker, source, reason, words = attribute(cue.text, names)
         artifacts.append(
             Artifact(
-                artifact_id=f"{artifact_id}{n}",
+                artifact_id=f"{id_prefix}{n}",
                 artifact_type="transcript_segment",
                 meeting=meeting,
                 captured_at=started_at + timedelta(0, 0, 0, cue.start_ms),  # (days, s, µs, ms): positional is faster
                 required_participants=(speaker,) if speaker is not None else (),
-                unit=f"{unit}{n}",
+                unit=f"{unit_prefix}{n}",
                 text=words,
                 unidentified_speaker=speaker is None,
                 speaker_source=source,
