@@ -110,6 +110,11 @@ def test_a_clean_day_passes_every_suite_and_publishes_the_reports(passing):
     manifest = json.loads((audit / "manifest.json").read_text())
     assert {c["name"] for c in manifest["checks"]} >= GX_CHECKS
     assert (audit / "data_docs/index.html").exists()
+    for suite in (s["suite"] for s in summary):  # every suite and each of its results has its page
+        assert (audit / f"data_docs/expectations/{suite}.html").is_file(), suite
+        assert len(list((audit / f"data_docs/validations/{suite}").rglob("*.html"))) == next(
+            s["batches"] for s in summary if s["suite"] == suite
+        ), suite
 
 
 @pytest.mark.integration
@@ -135,6 +140,20 @@ def test_data_docs_render_without_any_network_asset(passing):
         text = page.read_text()
         assert not _remote_assets(text), f"{page.name} loads {_remote_assets(text)[:3]}"
         assert "<style>" in text
+
+
+@pytest.mark.unit
+def test_a_suite_that_cannot_hold_an_expectation_is_refused_not_shortened(tmp_path):
+    """GX's ExpectationSuite constructor logs an expectation it cannot build and goes on: a suite one
+    check short would pass what that check should have failed. The runner refuses to build it."""
+    from consent_gate.validation import _Runner
+
+    runner = _Runner(tmp_path)
+    known = runner.gxe.ExpectColumnValuesToNotBeNull(column="artifact_id")
+    with pytest.raises(RuntimeError, match="suite content: 1 expectations not added"):
+        runner.add_suite("content", [known, {"type": "expect_no_such_thing", "kwargs": {}}])
+    runner.add_suite("content_ids", [runner.gxe.ExpectColumnValuesToNotBeNull(column="artifact_id")])
+    assert list(runner.checkpoints) == ["content_ids"]
 
 
 def _remote_assets(html: str) -> list[str]:
