@@ -198,3 +198,55 @@ def test_reported_exclusion_reasons_must_cover_every_excluded_row(sample_dir, tm
     report_path.write_text(json.dumps(report))
     checks = {c.name: c for c in reconciliation_checks(settings, stage)}
     assert not checks["content_reconciles"].passed
+
+
+_FRESH_RUN = """
+import json, sys
+from datetime import date
+from pathlib import Path
+from consent_gate.config import Policy, RunSettings, utc_now
+from consent_gate.errors import GateCheckFailed
+from consent_gate.pipeline import run_day
+from consent_gate.records import parse_timestamp
+
+sample, out = Path(sys.argv[1]), Path(sys.argv[2])
+
+def settings(folder, **policy):
+    return RunSettings(raw=str(sample / "raw"), out=str(out / folder), consent_db=f"sqlite:///{sample / 'consent.db'}",
+                       policy=Policy(**policy), secret=(sample / "hmac.key").read_bytes())
+
+day, as_of = date(2026, 11, 2), parse_timestamp("2026-11-20T00:00:00Z", "as_of")
+if __name__ == "__main__":
+    outcome = run_day(settings("checked"), day, as_of, run_id="fresh", clock=utc_now, workers=None)
+    try:
+        run_day(settings("strict", max_quarantine_ratio=0), day, as_of, run_id="strict", clock=utc_now, workers=None)
+        refused = None
+    except GateCheckFailed as error:
+        refused = str(error)
+    print(json.dumps({"checks": {c.name: c.passed for c in outcome.checks}, "refused": refused,
+                      "great_expectations_here": "great_expectations" in sys.modules}))
+"""
+
+
+def test_a_fresh_process_checks_the_day_in_a_process_of_its_own_with_the_same_outcome(published, sample_dir, tmp_path):
+    """A run in a process that has not imported Great Expectations (the command line's) hands the checks
+    to a process that imported it while the day was gated. Its verdicts are the run's: a passing day
+    publishes the same rows as checks run here, and a failing check still refuses the day."""
+    import subprocess
+    import sys
+
+    program = tmp_path / "fresh_run.py"
+    program.write_text(_FRESH_RUN)
+    done = subprocess.run(
+        [sys.executable, str(program), str(sample_dir), str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["great_expectations_here"] is False  # the checks ran elsewhere
+    out, outcome = published
+    assert report["checks"] == {c.name: c.passed for c in outcome.checks} and all(report["checks"].values())
+    fresh = read_content(tmp_path / "checked").sort_by("artifact_id")
+    assert fresh.equals(read_content(out).sort_by("artifact_id"))
+    assert report["refused"] is not None and "quarantine_ratio" in report["refused"]
+    assert not (tmp_path / "strict/content").exists()
+    assert list((tmp_path / "strict/_audit/dt=2026-11-02/attempts").glob("*.json"))
