@@ -206,6 +206,7 @@ from datetime import date
 from pathlib import Path
 from consent_gate.config import Policy, RunSettings, utc_now
 from consent_gate.errors import GateCheckFailed
+from consent_gate import pipeline
 from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
 
@@ -223,7 +224,17 @@ if __name__ == "__main__":
         refused = None
     except GateCheckFailed as error:
         refused = str(error)
-    print(json.dumps({"checks": {c.name: c.passed for c in outcome.checks}, "refused": refused,
+
+    def telemetry_breaks(*args):  # after the content checks started in the checker process
+        raise OSError("telemetry landing zone unreachable")
+
+    pipeline.aggregate_day = telemetry_breaks
+    try:
+        run_day(settings("broken"), day, as_of, run_id="broken", clock=utc_now, workers=None)
+        broke = None
+    except OSError as error:
+        broke = str(error)
+    print(json.dumps({"checks": {c.name: c.passed for c in outcome.checks}, "refused": refused, "broke": broke,
                       "great_expectations_here": "great_expectations" in sys.modules}))
 """
 
@@ -231,15 +242,20 @@ if __name__ == "__main__":
 def test_a_fresh_process_checks_the_day_in_a_process_of_its_own_with_the_same_outcome(published, sample_dir, tmp_path):
     """A run in a process that has not imported Great Expectations (the command line's) hands the checks
     to a process that imported it while the day was gated. Its verdicts are the run's: a passing day
-    publishes the same rows as checks run here, and a failing check still refuses the day."""
+    publishes the same rows as checks run here, and a failing check still refuses the day. A run that
+    fails after the content checks started leaves neither its stage nor the checks' GX folder behind."""
+    import os
     import subprocess
     import sys
 
     program = tmp_path / "fresh_run.py"
     program.write_text(_FRESH_RUN)
+    scratch = tmp_path / "tmp"  # the processes' temporary folders
+    scratch.mkdir()
     done = subprocess.run(
-        [sys.executable, str(program), str(sample_dir), str(tmp_path)], capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, str(program), str(sample_dir), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(scratch)},
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["great_expectations_here"] is False  # the checks ran elsewhere
@@ -250,3 +266,29 @@ def test_a_fresh_process_checks_the_day_in_a_process_of_its_own_with_the_same_ou
     assert report["refused"] is not None and "quarantine_ratio" in report["refused"]
     assert not (tmp_path / "strict/content").exists()
     assert list((tmp_path / "strict/_audit/dt=2026-11-02/attempts").glob("*.json"))
+    assert report["broke"] == "telemetry landing zone unreachable"
+    assert not (tmp_path / "broken/content").exists()
+    assert [p.name for p in (tmp_path / "broken/_staging/dt=2026-11-02").iterdir()] == []
+    assert list((tmp_path / "broken/_audit/dt=2026-11-02/attempts").glob("*.json"))
+    assert not list(scratch.glob("consent-gate-gx-*"))
+
+
+def test_a_run_failing_after_the_content_checks_started_drops_them(sample_dir, tmp_path, monkeypatch):
+    """In this process too (GX imported: the checks run here): what the content checks found is
+    dropped with the stage, not kept for a later run of the same process."""
+    import tempfile
+
+    from consent_gate import pipeline, validation
+
+    def telemetry_breaks(*args):
+        assert validation._STARTED  # the content checks ran before the telemetry step
+        raise OSError("telemetry landing zone unreachable")
+
+    monkeypatch.setattr(pipeline, "aggregate_day", telemetry_breaks)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with pytest.raises(OSError, match="unreachable"):
+        run_day(settings_for(sample_dir, tmp_path / "out"), DAY, AS_OF, run_id="broken", clock=utc_now)
+    assert validation._STARTED == {}
+    assert not list((tmp_path / "tmp").glob("consent-gate-gx-*"))
+    assert [p.name for p in (tmp_path / f"out/_staging/dt={DAY}").iterdir()] == []

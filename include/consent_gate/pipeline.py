@@ -14,8 +14,8 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
-from contextlib import contextmanager
+from concurrent.futures import BrokenExecutor, Executor, Future, wait
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -34,7 +34,7 @@ from consent_gate.steps import (
     require_arrivals,
     snapshot_consent,
 )
-from consent_gate.validation import import_great_expectations, validate_stage
+from consent_gate.validation import discard_checks, finish_checks, import_great_expectations, start_checks
 
 # Worker processes cost ~1-2 s of start-up (the forkserver importing pyarrow, DuckDB and the gate, then
 # a fork each), about what gating 1,000 meetings does: a smaller day is faster in this process.
@@ -89,26 +89,26 @@ def run_day(
         )
         return stage, inputs
 
-    with _checker(may_fork) as checker:
+    with _checker(may_fork) as checks_of:
         stage, inputs = timed("snapshot_consent", snapshot)
+        started: Future[None] | None = None  # the checks of the staged content, once the shards are done
         try:
             if workers == 1:
                 timed("gate_content", lambda: gate_content(settings, stage, progress=progress, inputs=inputs))
+                started = checks_of.submit(start_checks, settings, stage, inputs.subject_ids())
                 timed("aggregate_telemetry", lambda: aggregate_day(settings, stage))
             else:
-                timed(
+                started = timed(
                     f"gate_content ({workers} shards) + aggregate_telemetry",
-                    lambda: _in_parallel(settings, stage, workers, inputs),
+                    lambda: _in_parallel(settings, stage, workers, inputs, checks_of),
                 )
-            if checker is None:
-                checks = timed("validate", lambda: validate_stage(settings, stage, inputs.subject_ids()))
-            else:
-                checks = timed("validate", checker.submit(validate_stage, settings, stage, inputs.subject_ids()).result)
+            checks = timed("validate", lambda: _finish(checks_of, started, settings, stage))
             if not all(c.passed for c in checks):
                 failed = ", ".join(c.name for c in checks if not c.passed)
                 raise GateCheckFailed(f"checks failed: {failed}")
             manifest = timed("publish", lambda: publish_stage(settings, stage, clock=clock))
         except BaseException as error:  # Ctrl-C too: no staged content outlives the run
+            _drop_checks(checks_of, started, stage)
             try:
                 record_failed_attempt(settings, stage, f"{type(error).__name__}: {error}", clock=clock)
             except AttemptNotRecorded as unrecorded:  # the run's own error stays the one raised
@@ -130,36 +130,88 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _in_parallel(settings: RunSettings, stage: Stage, workers: int, inputs: DayInputs) -> None:
-    """Gate `workers` shards and aggregate the telemetry in worker processes. The first error raised by
-    a worker is raised here, after every process has stopped."""
+def _in_parallel(
+    settings: RunSettings, stage: Stage, workers: int, inputs: DayInputs, checks_of: Executor
+) -> Future[None]:
+    """Gate `workers` shards and aggregate the telemetry in worker processes; once the shards are done,
+    start the checks of the staged content (`start_checks`) in `checks_of` while the telemetry is still
+    aggregated. The first error raised by a worker is raised here, after every process has stopped."""
     from concurrent.futures import ProcessPoolExecutor
 
+    started = None
     with ProcessPoolExecutor(max_workers=workers + 1, mp_context=_start_worker_server()) as pool:
         try:
-            telemetry = pool.submit(aggregate_day, settings, stage)
+            telemetry = pool.submit(_aggregate_behind_the_shards, settings, stage)
             shards = [
                 pool.submit(gate_content, settings, stage, shard=s, shards=workers, inputs=inputs)
                 for s in range(workers)
             ]
-            for done in (telemetry, *shards):
+            for done in shards:
                 done.result()
+            started = checks_of.submit(start_checks, settings, stage, inputs.subject_ids())
+            telemetry.result()
         except BaseException:
             pool.shutdown(cancel_futures=True)
+            if started is not None:
+                wait([started])  # they write into the stage, which the caller is about to remove
             raise
+    return started
+
+
+# The telemetry worker runs behind the shards (Linux nice 7: a CPU weight of 215 against their 1024).
+# The content checks can start only once every shard is done, and take one CPU; the telemetry should
+# then have about as much work left, to run beside them. At equal weight it ended first and the checks
+# ran alone. Measured in alternating rounds on 2 CPUs (benchmarks/README.md, stop 26): at 10k meetings
+# nice 0 / 3 / 5 / 7 gave medians of 12.4 / 10.9 / 11.0 / 10.2 s (checks after everything: 10.9 s); at
+# 50k, nice 7 / 10 gave 38.0 / 43.2 s (after everything: 39.7 s).
+TELEMETRY_NICENESS = 7
+
+
+def _aggregate_behind_the_shards(settings: RunSettings, stage: Stage) -> dict[str, int]:
+    os.nice(TELEMETRY_NICENESS)  # this worker process only (the pool ends with the step)
+    return aggregate_day(settings, stage)
+
+
+def _drop_checks(checks_of: Executor, started: Future[None] | None, stage: Stage) -> None:
+    """A failed run's content checks, if started, are let finish (they write into the stage, which is
+    about to be removed) and what they found is dropped."""
+    if started is not None:
+        wait([started])
+    with suppress(BrokenExecutor):  # a checker process that died holds nothing
+        checks_of.submit(discard_checks, stage).result()
+
+
+def _finish(checks_of: Executor, started: Future[None], settings: RunSettings, stage: Stage) -> list[CheckResult]:
+    started.result()
+    return checks_of.submit(finish_checks, settings, stage).result()
+
+
+class _Here(Executor):
+    """Runs each task at once, in the calling thread: the checks of a process that imported GX already."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        done: Future[Any] = Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except Exception as error:  # noqa: BLE001  (raised by .result(), as a process pool's would be)
+            done.set_exception(error)
+        return done
+
+
+_HERE = _Here()
 
 
 @contextmanager
-def _checker(may_fork: bool) -> Iterator[Executor | None]:
+def _checker(may_fork: bool) -> Iterator[Executor]:
     """Where the checks run. A process that has not imported Great Expectations (the command line's)
     starts one now that imports it (~1.5 s of a CPU) while this one gates the day, instead of after:
     on a day gated in this one process the other CPU had nothing to do meanwhile (a 1,000-meeting day,
     4.7 -> 3.9 s), and on a day gated in shards it takes the place of this process importing it beside
-    them. None: they run in this process (`may_fork` False, or imported already)."""
+    them. Otherwise (`may_fork` False, or imported already) they run here, as they are submitted."""
     from concurrent.futures import ProcessPoolExecutor
 
     if not may_fork or "great_expectations" in sys.modules:
-        yield None
+        yield _HERE
         return
     context = _start_worker_server()
     with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=import_great_expectations) as checker:

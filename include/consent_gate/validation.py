@@ -30,7 +30,7 @@ import tempfile
 import threading
 import types
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -409,30 +409,39 @@ class _Runner:
         return self.docs
 
 
-def run_suites(
-    store: OutputStore, stage_root: str, day: date, *, k: int, counts: dict[str, Any], ledger: Ledger | None = None
-) -> list[SuiteOutcome]:
-    """Run every suite over the stage; write sanitized results and offline Data Docs into `audit/`.
-    `ledger`: the stage's counted outcomes, when the caller counted them already."""
-    import pandas as pd
-    import pyarrow as pa
+class _StageSuites:
+    """Every suite over one staged day, in two parts: `check_content` reads only the staged content (what
+    the gate's shards wrote); `finish` reads the aggregates and the stage's counts, renders the Data Docs
+    and writes the reports into `audit/`. A run starts the first while the telemetry is still being
+    aggregated (`start_checks`). `close` removes the context's temporary folder."""
 
-    with tempfile.TemporaryDirectory(prefix="consent-gate-gx-") as tmp:
-        runner = _Runner(Path(tmp) / "gx")
-        column, gxe = runner.column, runner.gxe
-        runner.add_suite("content_columns", _columns_expectations(gxe, column))
-        runner.add_suite("content", _content_expectations(gxe, column))
-        runner.add_suite("content_keys", _keys_expectations(gxe, column))
-        runner.add_suite("content_ids", _ids_expectations(gxe, column))
-        runner.add_suite("aggregates", _aggregate_expectations(gxe, column, k=k, day=day))
-        runner.add_suite("reconciliation", _reconciliation_expectations(gxe, column))
-        outcomes = {name: SuiteOutcome(name) for name in SUITES}
+    def __init__(self, store: OutputStore, stage_root: str, day: date, k: int) -> None:
+        self.store, self.stage_root = store, stage_root
+        self._folder = tempfile.TemporaryDirectory(prefix="consent-gate-gx-")
+        try:
+            runner = self.runner = _Runner(Path(self._folder.name) / "gx")
+            column, gxe = runner.column, runner.gxe
+            runner.add_suite("content_columns", _columns_expectations(gxe, column))
+            runner.add_suite("content", _content_expectations(gxe, column))
+            runner.add_suite("content_keys", _keys_expectations(gxe, column))
+            runner.add_suite("content_ids", _ids_expectations(gxe, column))
+            runner.add_suite("aggregates", _aggregate_expectations(gxe, column, k=k, day=day))
+            runner.add_suite("reconciliation", _reconciliation_expectations(gxe, column))
+        except BaseException:
+            self._folder.cleanup()
+            raise
+        self.outcomes = {name: SuiteOutcome(name) for name in SUITES}
 
-        # One pass over the staged content feeds all three content suites.
-        content_files = store.files(f"{stage_root}/content", ".parquet")
+    def check_content(self) -> None:
+        """One pass over the staged content feeds all three content suites."""
+        import pandas as pd
+        import pyarrow as pa
+
+        store, runner, outcomes = self.store, self.runner, self.outcomes
+        content_files = store.files(f"{self.stage_root}/content", ".parquet")
         for frame in _columns_frames(store, content_files):
             runner.run(outcomes["content_columns"], frame)
-        ids = _IdBuckets(Path(tmp), -(-store.parquet_rows(content_files) // NARROW_BATCH_ROWS))
+        ids = _IdBuckets(Path(self._folder.name), -(-store.parquet_rows(content_files) // NARROW_BATCH_ROWS))
         keys: list[Any] = []
         try:
             for batch in _parquet_batches(store, content_files):
@@ -458,15 +467,37 @@ def run_suites(
         finally:
             ids.close()
 
-        aggregate_files = store.files(f"{stage_root}/aggregates", ".parquet")
+    def finish(self, counts: dict[str, Any], ledger: Ledger | None = None) -> list[SuiteOutcome]:
+        """The aggregates and reconciliation suites, then the reports. `ledger`: the stage's counted
+        outcomes, when the caller counted them already."""
+        import pandas as pd
+
+        store, runner, outcomes = self.store, self.runner, self.outcomes
+        aggregate_files = store.files(f"{self.stage_root}/aggregates", ".parquet")
         frames = [b.to_pandas() for b in _parquet_batches(store, aggregate_files)]  # at most a few thousand groups
         frame = pd.concat(frames, ignore_index=True) if frames else AGGREGATE_SCHEMA.empty_table().to_pandas()
         runner.run(outcomes["aggregates"], frame)
 
-        ledger = ledger if ledger is not None else stage_ledger(store, stage_root)
+        ledger = ledger if ledger is not None else stage_ledger(store, self.stage_root)
         runner.run(outcomes["reconciliation"], reconciliation_frame(ledger, counts))
-        write_reports(store, f"{stage_root}/audit", list(outcomes.values()), runner.docs_folder())
-    return list(outcomes.values())
+        write_reports(store, f"{self.stage_root}/audit", list(outcomes.values()), runner.docs_folder())
+        return list(outcomes.values())
+
+    def close(self) -> None:
+        self._folder.cleanup()
+
+
+def run_suites(
+    store: OutputStore, stage_root: str, day: date, *, k: int, counts: dict[str, Any], ledger: Ledger | None = None
+) -> list[SuiteOutcome]:
+    """Run every suite over the stage; write sanitized results and offline Data Docs into `audit/`.
+    `ledger`: the stage's counted outcomes, when the caller counted them already."""
+    suites = _StageSuites(store, stage_root, day, k)
+    try:
+        suites.check_content()
+        return suites.finish(counts, ledger)
+    finally:
+        suites.close()
 
 
 # --- reports --------------------------------------------------------------------------------------
@@ -481,35 +512,76 @@ def verification_subjects(settings: RunSettings, day: date) -> set[str]:
     return read_day_inputs(zone, zone.meeting_folders(day)).subject_ids()
 
 
-def evidence_checks(
-    settings: RunSettings,
-    stage: Stage,
-    counts: dict[str, Any] | None = None,
-    ledger: Ledger | None = None,
-    subject_ids: set[str] | None = None,
-) -> list[CheckResult]:
-    """The GX suites and the independent re-verification, as checks; an error in either fails closed.
-    `subject_ids`: `verification_subjects` of the day, when the caller read them already.
+@dataclass
+class _Started:
+    """What `start_checks` found, kept for `finish_checks`."""
 
-    The re-verification runs on a thread beside the suites: it is DuckDB and SQLite work, which leaves
-    the interpreter to GX (~0.2 s of a 10k-meeting day's checks). Their reports go to the stage's
-    `audit/` folder, so publication puts them under `_audit/dt=D/`.
-    """
+    suites: _StageSuites | None  # None: they could not be built or run
+    suites_error: str | None
+    verification: CheckResult
+
+
+_STARTED: dict[str, _Started] = {}  # by stage root, in this process
+
+
+def start_checks(settings: RunSettings, stage: Stage, subject_ids: set[str] | None = None) -> None:
+    """The checks that need only the staged content, as soon as the gate's shards are done: the content
+    suites, and beside them on a thread the independent re-verification (DuckDB and SQLite work, which
+    leaves the interpreter to GX). What they found stays in this process for `finish_checks` (or
+    `discard_checks`) of the stage; an error in either fails closed there. `subject_ids`:
+    `verification_subjects` of the day, when the caller read them already."""
     from concurrent.futures import ThreadPoolExecutor
 
-    store = settings.store()
-    checks: list[CheckResult] = []
+    discard_checks(stage)  # started before: those findings may be stale
+    suites, error = None, None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="re-verification") as beside:
         verifying = beside.submit(_independent_verification, settings, stage, subject_ids)
         try:
-            counts = counts if counts is not None else staged_counts(settings, stage)
-            k = settings.policy.k_min_distinct_users
-            outcomes = run_suites(store, stage.root, stage.day, k=k, counts=counts, ledger=ledger)
-            checks += [CheckResult(f"gx_{o.suite}", o.passed, check_details(o)) for o in outcomes]
-        except Exception as error:  # noqa: BLE001  (any failure to validate is a failed check, named by type only)
-            checks.append(CheckResult("gx_suites", False, f"validation could not run: {type(error).__name__}"))
-        checks.append(verifying.result())
+            suites = _StageSuites(settings.store(), stage.root, stage.day, settings.policy.k_min_distinct_users)
+            suites.check_content()
+        except Exception as failure:  # noqa: BLE001  (any failure to validate is a failed check, named by type only)
+            error = f"validation could not run: {type(failure).__name__}"
+            if suites is not None:
+                suites.close()
+                suites = None
+        verification = verifying.result()
+    _STARTED[stage.root] = _Started(suites, error, verification)
+
+
+def finish_checks(settings: RunSettings, stage: Stage) -> list[CheckResult]:
+    """Every check, once the telemetry is staged too: the reconciliation of what was written, the
+    aggregates and reconciliation suites and the Data Docs, with what `start_checks` found (started here
+    if it was not). All results are written to the stage (`CHECKS_REPORT`); publication puts the reports
+    under `_audit/dt=D/`."""
+    if stage.root not in _STARTED:
+        start_checks(settings, stage)
+    started = _STARTED.pop(stage.root)
+    store = settings.store()
+    try:
+        counts, ledger = staged_counts(settings, stage), stage_ledger(store, stage.root)  # counted once
+        checks = reconciliation_checks(settings, stage, counts, ledger)
+        error = started.suites_error
+        if started.suites is not None:
+            try:
+                outcomes = started.suites.finish(counts, ledger)
+                checks += [CheckResult(f"gx_{o.suite}", o.passed, check_details(o)) for o in outcomes]
+            except Exception as failure:  # noqa: BLE001  (as in start_checks)
+                error = f"validation could not run: {type(failure).__name__}"
+        if error is not None:
+            checks.append(CheckResult("gx_suites", False, error))
+        checks.append(started.verification)
+    finally:
+        if started.suites is not None:
+            started.suites.close()
+    store.write_json(stage / CHECKS_REPORT, [asdict(c) for c in checks])
     return checks
+
+
+def discard_checks(stage: Stage) -> None:
+    """Forget what `start_checks` found for the stage, if anything (a run that fails in between)."""
+    started = _STARTED.pop(stage.root, None)
+    if started is not None and started.suites is not None:
+        started.suites.close()
 
 
 def _independent_verification(settings: RunSettings, stage: Stage, subject_ids: set[str] | None) -> CheckResult:
@@ -525,11 +597,10 @@ def _independent_verification(settings: RunSettings, stage: Stage, subject_ids: 
 
 
 def validate_stage(settings: RunSettings, stage: Stage, subject_ids: set[str] | None = None) -> list[CheckResult]:
-    """Every check the stage must pass before publication; the results go to the stage. `subject_ids`:
-    `verification_subjects` of the day, when the caller read them already."""
-    counts, ledger = staged_counts(settings, stage), stage_ledger(settings.store(), stage.root)  # counted once
-    checks = reconciliation_checks(settings, stage, counts, ledger)
-    # GX suites + re-verification, reports in audit/
-    checks += evidence_checks(settings, stage, counts, ledger, subject_ids)
-    settings.store().write_json(stage / CHECKS_REPORT, [asdict(c) for c in checks])
-    return checks
+    """Every check the stage must pass before publication, in this process; the results go to the
+    stage. `subject_ids`: `verification_subjects` of the day, when the caller read them already."""
+    try:
+        start_checks(settings, stage, subject_ids)
+        return finish_checks(settings, stage)
+    finally:
+        discard_checks(stage)
