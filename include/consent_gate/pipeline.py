@@ -1,7 +1,10 @@
 """One day through the gate, for the command line: snapshot consent, gate content, aggregate
 telemetry, check, publish, each step timed; a failed attempt leaves its evidence. On a day big
 enough to pay for it, worker processes gate the content in shards and aggregate the telemetry side by
-side (the Airflow DAG gets the same from its mapped shard tasks).
+side (the Airflow DAG gets the same from its mapped shard tasks). The checks run in a process of their
+own when this one has not imported Great Expectations, and check the staged content as soon as the
+shards are done, while the telemetry is still aggregated (the DAG's validate task checks everything
+once its upstream tasks are done).
 
 The steps are in `steps`, the checks in `checks` and `validation`, the publication transaction in
 `publication`; the Airflow DAG runs the same functions as tasks (`airflow_tasks`).
