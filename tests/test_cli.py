@@ -153,3 +153,59 @@ def test_the_command_exits_with_the_status_and_output_of_main(cli_world, tmp_pat
         [*start, "files", "--date", "2026-11-02", "--out", str(tmp_path)], capture_output=True, text=True
     )
     assert missing.returncode == 2 and "is not published" in missing.stderr and not missing.stdout
+
+
+_DATA_LIBRARIES = ("pandas", "pyarrow", "duckdb", "numpy", "great_expectations", "sqlalchemy")
+
+
+def test_the_command_line_imports_no_data_library_before_a_command_runs():
+    """`consent-gate` starts a run's worker processes before it imports pandas, pyarrow or DuckDB itself
+    (they import them meanwhile), which needs its own module, and what it catches, to import none."""
+    import subprocess
+    import sys
+
+    program = f"import sys, consent_gate.cli; print([m for m in {_DATA_LIBRARIES!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+_FRESH_COMMAND = """
+import json, multiprocessing, sys
+from consent_gate import processes
+from consent_gate.cli import main
+
+started = []  # for each checks process started: had this process imported pyarrow by then?
+new_checker = processes._new_checker
+processes._new_checker = lambda: started.append("pyarrow" in sys.modules) or new_checker()
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    published = main(["run", "--date", "2026-11-02", "--as-of", "2026-11-20T00:00:00Z", *args])
+    after_run = list(started)
+    refused = main(["run", "--date", "2026-11-05", "--as-of", "2026-11-20T00:00:00Z", *args])  # nothing arrived
+    print(json.dumps({"published": published, "after_run": after_run, "refused": refused, "started": started,
+                      "waiting": len(processes._ahead), "left": len(multiprocessing.active_children()),
+                      "great_expectations_here": "great_expectations" in sys.modules}))
+"""
+
+
+def test_the_command_starts_the_checks_process_first_and_leaves_none_behind(cli_world, tmp_path):
+    """`consent-gate run` starts the checks' process before its own imports, and the run takes that one
+    (it does not start a second); a run refused before it starts shuts the one started ahead down."""
+    import subprocess
+    import sys
+
+    root, args = cli_world
+    program = tmp_path / "command.py"
+    program.write_text(_FRESH_COMMAND)
+    out = args.index("--out") + 1
+    fresh_args = [*args[:out], str(tmp_path / "out"), *args[out + 1 :]]
+    done = subprocess.run([sys.executable, str(program), *fresh_args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["published"] == 0 and report["great_expectations_here"] is False
+    assert report["after_run"] == [False]  # one checks process, started before pyarrow was imported here
+    assert report["refused"] == 1 and "FAILED, nothing published: nothing arrived for 2026-11-05" in done.stderr
+    assert report["started"] == [False, True] and report["waiting"] == 0 and report["left"] == 0
+    assert (tmp_path / "out/content/dt=2026-11-02").is_dir()

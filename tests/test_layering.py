@@ -21,7 +21,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # The domain's words: records, keyed ids, consent (and the consent store it is read from).
     "core": (
         "__init__", "records", "keys", "speakers", "webvtt_reader", "consent_store", "consent",
-        "consent_vector", "layout", "errors", "artifacts",
+        "consent_vector", "layout", "errors", "artifacts", "instants",
     ),
     # Where things are read and written: the landing zone, the output store, settings.
     "io": ("storage", "stores", "sources", "publish", "config", "runs", "parquet", "manifest_schema"),
@@ -33,7 +33,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # The day's steps over a stage, its checks and its manifest.
     "steps": ("steps", "checks", "manifest", "validation", "gx_reports", "unpublished"),
     # Transactions over published data: publication, the whole day, the revocation sweep.
-    "orchestration": ("publication", "pipeline", "sweep"),
+    "orchestration": ("publication", "pipeline", "processes", "sweep"),
     # Entry points: Airflow task bodies and callbacks, the command line, the auditor view, tooling.
     "edges": (
         "airflow_tasks", "airflow_local", "cli", "auditor_pages", "auditor_app", "alerts", "assets", "lineage",

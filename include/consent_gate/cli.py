@@ -3,6 +3,9 @@
 Defaults make every command work on the embedded default: `var/` in the project holds the sample
 landing zone (`var/raw`), the SQLite consent store (`var/consent.db`), the HMAC secret
 (`var/hmac.key`) and the outputs (`var/out`).
+
+A command imports what it needs when it runs: `run` starts its worker processes first (`processes`),
+so they import pandas, pyarrow, DuckDB and Great Expectations while this process does the same.
 """
 
 from __future__ import annotations
@@ -15,12 +18,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from consent_gate.config import RunSettings, load_policy, project_var, utc_now
-from consent_gate.consent import ConsentStoreError, FutureAsOf, refuse_future_as_of
-from consent_gate.errors import GateCheckFailed, RunRefused, os_reason
+from consent_gate.errors import ConsentStoreError, FutureAsOf, GateCheckFailed, MalformedRecord, RunRefused, os_reason
+from consent_gate.instants import parse_timestamp, refuse_future_as_of
 from consent_gate.keys import MissingSecretError, create_secret_file, load_secret
 from consent_gate.layout import attempts_folder, audit_day, content_day
-from consent_gate.pipeline import run_day
-from consent_gate.records import MalformedRecord, parse_timestamp
 
 
 def _defaults() -> dict[str, str]:
@@ -159,6 +160,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from consent_gate import processes
+
+    if processes.checks_get_a_process(args.workers != 1):
+        processes.start_checker()  # before the imports below: it imports Great Expectations meanwhile
+    try:
+        return _run(args)
+    finally:
+        processes.drop_checker()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from consent_gate.pipeline import run_day
+
     settings = settings_from(args)
     as_of = refuse_future_as_of(args.as_of, datetime.now(UTC), "--as-of") if args.as_of else datetime.now(UTC)
     _say(f"gating {args.date} with consent as of {as_of.isoformat()}")
@@ -203,7 +217,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from consent_gate.consent import ConsentStoreError
     from consent_gate.errors import SweepError
     from consent_gate.sweep import sweep
 

@@ -25,6 +25,8 @@ import pyarrow.compute as pc
 
 from consent_gate.consent_store import ConsentStoreError as ConsentStoreError  # re-exported: the run's error
 from consent_gate.consent_store import connect
+from consent_gate.errors import FutureAsOf as FutureAsOf  # re-exported, as refuse_future_as_of
+from consent_gate.instants import refuse_future_as_of as refuse_future_as_of
 from consent_gate.records import MalformedRecord, in_range, parse_timestamp, to_us
 
 PURPOSE = "ai_training"
@@ -37,21 +39,6 @@ COLUMNS = (
 )  # fmt: skip
 GRANT, REVOKE, NONE = 1, 0, -1
 DUPLICATE_ERROR = "field 'event_id': duplicate event_id"
-
-
-class FutureAsOf(ValueError):
-    """A consent instant later than now: refused (SPEC §3, revised 2026-11-28). Future-dated grants would
-    otherwise be in force at it and re-admit content whose consent was revoked."""
-
-
-def refuse_future_as_of(as_of: datetime, now: datetime, what: str = "as_of") -> datetime:
-    """`as_of` in UTC when it is not later than `now`; else FutureAsOf."""
-    if as_of.astimezone(UTC) > now.astimezone(UTC):
-        raise FutureAsOf(
-            f"{what} {as_of.astimezone(UTC).isoformat()} is later than now ({now.astimezone(UTC).isoformat()}): "
-            "a future consent instant is refused, since future-dated grants would re-admit revoked content"
-        )
-    return as_of.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)

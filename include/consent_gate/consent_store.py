@@ -35,6 +35,8 @@ from urllib.request import pathname2url
 
 import pyarrow as pa
 
+from consent_gate.errors import ConsentStoreError as ConsentStoreError  # re-exported: the store's error
+
 COLUMNS = (
     "event_id", "subject_type", "subject_id", "purpose", "content_type",
     "decision", "effective_at", "recorded_at", "terms_version",
@@ -51,10 +53,6 @@ ARROW_SCHEMA = pa.schema([*((c, pa.string()) for c in COLUMNS), ("nontext", pa.i
 SQLITE_BATCH = 100_000
 
 Progress = Callable[[str], None]
-
-
-class ConsentStoreError(RuntimeError):
-    """The consent store cannot be read well enough to decide anything: the run fails."""
 
 
 @dataclass(frozen=True)

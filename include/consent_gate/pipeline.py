@@ -12,9 +12,7 @@ The steps are in `steps`, the checks in `checks` and `validation`, the publicati
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import BrokenExecutor, Executor, Future, wait
@@ -27,6 +25,7 @@ from consent_gate.checks import CheckResult
 from consent_gate.config import Clock, RunSettings
 from consent_gate.errors import AttemptNotRecorded, GateCheckFailed
 from consent_gate.layout import Stage, manifest_path
+from consent_gate.processes import checker, checks_get_a_process, worker_context
 from consent_gate.publication import publish_stage, record_failed_attempt
 from consent_gate.steps import (
     DayInputs,
@@ -37,7 +36,7 @@ from consent_gate.steps import (
     require_arrivals,
     snapshot_consent,
 )
-from consent_gate.validation import discard_checks, finish_checks, import_great_expectations, start_checks
+from consent_gate.validation import discard_checks, finish_checks, start_checks
 
 # Worker processes cost ~1-2 s of start-up (the forkserver importing pyarrow, DuckDB and the gate, then
 # a fork each), about what gating 1,000 meetings does: a smaller day is faster in this process.
@@ -83,7 +82,7 @@ def run_day(
     if workers is None:
         workers = workers_for(len(folders), usable_cpus())
     if workers > 1:  # the worker processes' server imports the steps while this process snapshots consent
-        _start_worker_server()
+        worker_context()
 
     def snapshot() -> tuple[Stage, DayInputs]:
         inputs = read_day_inputs(zone, folders)
@@ -142,7 +141,7 @@ def _in_parallel(
     from concurrent.futures import ProcessPoolExecutor
 
     started = None
-    with ProcessPoolExecutor(max_workers=workers + 1, mp_context=_start_worker_server()) as pool:
+    with ProcessPoolExecutor(max_workers=workers + 1, mp_context=worker_context()) as pool:
         try:
             telemetry = pool.submit(_aggregate_behind_the_shards, settings, stage)
             shards = [
@@ -207,29 +206,13 @@ _HERE = _Here()
 @contextmanager
 def _checker(may_fork: bool) -> Iterator[Executor]:
     """Where the checks run. A process that has not imported Great Expectations (the command line's)
-    starts one now that imports it (~1.5 s of a CPU) while this one gates the day, instead of after:
-    on a day gated in this one process the other CPU had nothing to do meanwhile (a 1,000-meeting day,
-    4.7 -> 3.9 s), and on a day gated in shards it takes the place of this process importing it beside
-    them. Otherwise (`may_fork` False, or imported already) they run here, as they are submitted."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    if not may_fork or "great_expectations" in sys.modules:
+    gives them one (`processes.checker`: the command line starts it before its own imports) that
+    imports it (~1.5 s of a CPU) while this one gates the day, instead of after: on a day gated in this
+    one process the other CPU had nothing to do meanwhile (a 1,000-meeting day, 4.7 -> 3.9 s), and on a
+    day gated in shards it takes the place of this process importing it beside them. Otherwise
+    (`may_fork` False, or imported already) they run here, as they are submitted."""
+    if not checks_get_a_process(may_fork):
         yield _HERE
         return
-    context = _start_worker_server()
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=import_great_expectations) as checker:
-        checker.submit(int)  # the process starts at the first task, not with the pool
-        yield checker
-
-
-def _start_worker_server() -> Any:
-    """The context worker processes are started in, its server started now (it runs until this process
-    ends; a second call finds it running). forkserver, not fork: a forked child would inherit the locks
-    of this process's threads (DuckDB, fsspec); the server, a fresh single-threaded interpreter, imports
-    the steps once (~0.7 s, in its own process) and forks each worker ready to run."""
-    from multiprocessing import forkserver
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["consent_gate.steps"])
-    forkserver.ensure_running()
-    return context
+    with checker() as checks_process:
+        yield checks_process

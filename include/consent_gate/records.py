@@ -18,13 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# ISO-8601 with a mandatory offset. datetime.fromisoformat alone is too lenient (it takes dates
-# without a time, a space separator and offset-less values), so the shape is checked first.
-_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$")
-# SPEC §2.1 (revised 2026-11-28): an instant outside this range is malformed. Beyond it nanosecond
-# timestamps overflow (pandas, Arrow ns), and no meeting or consent decision can be dated there.
-EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+from consent_gate.errors import MalformedRecord as MalformedRecord  # re-exported: every parser raises it
+from consent_gate.instants import EARLIEST as EARLIEST
+from consent_gate.instants import LATEST as LATEST
+from consent_gate.instants import in_range as in_range
+from consent_gate.instants import parse_timestamp as parse_timestamp
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US_PER_DAY = 86_400_000_000
 _MICROSECOND = timedelta(microseconds=1)
@@ -46,50 +45,11 @@ class Quarantined:
     error: str  # what is wrong, naming the field; never the content
 
 
-class MalformedRecord(ValueError):
-    """A record that breaks the input contract; the message names the field, not its value."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"field '{field}': {problem}")
-        self.field = field
-        self.problem = problem
-
-
-def parse_timestamp(value: Any, field: str) -> datetime:
-    """An ISO-8601 timestamp with an offset (`Z` or `+hh:mm`), as an aware UTC datetime."""
-    if not isinstance(value, str):
-        raise MalformedRecord(field, "missing" if value is None else "not a timestamp string")
-    match = _TIMESTAMP.match(value)
-    if match is None:
-        if _TIMESTAMP.match(value + "Z"):
-            raise MalformedRecord(field, "timestamp without a UTC offset")
-        raise MalformedRecord(field, "not an ISO-8601 timestamp")
-    date, clock, fraction, offset = match.groups()
-    micros = (fraction or "").ljust(6, "0")[:6]
-    offset = "+00:00" if offset == "Z" else offset
-    try:
-        parsed = datetime.fromisoformat(f"{date}T{clock}.{micros}{offset}")
-    except ValueError:
-        raise MalformedRecord(field, "not a valid date or time") from None
-    return in_range(parsed, field)
-
-
 def to_us(instant: datetime) -> int:
     """Microseconds since the epoch, exactly (a datetime has whole microseconds)."""
     if instant.tzinfo is None:
         raise ValueError("naive datetime: every instant in consent-gate carries an offset")
     return (instant - EPOCH) // _MICROSECOND
-
-
-def in_range(instant: datetime, field: str) -> datetime:
-    """The instant in UTC, if it lies within 1900-01-01..2200-01-01 UTC; else MalformedRecord."""
-    try:
-        utc = instant.astimezone(UTC)
-    except OverflowError:  # year 1 or 9999 shifted by its offset
-        raise MalformedRecord(field, "timestamp outside 1900-01-01..2200-01-01 UTC") from None
-    if not EARLIEST <= utc <= LATEST:
-        raise MalformedRecord(field, "timestamp outside 1900-01-01..2200-01-01 UTC")
-    return utc
 
 
 def require_str(record: dict[str, Any], field: str) -> str:

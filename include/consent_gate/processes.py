@@ -1,0 +1,78 @@
+"""A run's worker processes: the server they are forked from, and the process the checks run in.
+
+The standard library only, so that the command line can start both before it imports pandas, pyarrow
+or DuckDB itself (`cli.cmd_run`): the server then imports the steps, and the checks' process Great
+Expectations, while this process is still importing and reading the day.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, suppress
+from typing import Any
+
+
+def worker_context() -> Any:
+    """The context worker processes are started in, its server started now (it runs until this process
+    ends; a second call finds it running). forkserver, not fork: a forked child would inherit the locks
+    of this process's threads (DuckDB, fsspec); the server, a fresh single-threaded interpreter, imports
+    the steps once (~0.7 s, in its own process) and forks each worker ready to run."""
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["consent_gate.steps"])
+    forkserver.ensure_running()
+    return context
+
+
+def checks_get_a_process(may_fork: bool) -> bool:
+    """Whether a run's checks get a process of their own: when the run may start processes and this one
+    has not imported Great Expectations (the command line's has not; a test's or a worker's may have)."""
+    return may_fork and "great_expectations" not in sys.modules
+
+
+_ahead: list[ProcessPoolExecutor] = []  # a checker started ahead of the run, not yet taken
+
+
+def start_checker() -> None:
+    """Start the checks' process now, ahead of the run that takes it (`checker`); a second call while
+    one waits does nothing."""
+    if not _ahead:
+        _ahead.append(_new_checker())
+
+
+@contextmanager
+def checker() -> Iterator[ProcessPoolExecutor]:
+    """The checks' process, importing Great Expectations from its start: the one started ahead if there
+    is one, else one started now. Shut down when the block ends."""
+    with _ahead.pop() if _ahead else _new_checker() as started:
+        yield started
+
+
+def drop_checker() -> None:
+    """Shut down a checker started ahead that no run took (the run was refused before it started)."""
+    while _ahead:
+        _ahead.pop().shutdown(cancel_futures=True)
+
+
+def _new_checker() -> ProcessPoolExecutor:
+    started = ProcessPoolExecutor(max_workers=1, mp_context=worker_context(), initializer=_import_great_expectations)
+    # The process starts at the first task, not with the pool, and starting it waits until the server has
+    # imported the steps (~0.7 s): on a thread, while this process goes on with its own imports and reads.
+    threading.Thread(target=_first_task, args=(started,), name="consent-gate-checker-start", daemon=True).start()
+    return started
+
+
+def _first_task(pool: ProcessPoolExecutor) -> None:
+    with suppress(RuntimeError):  # shut down before it started: nothing to start
+        pool.submit(int)
+
+
+def _import_great_expectations() -> None:
+    from consent_gate.validation import import_great_expectations
+
+    import_great_expectations()
