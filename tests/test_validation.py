@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -333,3 +334,40 @@ def test_great_expectations_is_imported_without_the_modules_no_suite_uses():
     )
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["False [] scipy.stats", "0.0 Chart", "True"], out
+
+
+_RENDERING = re.compile(r"\?d=\d{8}T\d{6}\.\d+Z|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@pytest.mark.integration
+def test_data_docs_rendered_in_two_parts_are_those_one_build_renders(sample_dir, tmp_path):
+    """The content suites' pages are rendered while the telemetry is still aggregated, the rest and the
+    index after: the same files, byte for byte, as one build of every page over the same results."""
+    from consent_gate.checks import staged_counts
+    from consent_gate.validation import _StageSuites
+
+    settings = settings_for(sample_dir, tmp_path)
+    stage = snapshot_consent(settings, DAY, AS_OF, run_id="test", clock=utc_now)
+    gate_content(settings, stage)
+    aggregate_day(settings, stage)
+    suites = _StageSuites(settings.store(), stage.root, DAY, settings.policy.k_min_distinct_users)
+    try:
+        suites.check_content()
+        docs = suites.runner.docs
+        first_part = {p.relative_to(docs).as_posix() for p in docs.rglob("*.html")}
+        assert "index.html" not in first_part and "expectations/content.html" in first_part
+        assert "expectations/aggregates.html" not in first_part
+        suites.finish(staged_counts(settings, stage))
+
+        def rendered() -> dict[str, str]:  # but for what differs at each rendering: its instant, element ids
+            return {
+                p.relative_to(docs).as_posix(): _RENDERING.sub("", p.read_text(encoding="utf-8", errors="replace"))
+                for p in sorted(docs.rglob("*"))
+                if p.is_file()
+            }
+
+        in_two_parts = rendered()
+        suites.runner.context.build_data_docs()  # every page and the index, over the same results
+        assert rendered() == in_two_parts
+    finally:
+        suites.close()

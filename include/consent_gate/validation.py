@@ -46,7 +46,9 @@ from consent_gate.steps import rare_collections, read_day_inputs
 from consent_gate.telemetry import GROUP_FIELDS
 from consent_gate.verify import verify_stage
 
-SUITES = ("content_columns", "content", "content_keys", "content_ids", "aggregates", "reconciliation")
+CONTENT_SUITES = ("content_columns", "content", "content_keys", "content_ids")  # the staged content alone
+STAGE_SUITES = ("aggregates", "reconciliation")  # the aggregates, and the stage's counts
+SUITES = (*CONTENT_SUITES, *STAGE_SUITES)
 TEXT_TYPES = ("transcript_segment", "chat_message", "summary")
 ARTIFACT_TYPES = (*TEXT_TYPES, "recording")
 # Content rows per GX batch (wide rows: text): what bounds the suites' memory. A checkpoint run costs
@@ -336,13 +338,15 @@ def import_great_expectations() -> None:
 
 
 class _Runner:
-    """An in-memory context, one checkpoint per suite, Data Docs built at the end into `root`.
+    """An in-memory context, one checkpoint per suite, Data Docs built into `root`.
 
-    Every checkpoint run stores its validation result in the context; the Data Docs of all of them are
-    rendered once, by `docs_folder`, rather than by an `UpdateDataDocsAction` after every batch (which
-    re-rendered the index and recompiled the templates each time). Ephemeral, not a file context: a
-    file context rewrites its YAML project file at every data source, asset and suite added (0.15 s a
-    run), and nothing of it outlives the run but the Data Docs, which a site writes wherever it is told.
+    Every checkpoint run stores its validation result in the context; `render_docs` renders the pages of
+    the suites and batches run so far, once per part of the checks (the content suites' pages while the
+    telemetry is still aggregated, the rest and the index after), rather than by an
+    `UpdateDataDocsAction` after every batch (which re-rendered the index and recompiled the templates
+    each time). Ephemeral, not a file context: a file context rewrites its YAML project file at every
+    data source, asset and suite added (0.15 s a run), and nothing of it outlives the run but the Data
+    Docs, which a site writes wherever it is told.
     """
 
     def __init__(self, root: Path) -> None:
@@ -371,6 +375,7 @@ class _Runner:
         self.context = gx.get_context(mode="ephemeral", project_config=config)
         self.source = self.context.data_sources.add_pandas("staged")
         self.checkpoints: dict[str, Any] = {}
+        self._unrendered: list[Any] = []  # the validation results no page shows yet
 
     def add_suite(self, name: str, expectations: list[Any]) -> None:
         gx = self.gx
@@ -393,6 +398,7 @@ class _Runner:
 
     def run(self, outcome: SuiteOutcome, frame: Any) -> None:
         result = self.checkpoints[outcome.suite].run(batch_parameters={"dataframe": frame})
+        self._unrendered.extend(result.run_results)  # their identifiers
         outcome.batches += 1
         for run_result in result.run_results.values():
             for expectation in run_result.results:
@@ -404,8 +410,15 @@ class _Runner:
                     if label not in outcome.failed:
                         outcome.failed.append(label)
 
-    def docs_folder(self) -> Path:
-        self.context.build_data_docs()
+    def render_docs(self, suites: tuple[str, ...], *, index: bool) -> Path:
+        """Render the pages of `suites` and of every batch run since the last call into the Data Docs
+        folder, and with `index` the index page, which lists every page rendered."""
+        from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+        pages = [*self._unrendered, *(ExpectationSuiteIdentifier(name=suite) for suite in suites)]
+        if pages:  # none would mean all of them to GX
+            self.context.build_data_docs(resource_identifiers=pages, build_index=index)
+        self._unrendered.clear()
         return self.docs
 
 
@@ -466,6 +479,7 @@ class _StageSuites:
                 del frame
         finally:
             ids.close()
+        runner.render_docs(CONTENT_SUITES, index=False)  # the index lists every suite: `finish` renders it
 
     def finish(self, counts: dict[str, Any], ledger: Ledger | None = None) -> list[SuiteOutcome]:
         """The aggregates and reconciliation suites, then the reports. `ledger`: the stage's counted
@@ -480,7 +494,8 @@ class _StageSuites:
 
         ledger = ledger if ledger is not None else stage_ledger(store, self.stage_root)
         runner.run(outcomes["reconciliation"], reconciliation_frame(ledger, counts))
-        write_reports(store, f"{self.stage_root}/audit", list(outcomes.values()), runner.docs_folder())
+        docs = runner.render_docs(STAGE_SUITES, index=True)
+        write_reports(store, f"{self.stage_root}/audit", list(outcomes.values()), docs)
         return list(outcomes.values())
 
     def close(self) -> None:
