@@ -171,7 +171,7 @@ def test_the_command_line_imports_no_data_library_before_a_command_runs():
 
 
 _FRESH_COMMAND = """
-import json, multiprocessing, sys
+import json, multiprocessing, sys, time
 from consent_gate import processes
 from consent_gate.cli import main
 
@@ -184,8 +184,12 @@ if __name__ == "__main__":
     published = main(["run", "--date", "2026-11-02", "--as-of", "2026-11-20T00:00:00Z", *args])
     after_run = list(started)
     refused = main(["run", "--date", "2026-11-05", "--as-of", "2026-11-20T00:00:00Z", *args])  # nothing arrived
+    waiting = len(processes._ahead)
+    deadline = time.monotonic() + 120  # the one shut down ends once it has imported GX
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
     print(json.dumps({"published": published, "after_run": after_run, "refused": refused, "started": started,
-                      "waiting": len(processes._ahead), "left": len(multiprocessing.active_children()),
+                      "waiting": waiting, "left": len(multiprocessing.active_children()),
                       "great_expectations_here": "great_expectations" in sys.modules}))
 """
 

@@ -54,9 +54,11 @@ def checker() -> Iterator[ProcessPoolExecutor]:
 
 
 def drop_checker() -> None:
-    """Shut down a checker started ahead that no run took (the run was refused before it started)."""
+    """Shut down a checker started ahead that no run took (the run was refused before it started).
+    Not waited for here: its process ends once it has imported GX (~2 s), and this process waits for it
+    at exit, after the refusal has been said."""
     while _ahead:
-        _ahead.pop().shutdown(cancel_futures=True)
+        _ahead.pop().shutdown(wait=False, cancel_futures=True)
 
 
 def _new_checker() -> ProcessPoolExecutor:
