@@ -162,7 +162,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from consent_gate import processes
 
-    if processes.checks_get_a_process(args.workers != 1):
+    if processes.checks_get_a_process(args.workers):
         processes.start_checker()  # before the imports below: it imports Great Expectations meanwhile
     try:
         return _run(args)

@@ -78,7 +78,7 @@ def run_day(
 
     zone = settings.zone()
     folders = require_arrivals(zone, day)  # listed once: the snapshot, the shards and the checks share it
-    may_fork = workers != 1
+    checks_apart = checks_get_a_process(workers)  # asked before None is resolved: None may start processes
     if workers is None:
         workers = workers_for(len(folders), usable_cpus())
     if workers > 1:  # the worker processes' server imports the steps while this process snapshots consent
@@ -91,7 +91,7 @@ def run_day(
         )
         return stage, inputs
 
-    with _checker(may_fork) as checks_of:
+    with _checker(checks_apart) as checks_of:
         stage, inputs = timed("snapshot_consent", snapshot)
         started: Future[None] | None = None  # the checks of the staged content, once the shards are done
         try:
@@ -165,7 +165,8 @@ def _in_parallel(
 # then have about as much work left, to run beside them. At equal weight it ended first and the checks
 # ran alone. Measured in alternating rounds on 2 CPUs (benchmarks/README.md, stop 26): at 10k meetings
 # nice 0 / 3 / 5 / 7 gave medians of 12.4 / 10.9 / 11.0 / 10.2 s (checks after everything: 10.9 s); at
-# 50k, nice 7 / 10 gave 38.0 / 43.2 s (after everything: 39.7 s).
+# 50k, nice 7 / 10 gave 38.0 / 43.2 s (after everything: 39.7 s). At stop 27, with GX imported earlier,
+# nice 4 / 7 / 10 at 10k gave 11.3 / 11.2 / 11.6 s.
 TELEMETRY_NICENESS = 7
 
 
@@ -204,14 +205,14 @@ _HERE = _Here()
 
 
 @contextmanager
-def _checker(may_fork: bool) -> Iterator[Executor]:
+def _checker(apart: bool) -> Iterator[Executor]:
     """Where the checks run. A process that has not imported Great Expectations (the command line's)
     gives them one (`processes.checker`: the command line starts it before its own imports) that
     imports it (~1.5 s of a CPU) while this one gates the day, instead of after: on a day gated in this
     one process the other CPU had nothing to do meanwhile (a 1,000-meeting day, 4.7 -> 3.9 s), and on a
-    day gated in shards it takes the place of this process importing it beside them. Otherwise
-    (`may_fork` False, or imported already) they run here, as they are submitted."""
-    if not checks_get_a_process(may_fork):
+    day gated in shards it takes the place of this process importing it beside them. Otherwise (`apart`
+    False: `processes.checks_get_a_process`) they run here, as they are submitted."""
+    if not apart:
         yield _HERE
         return
     with checker() as checks_process:

@@ -29,10 +29,11 @@ def worker_context() -> Any:
     return context
 
 
-def checks_get_a_process(may_fork: bool) -> bool:
-    """Whether a run's checks get a process of their own: when the run may start processes and this one
-    has not imported Great Expectations (the command line's has not; a test's or a worker's may have)."""
-    return may_fork and "great_expectations" not in sys.modules
+def checks_get_a_process(workers: int | None) -> bool:
+    """Whether the checks of a run given `workers` (`pipeline.run_day`'s: None picks them, 1 keeps the
+    run in one process) get a process of their own: when the run may start processes and this one has
+    not imported Great Expectations (the command line's has not; a test's or a worker's may have)."""
+    return workers != 1 and "great_expectations" not in sys.modules
 
 
 _ahead: list[ProcessPoolExecutor] = []  # a checker started ahead of the run, not yet taken
