@@ -42,21 +42,29 @@ def _visible(rows: list[tuple[Any, ...]], as_of: datetime) -> list[tuple[Any, ..
 def state(
     rows: list[tuple[Any, ...]], as_of: datetime, subject_type: str, subject_id: str, ct: str, t: datetime
 ) -> str:
+    deciding = deciding_event(rows, as_of, subject_type, subject_id, ct, t)
+    return "none" if deciding is None else deciding[5]
+
+
+def deciding_event(
+    rows: list[tuple[Any, ...]], as_of: datetime, subject_type: str, subject_id: str, ct: str, t: datetime
+) -> tuple[Any, ...] | None:
+    """The row whose decision is the state, or None when the state is none."""
     all_visible = _visible(rows, as_of)
     visible = [r for r in all_visible if r[1] == subject_type and r[2] == subject_id]
     if any(not _readable(r) for r in visible):
-        return "none"  # an unreadable row fails its subject closed for the whole run
+        return None  # an unreadable row fails its subject closed for the whole run
     all_ids = [r[0] for r in all_visible]
     if any(all_ids.count(r[0]) > 1 for r in visible):
-        return "none"  # an event id claimed twice cannot be trusted for either claimant
+        return None  # an event id claimed twice cannot be trusted for either claimant
     candidates = [r for r in visible if r[4] in (ct, "*") and parse_timestamp(r[6], "effective_at") <= t]
     if not candidates:
-        return "none"
+        return None
 
     def order(r: tuple[Any, ...]) -> tuple[Any, ...]:
         return (parse_timestamp(r[6], "e"), parse_timestamp(r[7], "r"), r[5] == "revoke", r[0])
 
-    return max(candidates, key=order)[5]
+    return max(candidates, key=order)
 
 
 def consented(rows, as_of, subject_type, subject_id, ct, t_capture) -> bool:

@@ -107,6 +107,7 @@ def worlds(draw):
             draw(st.sampled_from(["grant", "grant", "revoke"])),
             content_type=draw(st.sampled_from(["*", "*", "chat", "summary", "transcript"])),
             effective=at(draw(hours) * 60),
+            terms=draw(st.sampled_from(["2026-01", "2026-01", "2026-02", None])),
         )
         for n in range(draw(st.integers(0, 16)))
     ]
@@ -151,6 +152,65 @@ def test_no_published_artifact_lacks_consent_of_any_required_subject(world):
             assert d.reason in REASONS
             if d.reason in ("account_not_consented", "user_not_consented"):
                 assert not all_consented
+
+
+CONTENT_TYPE = {
+    "transcript_segment": "transcript",
+    "chat_message": "chat",
+    "summary": "summary",
+    "recording": "recording",
+}
+
+
+def reference_decision(rows, as_of, a: Artifact) -> tuple[str | None, tuple[str, ...]]:
+    """SPEC §3's reason, or the terms versions of the grants that made the artifact eligible, from the
+    oracle alone."""
+    if a.private_message:
+        return "private_message", ()
+    if a.unidentified_speaker:
+        return "unidentified_speaker", ()
+    if any(p.user_id is None or p.account_id is None for p in a.required_participants):
+        return "guest_participant", ()
+    ct = CONTENT_TYPE[a.artifact_type]
+    asked = [("account", a.meeting.account_id)]
+    asked += [
+        (kind, sid) for p in a.required_participants for kind, sid in (("user", p.user_id), ("account", p.account_id))
+    ]
+    for wanted, reason in (("account", "account_not_consented"), ("user", "user_not_consented")):
+        if not all(
+            reference.consented(rows, as_of, kind, sid, ct, a.captured_at) for kind, sid in asked if kind == wanted
+        ):
+            return reason, ()
+    deciding = [reference.deciding_event(rows, as_of, kind, sid, ct, a.captured_at) for kind, sid in asked]
+    return None, tuple(sorted({row[8] for row in deciding if row[8] is not None}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds(), st.booleans())
+def test_each_decision_is_the_oracles_reason_and_terms(world, shuffled):
+    rows, artifacts, as_of = world
+    if shuffled:  # a batch mixes meetings and participants in any order
+        artifacts = list(reversed(artifacts))
+    decisions = decide(artifacts, snapshot(rows, as_of))
+    assert [(d.reason, d.terms_versions) for d in decisions] == [reference_decision(rows, as_of, a) for a in artifacts]
+
+
+def test_terms_versions_are_kept_when_a_batch_has_more_than_a_bit_set_holds():
+    people = tuple(Participant(f"p{n}", f"u_{n}", "acct_1", f"P{n}") for n in range(70))
+    meeting = Meeting("m_9", "acct_1", T0, people)
+    rows = [consent_row("e_acct", "acct_1", terms="account-terms")]
+    rows += [consent_row(f"e{n}", f"u_{n}", terms=f"v{n:02d}") for n in range(70)]
+    summary = Artifact("m_9/summary/0", "summary", meeting, at(5), people, "u", text="t")
+    chat = Artifact("m_9/chat/1", "chat_message", meeting, at(6), (people[5],), "u", text="t")
+    # Needs the 64th version seen (the sign bit of an int64) and none after it.
+    recording = Artifact("m_9/recording/2", "recording", meeting, at(7), people[:63], "u", media_uri="s3://r")
+    decisions = decide([summary, chat, recording], snapshot(rows))
+    assert decisions[0].terms_versions == ("account-terms", *(f"v{n:02d}" for n in range(70)))
+    assert decisions[1].terms_versions == ("account-terms", "v05")
+    assert decisions[2].terms_versions == ("account-terms", *(f"v{n:02d}" for n in range(63)))
+    assert [(d.reason, d.terms_versions) for d in decisions] == [
+        reference_decision(rows, at(24 * 60), a) for a in (summary, chat, recording)
+    ]
 
 
 @settings(max_examples=150, deadline=None)

@@ -13,12 +13,30 @@ import unicodedata
 from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from consent_gate.artifacts import Meeting, Participant, read_transcript
-from consent_gate.speakers import attribute, normalise_name, read_cue_text, read_tagged_cue_text, speakers_by_name
-from consent_gate.webvtt_reader import NotWebVTT, _parse_text, parse, parse_timing_line, timing_by_steps
+from consent_gate.speakers import (
+    attribute,
+    attribute_cue,
+    attribute_line,
+    line_label,
+    line_name,
+    normalise_name,
+    read_cue_text,
+    read_tagged_cue_text,
+    speakers_by_name,
+)
+from consent_gate.webvtt_reader import (
+    NotWebVTT,
+    _common_cues,
+    _Input,
+    _parse_text,
+    parse,
+    parse_timing_line,
+    timing_by_steps,
+)
 from tests.builders import ARROWS, DAY, T0
 
 pytestmark = pytest.mark.unit
@@ -145,6 +163,9 @@ _LINES = st.sampled_from(
         "00:00:01.000 --> 00:00:02.000", "00:01.000 --> 00:02.000 align:start", "00:00:01.0000 --> 00:00:02.000",
         "x --> y", "-->", "", "", "", " ", "\t", "words", "<v Ann>hi</v>", "Ann: hi", "cue-7", "NOTE a note",
         "NOTE", "STYLE", "REGION", "::cue { color: red }", "WEBVTT",
+        # Shapes the whole-block reading (`_COMMON_BLOCK`) must read as the steps do, or leave to them.
+        "00:00:01.000-->00:00:02.000", "\x0c 00:00:03.000\t-->\x0c00:00:04.000 line:0", "01:02.000 --> 01:03.000",
+        "00:00:05.000 --> 00:00:06.000 -->", "id --> 7", "00:00:07.000 --> 00:00:0", "9 00:00:01.000 --> 00:00:02.000",
     ]
 )  # fmt: skip
 
@@ -154,6 +175,25 @@ _LINES = st.sampled_from(
 def test_the_common_cue_path_reads_every_file_as_the_specification_steps(lines, ending):
     text = "WEBVTT\n\n" + "\n".join(lines) + ending
     assert _parse_text(text) == _parse_text(text, common_cues=False)
+
+
+def test_a_run_of_common_cues_is_read_whole_up_to_the_first_block_that_is_not_one():
+    common = "1\n00:00:01.000 --> 00:00:02.000\nAlice Smith: hi\n\n00:00:03.000 --> 00:00:04.000 align:start\n\n\n"
+    text = f"WEBVTT\n\n{common}00:00:05.000 --> 00:00:06.000\nan --> arrow\n\n00:00:07.000 --> 00:00:08.000\nlast\n\n"
+    source, cues = _Input(text), []
+    source.position = len("WEBVTT\n\n")
+    assert _common_cues(source, cues)
+    assert [(c.line, c.identifier, c.start_ms, c.end_ms, c.text) for c in cues] == [
+        (4, "1", 1000, 2000, "Alice Smith: hi"),
+        (7, "", 3000, 4000, ""),
+    ]
+    assert source.position == len("WEBVTT\n\n") + len(common)  # at the block with an arrow in its text
+    assert not _common_cues(source, cues)  # that block is not read here, nor skipped
+    assert source.position == len("WEBVTT\n\n") + len(common)
+    assert _parse_text(text) == _parse_text(text, common_cues=False)
+    cues, dropped = _parse_text(text)
+    assert [c.start_ms for c in cues] == [1000, 3000, 5000, 7000]
+    assert [d.line for d in dropped] == [11]  # the arrow line starts a block, whose timing fails
 
 
 def test_timing_lines_without_empty_lines_between_are_each_a_cue():
@@ -293,6 +333,55 @@ def test_speaker_words_and_reason(raw, expected):
 
 
 # --- properties -------------------------------------------------------------------------------------
+
+_DISPLAY_NAMES = st.lists(
+    st.sampled_from(["Alice Smith", "Alice", "Smith, John", "Team: Sales", "Team", "Team: Sales: East", "Zoë", "a:b"]),
+    max_size=6,
+)  # repeats: a name two participants share
+_LABELLED_LINE = st.builds(
+    "".join,
+    st.tuples(
+        st.sampled_from(["Alice Smith", "Alice  Smith", "Alice", "Team: Sales", "Team", "a:b", "Speaker 2", ""]),
+        st.sampled_from([":", ": ", "::", " :", "", ":\t"]),
+        st.text(alphabet=" :ab,\t", max_size=8),
+    ),
+)
+
+
+@given(_DISPLAY_NAMES, _LABELLED_LINE)
+@example(["Team", "Team: Sales", "Team: Sales: East"], "Team: Sales: hi")
+@settings(max_examples=1000, deadline=None)
+def test_a_line_is_labelled_with_the_longest_display_name_it_starts_with(names, line):
+    speakers = speakers_by_name([(name, n) for n, name in enumerate(names)])
+    normalised = normalise_name(line)
+    labels = [name for name in speakers.by_name if normalised.startswith(name + ":")]
+    name = max(labels, key=len) if labels else line_label(line)
+    assert line_name(line, speakers) == ((name, name.count(":") + 1) if name else None)
+
+
+_VOICE_LINE = st.builds(
+    "".join,
+    st.tuples(
+        st.sampled_from(["<v ", "<v\t", "<v  ", "<v\x0c", "<v.loud ", "<V ", "<v", "<b><v ", "<c.x>"]),
+        st.sampled_from(["Alice Smith", " Alice  Smith ", "Team: Sales", "Alice", "", "Bob", "a:b", "A<b"]),
+        st.sampled_from([">", ">", "> ", ""]),
+        _LABELLED_LINE | st.sampled_from(["hi > there", "a <i>b</i>", "x</v>y"]),
+        st.sampled_from(["", "</v>", "</v> ", "</v></v>", "<b>", " </v>"]),
+    ),
+)
+
+
+@given(_DISPLAY_NAMES, _LABELLED_LINE | _VOICE_LINE | st.text(max_size=20))
+@example(["Team", "Team: Sales"], "Team: Sales: hi")
+@example(["Alice Smith", "Bob"], "<v Alice Smith>Bob: hi</v>")
+@settings(max_examples=2000, deadline=None)
+def test_a_one_line_cue_is_attributed_as_by_the_rules_steps(names, line):
+    assume("\n" not in line and "&" not in line)
+    speakers = speakers_by_name([(name, n) for n, name in enumerate(names)])
+    if "<" not in line:
+        assert attribute_line(line, speakers) == attribute_cue(line, speakers)
+    assert attribute(line, speakers) == attribute_cue(line, speakers)
+
 
 PEOPLE = tuple(
     Participant(f"p{i}", f"u_{i}", "acct_1", name)

@@ -55,7 +55,8 @@ class Meeting:
 
 @dataclass(slots=True)
 class Artifact:
-    """One unit of customer content, with what the gate needs to decide on it."""
+    """One unit of customer content, with what the gate needs to decide on it. (`read_transcript` makes
+    one per cue with its fields positionally: a new field goes last, with a default.)"""
 
     artifact_id: str
     artifact_type: str
@@ -155,19 +156,25 @@ def _read_transcript(data: bytes, meeting: Meeting, path: str) -> tuple[list[Art
             quarantined.append(Quarantined(f"{unit_prefix}{n}", problem))
             continue
         speaker, source, reason, words = attribute(cue.text, names)
+        # Positional, in the fields' order (keywords cost 0.9 µs a cue, a sixth of attributing it):
+        # id, type, meeting, captured_at, required participants, unit, text, media uri and sha256,
+        # private message, unidentified speaker, speaker source, unidentified reason, invalid UTF-8.
         artifacts.append(
             Artifact(
-                artifact_id=f"{id_prefix}{n}",
-                artifact_type="transcript_segment",
-                meeting=meeting,
-                captured_at=started_at + timedelta(0, 0, 0, cue.start_ms),  # (days, s, µs, ms): positional is faster
-                required_participants=(speaker,) if speaker is not None else (),
-                unit=f"{unit_prefix}{n}",
-                text=words,
-                unidentified_speaker=speaker is None,
-                speaker_source=source,
-                unidentified_reason=reason,
-                invalid_utf8=replaced,
+                f"{id_prefix}{n}",
+                "transcript_segment",
+                meeting,
+                started_at + timedelta(0, 0, 0, cue.start_ms),  # (days, s, µs, ms): positional is faster
+                (speaker,) if speaker is not None else (),
+                f"{unit_prefix}{n}",
+                words,
+                None,
+                None,
+                False,
+                speaker is None,
+                source,
+                reason,
+                replaced,
             )
         )
     return artifacts, quarantined

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,7 +85,6 @@ class ConsentSnapshot:
     _event_decision: np.ndarray  # int8 GRANT/REVOKE
     _event_terms: np.ndarray  # object: terms_version per event
     _times: np.ndarray  # sorted unique effective_at in ns
-    _decision_cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def failed_closed_subjects(self) -> int:
@@ -98,11 +97,19 @@ class ConsentSnapshot:
 
         `subjects` are subject_key()s. A subject named by an unreadable row is NONE: fail closed.
         """
-        codes = self._subjects.get_indexer(pd.Index(subjects, dtype=object))
-        if isinstance(content_type, str):
-            ct_codes = np.full(len(codes), CONTENT_TYPES.index(content_type), dtype=np.int64)
-        else:
-            ct_codes = np.array([CONTENT_TYPES.index(c) for c in content_type], dtype=np.int64)
+        codes = self.subject_codes(subjects)
+        return self.states_of_codes(codes, content_type_codes(content_type, len(codes)), instants_ns)
+
+    def subject_codes(self, subjects: Sequence[str]) -> np.ndarray:
+        """Each subject_key's code in the snapshot, -1 for a subject no visible event names: asked once
+        per distinct subject of a batch, not per question (`gate.decide`)."""
+        return self._subjects.get_indexer(pd.Index(subjects, dtype=object))
+
+    def states_of_codes(
+        self, codes: np.ndarray, ct_codes: np.ndarray, instants_ns: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`states` of questions by subject code (`subject_codes`) and content type code (the position
+        in CONTENT_TYPES)."""
         known = codes >= 0
         slots = np.where(known, codes, 0).astype(np.int64) * len(CONTENT_TYPES) + ct_codes
         n_times = max(len(self._times), 1)
@@ -125,10 +132,24 @@ class ConsentSnapshot:
         self, subjects: Sequence[str], content_type: str | Sequence[str], captured_ns: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """SPEC §3: granted both at capture and at as_of. Returns (bool mask, terms at capture)."""
-        at_capture, terms = self.states(subjects, content_type, captured_ns)
-        as_of_ns = np.full(len(subjects), to_ns(self.as_of), dtype=np.int64)
-        at_as_of, _ = self.states(subjects, content_type, as_of_ns)
+        codes = self.subject_codes(subjects)
+        return self.consented_codes(codes, content_type_codes(content_type, len(codes)), captured_ns)
+
+    def consented_codes(
+        self, codes: np.ndarray, ct_codes: np.ndarray, captured_ns: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`consented` of questions by subject and content type code (`states_of_codes`)."""
+        at_capture, terms = self.states_of_codes(codes, ct_codes, captured_ns)
+        as_of_ns = np.full(len(codes), to_ns(self.as_of), dtype=np.int64)
+        at_as_of, _ = self.states_of_codes(codes, ct_codes, as_of_ns)
         return (at_capture == GRANT) & (at_as_of == GRANT), terms
+
+
+def content_type_codes(content_type: str | Sequence[str], count: int) -> np.ndarray:
+    """The position in CONTENT_TYPES of one content type for `count` questions, or of each."""
+    if isinstance(content_type, str):
+        return np.full(count, CONTENT_TYPES.index(content_type), dtype=np.int64)
+    return np.array([CONTENT_TYPES.index(c) for c in content_type], dtype=np.int64)
 
 
 def to_ns(instant: datetime) -> int:

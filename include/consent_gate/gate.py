@@ -7,16 +7,18 @@ batch is asked of the consent snapshot at once.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
-from consent_gate.artifacts import Artifact
-from consent_gate.consent import ConsentSnapshot, subject_key, to_ns
+from consent_gate.artifacts import CONTENT_TYPE_OF, Artifact
+from consent_gate.consent import CONTENT_TYPES, ConsentSnapshot, subject_key, to_ns
 from consent_gate.keys import Keyer
 
 # In the order SPEC §3 applies them: the first that holds is the reason.
@@ -100,55 +102,85 @@ def _whose_consent(artifact: Artifact) -> tuple[int, ...]:
 
 
 def decide(artifacts: Sequence[Artifact], snapshot: ConsentSnapshot) -> list[Decision]:
-    """A decision per artifact, in order."""
-    reasons: list[str | None] = [structural_reason(a) for a in artifacts]
-    owner: list[int] = []
-    subjects: list[str] = []
-    is_account: list[bool] = []
-    content_types: list[str] = []
+    """A decision per artifact, in order. The artifacts that need consent are grouped by whose consent
+    they need (`_whose_consent`): each group's subjects are listed and looked up in the snapshot once,
+    and every (artifact, subject) question is asked as arrays."""
+    reasons = [structural_reason(a) for a in artifacts]
+    group_of: dict[tuple[int, ...], int] = {}
+    subjects_of_group: list[list[tuple[str, str]]] = []
+    asking: list[int] = []  # the artifacts without a structural reason, by index
+    groups: list[int] = []
+    content_types: list[int] = []
     captured: list[int] = []
-    keys_of: dict[tuple[int, ...], list[tuple[str, bool]]] = {}  # by _whose_consent
     for index, artifact in enumerate(artifacts):
         if reasons[index] is not None:
             continue
         who = _whose_consent(artifact)
-        keys = keys_of.get(who)
-        if keys is None:
-            keys = keys_of[who] = [(subject_key(t, i), t == "account") for t, i in required_subjects(artifact)]
-        captured_ns, content_type = to_ns(artifact.captured_at), artifact.content_type
-        for key, account in keys:
-            owner.append(index)
-            subjects.append(key)
-            is_account.append(account)
-            content_types.append(content_type)
-            captured.append(captured_ns)
-    owners = np.array(owner, dtype=np.int64)
-    ok, terms = snapshot.consented(subjects, content_types, np.array(captured, dtype=np.int64))
-    accounts = np.array(is_account, dtype=bool)
-    account_refused = np.zeros(len(artifacts), dtype=bool)
-    user_refused = np.zeros(len(artifacts), dtype=bool)
-    account_refused[owners[accounts & ~ok]] = True
-    user_refused[owners[~accounts & ~ok]] = True
-    terms_of: dict[int, set[str]] = {}
-    for index, version in zip(owner, terms, strict=True):
-        if version is not None:
-            terms_of.setdefault(index, set()).add(version)
-    # Decisions are immutable and few distinct: each made once and shared.
-    made: dict[tuple[str | None, tuple[str, ...]], Decision] = {}
-    decisions = []
-    for index, (reason, account_no, user_no) in enumerate(
-        zip(reasons, account_refused.tolist(), user_refused.tolist(), strict=True)
-    ):
-        if reason is None and account_no:
-            reason = "account_not_consented"
-        elif reason is None and user_no:
-            reason = "user_not_consented"
-        versions = tuple(sorted(terms_of.get(index, ()))) if reason is None else ()
-        decision = made.get((reason, versions))
-        if decision is None:
-            decision = made[reason, versions] = Decision(reason, versions)
-        decisions.append(decision)
-    return decisions
+        group = group_of.get(who)
+        if group is None:
+            group = group_of[who] = len(subjects_of_group)
+            subjects_of_group.append(required_subjects(artifact))
+        asking.append(index)
+        groups.append(group)
+        content_types.append(_CONTENT_TYPE_CODE[artifact.artifact_type])
+        captured.append(to_ns(artifact.captured_at))
+    subjects = [pair for group_subjects in subjects_of_group for pair in group_subjects]
+    codes = snapshot.subject_codes([subject_key(kind, subject_id) for kind, subject_id in subjects])
+    is_account = np.array([kind == "account" for kind, _ in subjects], dtype=bool)
+    sizes = np.array([len(group_subjects) for group_subjects in subjects_of_group], dtype=np.int64)
+    owner, subject, first_pair = _questions(sizes, np.array(groups, dtype=np.int64))
+    ok, terms = snapshot.consented_codes(
+        codes[subject], np.array(content_types, dtype=np.int64)[owner], np.array(captured, dtype=np.int64)[owner]
+    )
+    account_refused = np.zeros(len(asking), dtype=bool)
+    user_refused = np.zeros(len(asking), dtype=bool)
+    account_refused[owner[~ok & is_account[subject]]] = True
+    user_refused[owner[~ok & ~is_account[subject]]] = True
+    term_sets, versions = _terms_of(terms, first_pair)
+    # Decisions are immutable and few distinct: each made once and shared, by its position in `made`.
+    made = [Decision(reason, ()) for reason in REASONS] + [Decision(None, v) for v in versions]
+    outcome = np.array([_REASON_CODE.get(reason, -1) for reason in reasons], dtype=np.int64)
+    outcome[np.array(asking, dtype=np.int64)] = np.where(
+        account_refused, _ACCOUNT_REFUSED, np.where(user_refused, _USER_REFUSED, len(REASONS) + term_sets)
+    )
+    return [made[code] for code in outcome.tolist()]
+
+
+_CONTENT_TYPE_CODE = {kind: CONTENT_TYPES.index(ct) for kind, ct in CONTENT_TYPE_OF.items()}
+_REASON_CODE = {reason: code for code, reason in enumerate(REASONS)}
+_ACCOUNT_REFUSED, _USER_REFUSED = _REASON_CODE["account_not_consented"], _REASON_CODE["user_not_consented"]
+
+
+def _questions(sizes: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (artifact, subject) question of a batch, from each artifact's group and the number of
+    subjects of each group (laid end to end, in group order): per question the artifact's position and
+    the subject's; per artifact the position of its first question (each has one at least: the
+    meeting's account)."""
+    asked = sizes[groups]
+    first_question = np.cumsum(asked) - asked
+    first_subject = (np.cumsum(sizes) - sizes)[groups]
+    owner = np.repeat(np.arange(len(groups)), asked)
+    subject = np.arange(int(asked.sum())) - first_question[owner] + first_subject[owner]
+    return owner, subject, first_question
+
+
+def _terms_of(terms: np.ndarray, first_question: np.ndarray) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """The terms versions each artifact's grants were given under (its questions start at
+    `first_question`; None is no version): per artifact a code, and the sorted versions of each code."""
+    if not len(first_question):
+        return np.zeros(0, dtype=np.int64), []
+    version_codes, names = pd.factorize(terms)  # None: -1
+    if len(names) > 62:  # more than an int64 holds as a set of bits: one set per artifact, in Python
+        bounds = [*first_question.tolist(), len(terms)]
+        sets = [tuple(sorted({v for v in terms[a:b] if v is not None})) for a, b in itertools.pairwise(bounds)]
+        distinct = list(dict.fromkeys(sets))
+        position = {versions: code for code, versions in enumerate(distinct)}
+        return np.array([position[versions] for versions in sets], dtype=np.int64), distinct
+    bits = np.where(version_codes >= 0, np.left_shift(np.int64(1), np.maximum(version_codes, 0)), 0)
+    masks = np.bitwise_or.reduceat(bits, first_question)
+    distinct_masks, code = np.unique(masks, return_inverse=True)
+    sets = [tuple(sorted(name for bit, name in enumerate(names) if int(mask) >> bit & 1)) for mask in distinct_masks]
+    return code.astype(np.int64), sets
 
 
 def published_rows(

@@ -75,13 +75,23 @@ class SpeakerNames(Generic[P]):
     per meeting: every cue of its transcript is attributed against it."""
 
     by_name: dict[str, list[P]]
-    longest_first: tuple[str, ...]  # the names, longest first: `Smith, John:` before `Smith:`
-    labels: tuple[str, ...]  # the same, each followed by ":" (what a labelled line starts with)
+    labels: tuple[str, ...]  # the names, each followed by ":" (what a labelled line starts with)
+    longest: int  # the length of the longest name
 
     @classmethod
     def of(cls, by_name: dict[str, list[P]]) -> SpeakerNames[P]:
-        longest_first = tuple(sorted(by_name, key=len, reverse=True))
-        return cls(by_name, longest_first, tuple(name + ":" for name in longest_first))
+        return cls(by_name, tuple(name + ":" for name in by_name), max(map(len, by_name), default=0))
+
+    def labelled(self, line: str) -> str | None:
+        """The longest name that the normalised `line` starts with, followed by ":" (`Smith, John:`
+        before `Smith:`): a dict look-up at each colon where a name can end, the last first, not a
+        comparison with every name."""
+        colon = line.rfind(":", 0, self.longest + 1)
+        while colon > 0:
+            if line[:colon] in self.by_name:
+                return line[:colon]
+            colon = line.rfind(":", 0, colon)
+        return None
 
 
 def read_cue_text(raw: str) -> CueText:
@@ -131,30 +141,60 @@ def speakers_by_name(participants: Sequence[tuple[str | None, P]]) -> SpeakerNam
     return SpeakerNames.of(index)
 
 
-def _labels(lines: Sequence[str], names: SpeakerNames[Any]) -> list[tuple[str, int] | None]:
-    """Per line: the name it is labelled with and how many colons the label spans, or None. A
-    participant's display name followed by `:` wins (longest first: `Smith, John:` and `Team: Sales:`
-    are names, though no generic label), else any `Name:` label."""
-    found: list[tuple[str, int] | None] = []
-    for line in lines:
-        normalised = normalise_name(line)
-        name = None
-        if normalised.startswith(names.labels):  # one C call rules out every name, as it mostly does
-            for candidate, label in zip(names.longest_first, names.labels, strict=True):
-                if normalised.startswith(label):
-                    name = candidate
-                    break
-        if name is None:
-            name = line_label(line)
-        found.append((name, name.count(":") + 1) if name else None)
-    return found
+def line_name(line: str, names: SpeakerNames[Any]) -> tuple[str, int] | None:
+    """The name `line` is labelled with and how many colons the label spans, or None. A participant's
+    display name followed by `:` wins (the longest: `Smith, John:` and `Team: Sales:` are names, though
+    no generic label), else any `Name:` label."""
+    normalised = normalise_name(line)
+    # One C call rules out every name, as it mostly does for a line that is not labelled.
+    name = names.labelled(normalised) if normalised.startswith(names.labels) else None
+    if name is None:
+        name = line_label(line)
+    return (name, name.count(":") + 1) if name else None
 
 
 def attribute(raw: str, names: SpeakerNames[P]) -> Attribution[P]:
     """The speaker and words of one cue's raw text (SPEC §2.1), among the meeting's `names`."""
-    by_name = names.by_name
+    if "\n" not in raw and "&" not in raw:
+        if "<" not in raw:
+            return attribute_line(raw, names)
+        voice = _ONE_VOICE.fullmatch(raw)
+        if voice is not None:
+            return attribute_voice(voice[1], voice[2], names)
+    return attribute_cue(raw, names)
+
+
+def attribute_line(raw: str, names: SpeakerNames[P]) -> Attribution[P]:
+    """`attribute_cue` of a one-line cue without tags or character references, as most are: its only
+    claim is its `Name:` prefix, so no voice or later label is looked for (a third of the time)."""
+    label = line_name(raw, names)
+    if label is None:
+        return Attribution(None, None, NO_NAME, raw.strip())
+    name, colons = label
+    return _identified(names, name, PREFIX, raw.split(":", colons)[colons].strip())
+
+
+# A one-line cue in one voice span, as Teams writes them: `<v Name>words</v>` (the end tag may be left
+# out). No other tag, no character reference: the annotation and the words are read as they are.
+_ONE_VOICE = re.compile(r"<v[ \t\x0c]([^<>&\n]*)>([^<&\n]*)(?:</v>)?")
+
+
+def attribute_voice(annotation: str, words: str, names: SpeakerNames[P]) -> Attribution[P]:
+    """`attribute_cue` of a cue `_ONE_VOICE` matches: the voice names the speaker, unless it names
+    nobody, or the words begin with another name's label (two claims about who spoke)."""
+    name = normalise_name(annotation)
+    if not name:
+        return Attribution(None, VOICE_SPAN, NO_NAME, words.strip())
+    label = line_name(words, names)
+    if label is not None and label[0] != name:
+        return Attribution(None, VOICE_SPAN, SEVERAL_SPEAKERS, words.strip())
+    return _identified(names, name, VOICE_SPAN, words.strip())
+
+
+def attribute_cue(raw: str, names: SpeakerNames[P]) -> Attribution[P]:
+    """`attribute` of any cue text, by the rules' steps."""
     cue = read_cue_text(raw)
-    labels = _labels(cue.lines, names)
+    labels = [line_name(line, names) for line in cue.lines]
     named = {label[0] for label in labels if label}
     if cue.voices:
         source, name = VOICE_SPAN, cue.voices[0]
@@ -173,7 +213,12 @@ def attribute(raw: str, names: SpeakerNames[P]) -> Attribution[P]:
         return Attribution(None, source, NO_NAME, words)
     if others:
         return Attribution(None, source, SEVERAL_SPEAKERS, words)
-    matches = by_name.get(name, ())
+    return _identified(names, name, source, words)
+
+
+def _identified(names: SpeakerNames[P], name: str, source: str, words: str) -> Attribution[P]:
+    """The one participant a cue's only claimed `name` names, or why nobody."""
+    matches = names.by_name.get(name, ())
     if not matches:
         return Attribution(None, source, NO_MATCH, words)
     if len(matches) > 1:

@@ -178,6 +178,20 @@ class LocalStorage(OutputStore):
             return open_no_follow(self._no_follow_path(relative))
         return _regular_file(fd)
 
+    def read_bytes(self, relative: str) -> bytes:
+        """`OutputStore.read_bytes` with `os.read` on the descriptor: a day reads ~40,000 small files,
+        and a buffered file object for each cost a tenth of reading them."""
+        fd = self._beneath.open(relative)
+        if fd is None:
+            return super().read_bytes(relative)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):  # a folder, FIFO or device named like a data file
+                raise NotARegularFile("not a regular file")
+            return _read_to_end(fd, info.st_size)
+        finally:
+            os.close(fd)
+
     def _no_follow_path(self, relative: str, *, directory: bool = False) -> str:
         """The path of `relative`, each component below the root checked not to be a link (lstat), so
         a link anywhere on the way is refused, not only at the last component."""
@@ -284,6 +298,15 @@ def _regular_file(fd: int) -> Any:
         os.close(fd)
         raise NotARegularFile("not a regular file")
     return os.fdopen(fd, "rb")
+
+
+def _read_to_end(fd: int, size: int) -> bytes:
+    """Every byte of the open file: `size` and one more asked for first, so a file of the size its
+    `fstat` said takes one read and one empty read; one that grew meanwhile is read on to its end."""
+    parts = [os.read(fd, size + 1)]
+    while parts[-1]:
+        parts.append(os.read(fd, 1 << 20))
+    return parts[0] if len(parts) == 2 else b"".join(parts)
 
 
 def _local_kind(entry: os.DirEntry[str]) -> str:

@@ -37,6 +37,19 @@ _COMMON_TIMING = re.compile(
 )
 
 
+# A whole common cue block at a position (`_common_cues`): an optional identifier line, a timing line
+# `_COMMON_TIMING` matches (within one line, so its whitespace is [ \t\x0c]; cue settings after it),
+# text lines, then the empty line ending the block and every line feed after it (§ step 11's skip).
+# Lines are never empty inside a block, so each repeat is decided by its first character: linear.
+_COMMON_BLOCK = re.compile(
+    r"(?:([^\n]+)\n)?"
+    r"[ \t\x0c]*([0-9]{1,6}):([0-5][0-9]):([0-5][0-9])\.([0-9]{3})(?![0-9])"
+    r"[ \t\x0c]*-->"
+    r"[ \t\x0c]*([0-9]{1,6}):([0-5][0-9]):([0-5][0-9])\.([0-9]{3})(?![0-9])[^\n]*\n"
+    r"((?:[^\n]+\n)*)\n+"
+)
+
+
 class Cue(NamedTuple):
     """A cue the parser returns, in file order. (A NamedTuple: one is made per cue, three times faster
     than a frozen dataclass.)"""
@@ -147,6 +160,8 @@ def _parse_text(text: str, *, common_cues: bool = True) -> tuple[list[Cue], list
     dropped: list[DroppedBlock] = []
     # § step 12, block loop: blocks separated by one or more empty lines, until the end of input.
     while not source.past_end():
+        if common_cues and _common_cues(source, cues):
+            continue  # a run of common cues, each matched whole: the position is at the next block
         block = (common_cues and _common_cue(source)) or _collect_block(source, in_header=False)
         if isinstance(block, Cue):
             cues.append(block)
@@ -154,6 +169,40 @@ def _parse_text(text: str, *, common_cues: bool = True) -> tuple[list[Cue], list
             dropped.append(block)
         source.skip_line_feeds()
     return cues, dropped
+
+
+def _common_cues(source: _Input, cues: list[Cue]) -> bool:
+    """Append the run of blocks from the position that `_COMMON_BLOCK` matches whole, each checked to be
+    the cue `_common_cue` reads (no arrow in the identifier or the text), and leave the position at the
+    first block that is not one, past the empty lines after the last one read. False if it read none.
+
+    One C match per cue instead of a Python step per line: nearly every cue of a vendor's file is one,
+    and the file's last block (no empty line after it) is left to `_common_cue` and `_collect_block`."""
+    text, at = source.text, source.position
+    match = _COMMON_BLOCK.match(text, at)
+    if match is None:
+        return False
+    two, three = _TWO_DIGITS, _THREE_DIGITS
+    line = source.line_number(at)  # of the block's first line; then counted per block, in C
+    while match is not None:
+        identifier, h1, m1, s1, t1, h2, m2, s2, t2, words = match.groups()
+        if (identifier is not None and "-->" in identifier) or "-->" in words:
+            break  # `_common_cue` and `_collect_block` read it: a second arrow line starts a block
+        cues.append(
+            Cue(
+                line if identifier is None else line + 1,
+                identifier or "",
+                ((int(h1) * 60 + two[m1]) * 60 + two[s1]) * 1000 + three[t1],
+                ((int(h2) * 60 + two[m2]) * 60 + two[s2]) * 1000 + three[t2],
+                words[:-1],  # its lines, without the line end before the empty line
+            )
+        )
+        line += text.count("\n", at, match.end())
+        at = match.end()
+        match = _COMMON_BLOCK.match(text, at)
+    read = at != source.position
+    source.position = at
+    return read
 
 
 def _common_cue(source: _Input) -> Cue | None:
