@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -226,6 +227,38 @@ def test_every_artifact_lands_in_exactly_one_outcome_deterministically(world):
     assert sorted(ids) == sorted(a.artifact_id for a in artifacts)
     again = published_rows(artifacts, decide(artifacts, snapshot(list(reversed(rows)), as_of)), keyer, as_of)
     assert again.equals(published)
+
+
+@settings(max_examples=150, deadline=None)
+@given(worlds())
+def test_each_published_row_is_its_artifact_keyed_row_by_row(world):
+    rows, artifacts, as_of = world
+    # Everybody granted a day before, so that most artifacts of a world are published.
+    rows = [*(consent_row(f"a{n}", sid, effective=at(-24 * 60)) for n, sid in enumerate(SUBJECT_IDS)), *rows]
+    decisions = decide(artifacts, snapshot(rows, as_of))
+    keyer = Keyer(b"k" * 32)
+    expected = [
+        {
+            "artifact_id": a.artifact_id,
+            "artifact_type": a.artifact_type,
+            "meeting_key": keyer.meeting(a.meeting.meeting_id),
+            "user_keys": sorted({keyer.user(p.user_id) for p in a.required_participants}),
+            "account_keys": sorted(
+                {keyer.account(a.meeting.account_id)} | {keyer.account(p.account_id) for p in a.required_participants}
+            ),
+            "captured_at": a.captured_at,
+            "text": a.text,
+            "media_uri": a.media_uri,
+            "media_sha256": a.media_sha256,
+            "terms_versions": list(d.terms_versions),
+            "consent_as_of": as_of,
+        }
+        for a, d in zip(artifacts, decisions, strict=True)
+        if d.eligible
+    ]
+    assert published_rows(artifacts, decisions, keyer, as_of).equals(
+        pa.Table.from_pylist(expected, schema=CONTENT_SCHEMA)
+    )
 
 
 @settings(max_examples=100, deadline=None)
