@@ -237,7 +237,7 @@ def test_a_compactly_written_batch_is_read_column_wise_but_for_its_malformed_lin
     batch = read_lines(lines)
     assert batch.rest == [5, 42, 1700, 2999]
     assert batch.events.num_rows == 2996
-    assert _reading(lines[42]) is not None  # ... and reads it (Python takes 60 minutes as an hour)
+    assert _reading(lines[42]) is None  # ... and refuses it: an offset's minutes stop at 59
 
 
 def test_lines_nested_too_deep_or_with_a_bool_duration_are_left_to_parse_event():
