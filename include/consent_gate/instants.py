@@ -14,8 +14,7 @@ from consent_gate.errors import FutureAsOf, MalformedRecord
 
 # ISO-8601 with a mandatory offset. datetime.fromisoformat alone is too lenient (it takes dates
 # without a time, a space separator and offset-less values), so the shape is checked first.
-# The offset's hours and minutes as a clock has them: Python would read `+05:60` as six hours.
-_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)$")
+_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$")
 # SPEC §2.1 (revised 2026-11-28): an instant outside this range is malformed. Beyond it nanosecond
 # timestamps overflow (pandas, Arrow ns), and no meeting or consent decision can be dated there.
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
@@ -32,8 +31,13 @@ def parse_timestamp(value: Any, field: str) -> datetime:
             raise MalformedRecord(field, "timestamp without a UTC offset")
         raise MalformedRecord(field, "not an ISO-8601 timestamp")
     # Of this shape, Python 3.11's reader takes every value that names a real instant (`Z`, 1 to 9
-    # digits of fraction, truncated to microseconds) and refuses the rest: tests/test_instants.py.
+    # digits of fraction, truncated to microseconds) and refuses the rest (tests/test_instants.py), but
+    # for an offset's minutes past 59: it reads `+05:60` as six hours. The consent judge's SQL
+    # (`consent_vector._instant_sql`) and the telemetry's column-wise reader refuse the same.
+    offset = match.group(4)
     try:
+        if offset != "Z" and offset[4:] > "59":
+            raise ValueError(offset)
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise MalformedRecord(field, "not a valid date or time") from None
