@@ -127,7 +127,7 @@ def decide(artifacts: Sequence[Artifact], snapshot: ConsentSnapshot) -> list[Dec
     codes = snapshot.subject_codes([subject_key(kind, subject_id) for kind, subject_id in subjects])
     is_account = np.array([kind == "account" for kind, _ in subjects], dtype=bool)
     sizes = np.array([len(group_subjects) for group_subjects in subjects_of_group], dtype=np.int64)
-    owner, subject, first_pair = _questions(sizes, np.array(groups, dtype=np.int64))
+    owner, subject, first_question = _questions(sizes, np.array(groups, dtype=np.int64))
     ok, terms = snapshot.consented_codes(
         codes[subject], np.array(content_types, dtype=np.int64)[owner], np.array(captured, dtype=np.int64)[owner]
     )
@@ -135,9 +135,10 @@ def decide(artifacts: Sequence[Artifact], snapshot: ConsentSnapshot) -> list[Dec
     user_refused = np.zeros(len(asking), dtype=bool)
     account_refused[owner[~ok & is_account[subject]]] = True
     user_refused[owner[~ok & ~is_account[subject]]] = True
-    term_sets, versions = _terms_of(terms, first_pair)
+    term_sets, versions = _terms_of(terms, first_question)
     # Decisions are immutable and few distinct: each made once and shared, by its position in `made`.
     made = [Decision(reason, ()) for reason in REASONS] + [Decision(None, v) for v in versions]
+    # A structural reason's code, then each artifact asked (every one without a structural reason) its own.
     outcome = np.array([_REASON_CODE.get(reason, -1) for reason in reasons], dtype=np.int64)
     outcome[np.array(asking, dtype=np.int64)] = np.where(
         account_refused, _ACCOUNT_REFUSED, np.where(user_refused, _USER_REFUSED, len(REASONS) + term_sets)
