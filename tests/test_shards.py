@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
 
@@ -112,6 +114,30 @@ def test_workers_for_a_day_one_per_cpu_and_at_most_one_per_thousand_meetings():
     assert workers_for(10_000, 2) == 2
     assert workers_for(10_000, 1) == 1
     assert workers_for(0, 4) == 1
+
+
+@pytest.mark.integration
+def test_the_checks_and_the_telemetry_run_behind_the_shards():
+    from consent_gate import pipeline, processes
+
+    here = os.nice(0)
+    with processes.checker() as checks:  # GX is imported there first
+        assert checks.submit(os.nice, 0).result() == min(here + processes.CHECKER_NICENESS, 19)
+        assert checks.submit(os.getpid).result() != os.getpid()
+    with ProcessPoolExecutor(max_workers=1, mp_context=processes.worker_context()) as pool:
+        assert pool.submit(_niceness_behind_the_shards).result() == min(here + pipeline.TELEMETRY_NICENESS, 19)
+    assert os.nice(0) == here  # this process: untouched
+
+
+def _niceness_behind_the_shards() -> int:
+    from consent_gate import pipeline
+
+    original = pipeline.aggregate_day
+    pipeline.aggregate_day = lambda settings, stage: os.nice(0)  # what the telemetry worker runs at
+    try:
+        return pipeline._aggregate_behind_the_shards(None, None)
+    finally:
+        pipeline.aggregate_day = original
 
 
 @pytest.mark.integration
