@@ -30,11 +30,8 @@ _ASCII_WHITESPACE = " \t\n\x0c\r"  # the specification's "ASCII whitespace" (ski
 # matched at C speed. It accepts nothing `parse_timing_line`'s step-by-step reading would refuse or read
 # differently ([0-9], never \d, which matches other scripts' digits; no digit may follow a field, as
 # the step-by-step reading collects every digit); anything else takes that reading.
-_COMMON_TIMING = re.compile(
-    r"[ \t\n\x0c\r]*([0-9]{1,6}):([0-5][0-9]):([0-5][0-9])\.([0-9]{3})(?![0-9])"
-    r"[ \t\n\x0c\r]*-->"
-    r"[ \t\n\x0c\r]*([0-9]{1,6}):([0-5][0-9]):([0-5][0-9])\.([0-9]{3})(?![0-9])"
-)
+_COMMON_TIMESTAMP = r"([0-9]{1,6}):([0-5][0-9]):([0-5][0-9])\.([0-9]{3})(?![0-9])"
+_COMMON_TIMING = re.compile(rf"[ \t\n\x0c\r]*{_COMMON_TIMESTAMP}[ \t\n\x0c\r]*-->[ \t\n\x0c\r]*{_COMMON_TIMESTAMP}")
 
 
 # A whole common cue block at a position (`_common_cues`): an optional identifier line, a timing line
@@ -43,9 +40,7 @@ _COMMON_TIMING = re.compile(
 # Lines are never empty inside a block, so each repeat is decided by its first character: linear.
 _COMMON_BLOCK = re.compile(
     r"(?:([^\n]+)\n)?"
-    r"[ \t\x0c]*([0-9]{1,6}):([0-5][0-9]):([0-5][0-9])\.([0-9]{3})(?![0-9])"
-    r"[ \t\x0c]*-->"
-    r"[ \t\x0c]*([0-9]{1,6}):([0-5][0-9]):([0-5][0-9])\.([0-9]{3})(?![0-9])[^\n]*\n"
+    rf"[ \t\x0c]*{_COMMON_TIMESTAMP}[ \t\x0c]*-->[ \t\x0c]*{_COMMON_TIMESTAMP}[^\n]*\n"
     r"((?:[^\n]+\n)*)\n+"
 )
 
@@ -182,21 +177,15 @@ def _common_cues(source: _Input, cues: list[Cue]) -> bool:
     match = _COMMON_BLOCK.match(text, at)
     if match is None:
         return False
-    two, three = _TWO_DIGITS, _THREE_DIGITS
     line = source.line_number(at)  # of the block's first line; then counted per block, in C
     while match is not None:
-        identifier, h1, m1, s1, t1, h2, m2, s2, t2, words = match.groups()
+        fields = match.groups()
+        identifier, words = fields[0], fields[9]
         if (identifier is not None and "-->" in identifier) or "-->" in words:
             break  # `_common_cue` and `_collect_block` read it: a second arrow line starts a block
-        cues.append(
-            Cue(
-                line if identifier is None else line + 1,
-                identifier or "",
-                ((int(h1) * 60 + two[m1]) * 60 + two[s1]) * 1000 + three[t1],
-                ((int(h2) * 60 + two[m2]) * 60 + two[s2]) * 1000 + three[t2],
-                words[:-1],  # its lines, without the line end before the empty line
-            )
-        )
+        start_ms, end_ms = _common_timing_ms(fields, 1)
+        # The block's lines after its timing line, without the line end before the empty line.
+        cues.append(Cue(line if identifier is None else line + 1, identifier or "", start_ms, end_ms, words[:-1]))
         line += text.count("\n", at, match.end())
         at = match.end()
         match = _COMMON_BLOCK.match(text, at)
@@ -316,7 +305,12 @@ def parse_timing_line(line: str) -> tuple[int, int] | str:
     common = _COMMON_TIMING.match(line)
     if common is None:
         return timing_by_steps(line)
-    h1, m1, s1, t1, h2, m2, s2, t2 = common.groups()
+    return _common_timing_ms(common.groups(), 0)
+
+
+def _common_timing_ms(fields: tuple[str, ...], at: int) -> tuple[int, int]:
+    """(start_ms, end_ms) of the eight fields two `_COMMON_TIMESTAMP`s matched, from `fields[at]` on."""
+    h1, m1, s1, t1, h2, m2, s2, t2 = fields[at : at + 8]
     two, three = _TWO_DIGITS, _THREE_DIGITS
     return (
         ((int(h1) * 60 + two[m1]) * 60 + two[s1]) * 1000 + three[t1],
@@ -324,7 +318,7 @@ def parse_timing_line(line: str) -> tuple[int, int] | str:
     )
 
 
-# The values of the fixed-width fields _COMMON_TIMING matches (minutes and seconds [0-5][0-9], three
+# The values of the fixed-width fields _COMMON_TIMESTAMP matches (minutes and seconds [0-5][0-9], three
 # digits of milliseconds), looked up: int() of a string costs a type call each, 8 a cue.
 _TWO_DIGITS = {f"{n:02d}": n for n in range(60)}
 _THREE_DIGITS = {f"{n:03d}": n for n in range(1000)}
