@@ -189,11 +189,9 @@ class LocalStorage(OutputStore):
         fd = self._beneath.open(relative)
         if fd is None:
             return super().read_bytes(relative)
+        size = _regular_size(fd)
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):  # a folder, FIFO or device named like a data file
-                raise NotARegularFile("not a regular file")
-            return _read_to_end(fd, info.st_size)
+            return _read_to_end(fd, size)
         finally:
             os.close(fd)
 
@@ -299,10 +297,17 @@ def open_no_follow(path: str) -> Any:
 
 def _regular_file(fd: int) -> Any:
     """The open descriptor as a binary file; NotARegularFile (closing it) unless it is a regular file."""
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, FIFO or device named like a data file
+    _regular_size(fd)
+    return os.fdopen(fd, "rb")
+
+
+def _regular_size(fd: int) -> int:
+    """The size of the open file; NotARegularFile (closing it) unless it is a regular file."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a folder, FIFO or device named like a data file
         os.close(fd)
         raise NotARegularFile("not a regular file")
-    return os.fdopen(fd, "rb")
+    return info.st_size
 
 
 def _read_to_end(fd: int, size: int) -> bytes:
