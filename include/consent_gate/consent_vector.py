@@ -75,7 +75,7 @@ def _instant_sql(parts: str) -> str:
     )
     valid = (
         f"{parts}.d <> '' AND try_cast({parts}.d AS DATE) IS NOT NULL AND {p['h']} < 24 AND {p['mi']} < 60"
-        f" AND {p['s']} < 60 AND ({parts}.z = 'Z' OR ({offset_minutes} < 1440 AND {p['om']} < 60))"
+        f" AND {p['s']} < 60 AND ({parts}.z = 'Z' OR ({p['oh']} < 24 AND {p['om']} < 60))"
     )
     return f"CASE WHEN {valid} THEN {local} - {signed} * 60000000 END"
 

@@ -35,9 +35,9 @@ def parse_timestamp(value: Any, field: str) -> datetime:
     # for an offset's minutes past 59: it reads `+05:60` as six hours. The consent judge's SQL
     # (`consent_vector._instant_sql`) and the telemetry's column-wise reader refuse the same.
     offset = match.group(4)
+    if offset != "Z" and offset[4:] > "59":
+        raise MalformedRecord(field, "not a valid date or time")
     try:
-        if offset != "Z" and offset[4:] > "59":
-            raise ValueError(offset)
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise MalformedRecord(field, "not a valid date or time") from None
