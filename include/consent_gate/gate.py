@@ -238,9 +238,7 @@ def published_rows(
         "terms_versions": pa.array(list(terms_of), CONTENT_SCHEMA.field("terms_versions").type).take(
             pa.array(terms, pa.int32())
         ),
-        "consent_as_of": pa.array([as_of], CONTENT_SCHEMA.field("consent_as_of").type).take(
-            pa.array(np.zeros(len(ids), dtype=np.int32))
-        ),
+        "consent_as_of": pa.repeat(pa.scalar(as_of, CONTENT_SCHEMA.field("consent_as_of").type), len(ids)),
     }
     return pa.table(columns, schema=CONTENT_SCHEMA)
 

@@ -64,7 +64,7 @@ def drop_checker() -> None:
 
 
 def _new_checker() -> ProcessPoolExecutor:
-    started = ProcessPoolExecutor(max_workers=1, mp_context=worker_context(), initializer=_import_great_expectations)
+    started = ProcessPoolExecutor(max_workers=1, mp_context=worker_context(), initializer=_start_checks_process)
     # The process starts at the first task, not with the pool, and starting it waits until the server has
     # imported the steps (~0.7 s): on a thread, while this process goes on with its own imports and reads.
     threading.Thread(target=_first_task, args=(started,), name="consent-gate-checker-start", daemon=True).start()
@@ -84,7 +84,8 @@ def _first_task(pool: ProcessPoolExecutor) -> None:
 CHECKER_NICENESS = 12
 
 
-def _import_great_expectations() -> None:
+def _start_checks_process() -> None:
+    """Behind the shards, then Great Expectations imported."""
     os.nice(CHECKER_NICENESS)  # this process only: the checker ends with the run
     from consent_gate.validation import import_great_expectations
 
