@@ -33,8 +33,7 @@ def _by_fields(value: str) -> datetime | None:
     """The instant the text names, built from its fields, or None if it names none (or one out of range)."""
     date, rest = value.split("T")
     year, month, day = (int(part) for part in date.split("-"))
-    offset = rest[-6:] if rest[-6] in "+-" else "+00:00"
-    clock = rest[: -len(offset)] if offset != "+00:00" or not rest.endswith("Z") else rest[:-1]
+    clock, offset = (rest[:-1], "+00:00") if rest.endswith("Z") else (rest[:-6], rest[-6:])
     whole, _, fraction = clock.partition(".")
     hour, minute, second = (int(part) for part in whole.split(":"))
     sign, hours, minutes = (-1 if offset[0] == "-" else 1), int(offset[1:3]), int(offset[4:6])
@@ -74,6 +73,7 @@ def test_a_timestamp_is_the_instant_its_fields_name_or_refused(value):
         ("2026-11-02T14:58:51.Z", "not an ISO-8601 timestamp"),
         ("2026-11-02T14:58:51.1234567890Z", "not an ISO-8601 timestamp"),
         ("2026-11-31T00:00:00Z", "not a valid date or time"),
+        ("2026-11-02T10:00:00+05:60", "not a valid date or time"),
         ("9999-12-31T23:59:59Z", "outside 1900-01-01..2200-01-01"),
     ],
 )
