@@ -4,7 +4,7 @@ ties, `*` rows, unreadable rows of every kind, duplicate event_ids, rows recorde
 from __future__ import annotations
 
 import sqlite3
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -23,8 +23,18 @@ from consent_gate.consent import (
     to_ns,
 )
 from consent_gate.consent_store import ARROW_SCHEMA
-from consent_gate.consent_vector import snapshot_from_table, take_snapshot
+from consent_gate.consent_vector import (
+    _US_1900,
+    _US_2200,
+    _instant_sql,
+    connect_duckdb,
+    snapshot_from_table,
+    take_snapshot,
+)
+from consent_gate.errors import MalformedRecord
+from consent_gate.instants import parse_timestamp
 from tests.builders import at, consent_row, ts, write_consent_db
+from tests.test_instants import _SHAPED
 
 pytestmark = pytest.mark.unit
 
@@ -176,7 +186,7 @@ def test_the_sqlite_reader_keeps_nulls_empty_text_and_flags_cells_of_other_types
 
     monkeypatch.setattr(consent_store, "SQLITE_BATCH", 2)
     db = tmp_path / "untyped.db"
-    odd = [None, "", 7, 2.5, b"\x00bytes", "text"]
+    odd = [None, "", 7, 2.5, b"\x00bytes", "text", b"\xff\xfe not UTF-8"]
     with sqlite3.connect(db) as connection:
         connection.execute(f"CREATE TABLE consent_events ({', '.join(COLUMNS)})")  # no affinity
         rows = [[None] * len(COLUMNS) for _ in range(3)]
@@ -200,3 +210,63 @@ def test_text_that_is_not_utf8_is_refused_naming_the_column_never_the_value(tmp_
     with pytest.raises(ConsentStoreError, match=r"consent_events\.subject_id holds text that is not valid UTF-8") as e:
         take_snapshot(url, at(100))
     assert "secret" not in str(e.value)
+
+
+NEAR_SHAPES = (  # judged in every example, beside the generated values
+    "2026-11-02T10:00:00Z\n",  # Python's `$` matches before a final newline; the contract's shape does not
+    "2026-11-02T10:00:00z",
+    "2026-11-02T10:00:00+0530",
+    "2026-11-02T10:00:00.Z",
+    "\uff12026-11-02T10:00:00Z",  # a digit that is not ASCII
+    "2026-11-02T10:00:00\u0665Z",
+    "2026-11-02T10:00:00.1234567890Z",
+    " 2026-11-02T10:00:00Z",
+    "2026-11-02T10:00:00+05:60",  # an offset's minutes past 59
+    "2026-11-02T10:00:00-24:00",
+    "2026-11-02T10:00:60Z",  # a leap second: not a valid time in either reading
+    "2026-11-02T10:60:00Z",
+    "2026-11-02T24:00:00Z",
+    "2026-13-02T10:00:00Z",
+    "2026-02-29T10:00:00Z",
+    "2200-01-01T00:00:00.000001Z",
+)
+
+
+def _written(local: datetime, fraction: str, offset_minutes: int | None) -> str:
+    zone = (
+        "Z"
+        if offset_minutes is None
+        else "{}{:02d}:{:02d}".format("-+"[offset_minutes >= 0], *divmod(abs(offset_minutes), 60))
+    )
+    return f"{local:%Y-%m-%dT%H:%M:%S}{fraction}{zone}"
+
+
+_WELL_WRITTEN = st.builds(  # instants as producers write them: every field valid, any zone, any fraction
+    _written,
+    st.datetimes(datetime(1899, 12, 30), datetime(2200, 1, 2)),
+    st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=9).map(".".__add__)),
+    st.one_of(st.none(), st.integers(-(23 * 60 + 59), 23 * 60 + 59)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.one_of(_WELL_WRITTEN, _SHAPED, st.text(max_size=30)), min_size=1, max_size=120))
+def test_the_judge_reads_every_timestamp_as_parse_timestamp_does(values, tmp_path_factory):
+    """The judge's SQL (`_instant_sql`, then the contract's range) gives the microsecond `parse_timestamp`
+    gives, and refuses what it refuses: every value of the contract's shape, values near it, any text."""
+    values = [*NEAR_SHAPES, *values]
+    connection = connect_duckdb(str(tmp_path_factory.mktemp("spill")))
+    try:
+        given_values = pa.table({"n": range(len(values)), "value": pa.array(values, pa.string())})  # noqa: F841
+        read = connection.execute(
+            f"SELECT CASE WHEN x BETWEEN {_US_1900} AND {_US_2200} THEN x END FROM "
+            f"(SELECT n, {_instant_sql('value')} AS x FROM given_values) ORDER BY n"
+        ).fetchall()
+    finally:
+        connection.close()
+    for value, (microseconds,) in zip(values, read, strict=True):
+        try:
+            expected = (parse_timestamp(value, "at") - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+        except MalformedRecord:
+            expected = None
+        assert microseconds == expected, ascii(value)

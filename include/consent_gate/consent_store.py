@@ -9,7 +9,7 @@
   the row was malformed (SPEC §2.2: an offset is required); the same logical rows would then publish
   differently on SQLite and PostgreSQL. Such a table is refused, naming the column and its type.
 - Reads are column-wise: SQLite through its ADBC driver, which returns Arrow batches (the SQL hands it
-  text only, with bits for NULL and non-text cells); PostgreSQL streams `COPY (SELECT ...) TO STDOUT`
+  text only, and each cell's kind: text, NULL or another type); PostgreSQL streams `COPY (SELECT ...) TO STDOUT`
   as CSV into a spool file that Arrow parses. No Python code runs per row. Cells that are not text
   (SQLite lets any column hold any type) are nulled and flagged in `nontext`, a bit per column, so the
   rules can fail them closed.
@@ -239,15 +239,20 @@ def read_consent_table(
 
 def _sqlite_select(where: str) -> str:
     """Every column as text, never NULL, so the Arrow driver always reads strings (it infers each column's
-    type from its first rows, and a column NULL there would be read as integers and fail later), plus a
-    bit per column for the NULL cells (`missing`) and for the cells of another type (`nontext`: nulled)."""
-    text = [f"coalesce(CASE WHEN typeof({c}) = 'text' THEN {c} END, '') AS {c}" for c in COLUMNS]
-    missing = " | ".join(f"((typeof({c}) <> 'text') << {i})" for i, c in enumerate(COLUMNS))
-    nontext = " | ".join(f"((typeof({c}) NOT IN ('text', 'null')) << {i})" for i, c in enumerate(COLUMNS))
-    return (
-        f"SELECT {', '.join(text)}, {missing} AS missing, {nontext} AS nontext "
-        f"FROM consent_events {where.replace('/*C*/', '')}"
+    type from its first rows, and a column NULL there would be read as integers and fail later), plus
+    each cell's kind, two bits a column (`_KIND`), from which `_text_batch` nulls the NULL cells and
+    those of another type (flagged in `nontext`). One `typeof` a cell: SQLite evaluates every expression
+    of every row, and three a cell took half of the read (4 µs a row)."""
+    text = [f"coalesce(CAST({c} AS TEXT), '') AS {c}" for c in COLUMNS]
+    kinds = " + ".join(
+        f"(CASE typeof({c}) WHEN 'text' THEN 0 WHEN 'null' THEN {_KIND['null'] << 2 * i} "
+        f"ELSE {_KIND['other'] << 2 * i} END)"
+        for i, c in enumerate(COLUMNS)
     )
+    return f"SELECT {', '.join(text)}, {kinds} AS kinds FROM consent_events {where.replace('/*C*/', '')}"
+
+
+_KIND = {"text": 0, "null": 1, "other": 2}  # a cell's kind in `kinds`, at bits 2i..2i+1 for column i
 
 
 def _sqlite_batches(address: StoreAddress, where: str, params: Sequence[Any]) -> Iterator[pa.RecordBatch]:
@@ -267,21 +272,27 @@ def _sqlite_batches(address: StoreAddress, where: str, params: Sequence[Any]) ->
 
 
 def _text_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """A driver batch as ARROW_SCHEMA: NULL cells restored from `missing`; text that is not UTF-8 refused
-    (naming the column, never the value), as Python's sqlite3 module refuses to decode it."""
+    """A driver batch as ARROW_SCHEMA: the cells that are not text nulled (and flagged in `nontext` when
+    not NULL either); text that is not UTF-8 refused (naming the column, never the value), as Python's
+    sqlite3 module refuses to decode it. A cell of another type is checked for nothing: it is nulled."""
+    import numpy as np
     import pyarrow.compute as pc
 
-    missing = batch.column("missing")
+    kinds = batch.column("kinds").to_numpy(zero_copy_only=False)
     arrays = []
+    nontext = np.zeros(len(kinds), dtype=np.int32)
     for i, name in enumerate(COLUMNS):
+        kind = (kinds >> (2 * i)) & 3
         column = batch.column(name)
+        if kind.any():
+            nontext |= (kind == _KIND["other"]).astype(np.int32) << i
+            column = pc.if_else(pa.array(kind != _KIND["text"]), pa.scalar(None, pa.string()), column)
         try:
             column.validate(full=True)
         except pa.ArrowInvalid:
             raise ConsentStoreError(f"consent_events.{name} holds text that is not valid UTF-8") from None
-        is_missing = pc.not_equal(pc.bit_wise_and(missing, 1 << i), 0)
-        arrays.append(pc.if_else(is_missing, pa.scalar(None, pa.string()), column))
-    arrays.append(batch.column("nontext").cast(pa.int32()))
+        arrays.append(column)
+    arrays.append(pa.array(nontext, pa.int32()))
     return pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA)
 
 

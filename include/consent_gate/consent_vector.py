@@ -62,20 +62,36 @@ _BITS = {c: 1 << i for i, c in enumerate(
 )}  # fmt: skip
 
 
-def _instant_sql(parts: str) -> str:
-    """Microseconds since the epoch in UTC (or NULL when not a valid instant) from the regexp parts."""
-    p = {k: f"try_cast({parts}.{k} AS BIGINT)" for k in ("h", "mi", "s", "oh", "om")}
+def _instant_sql(column: str) -> str:
+    """Microseconds since the epoch in UTC (or NULL when not a valid instant) of a text `column`. Once the
+    shape matches, every field sits at a known place (the shape's characters are ASCII): the date, hour,
+    minute and second at fixed ones, the zone (`Z` or `+hh:mm`) at the end and the fraction between them,
+    cut out by position rather than by the regular expression's groups (0.65 s against 0.95 s a column of
+    2M values)."""
+    zone = f"(CASE WHEN right({column}, 1) = 'Z' THEN 1 ELSE 6 END)"
+    digits = f"substr({column}, 21, length({column}) - 20 - {zone})"
+    fraction = f"(CASE WHEN substr({column}, 20, 1) = '.' THEN {digits} ELSE '' END)"
+    p = {
+        k: f"try_cast(substr({column}, {start}, 2) AS BIGINT)"
+        for k, start in (
+            ("h", 12),
+            ("mi", 15),
+            ("s", 18),
+            ("oh", f"length({column}) - 4"),
+            ("om", f"length({column}) - 1"),
+        )
+    }
     local = (
-        f"((try_cast({parts}.d AS DATE) - DATE '1970-01-01')::BIGINT * 86400000000 + {p['h']} * 3600000000"
-        f" + {p['mi']} * 60000000 + {p['s']} * 1000000 + try_cast(left(rpad({parts}.f, 9, '0'), 6) AS BIGINT))"
+        f"((try_cast(left({column}, 10) AS DATE) - DATE '1970-01-01')::BIGINT * 86400000000 + {p['h']} * 3600000000"
+        f" + {p['mi']} * 60000000 + {p['s']} * 1000000 + try_cast(left(rpad({fraction}, 9, '0'), 6) AS BIGINT))"
     )
     offset_minutes = f"({p['oh']} * 60 + {p['om']})"
-    signed = (
-        f"(CASE WHEN {parts}.z = 'Z' THEN 0 WHEN {parts}.sg = '-' THEN -{offset_minutes} ELSE {offset_minutes} END)"
-    )
+    sign = f"substr({column}, length({column}) - 5, 1)"
+    utc = f"right({column}, 1) = 'Z'"
+    signed = f"(CASE WHEN {utc} THEN 0 WHEN {sign} = '-' THEN -{offset_minutes} ELSE {offset_minutes} END)"
     valid = (
-        f"{parts}.d <> '' AND try_cast({parts}.d AS DATE) IS NOT NULL AND {p['h']} < 24 AND {p['mi']} < 60"
-        f" AND {p['s']} < 60 AND ({parts}.z = 'Z' OR ({p['oh']} < 24 AND {p['om']} < 60))"
+        f"regexp_full_match({column}, '{_SHAPE}') AND try_cast(left({column}, 10) AS DATE) IS NOT NULL"
+        f" AND {p['h']} < 24 AND {p['mi']} < 60 AND {p['s']} < 60 AND ({utc} OR ({p['oh']} < 24 AND {p['om']} < 60))"
     )
     return f"CASE WHEN {valid} THEN {local} - {signed} * 60000000 END"
 
@@ -91,6 +107,15 @@ def recorded_day_sql(day_bound: str | None) -> str:
     if day_bound is None:
         return "NULL::VARCHAR"
     return f"CASE WHEN recorded_at >= '1900' AND recorded_at < {_quoted(day_bound)} THEN left(recorded_at, 10) END"
+
+
+# The store's rows as read, each timestamp parsed once, as it is stored. Parsed in the judging's query,
+# an instant was evaluated again in every filter and expression naming it (DuckDB inlines them): at 2M
+# rows the judging took 8-9 s, now 2 s, and this table 2.0 s instead of 0.7.
+RAW_SQL = (
+    f"CREATE TEMP TABLE raw AS SELECT *, {_instant_sql('effective_at')} AS eff_raw, "
+    f"{_instant_sql('recorded_at')} AS rec_raw FROM incoming"
+)
 
 
 def _snapshot_sql(as_of_us: int, day_bound: str | None = None) -> str:
@@ -115,11 +140,14 @@ def _snapshot_sql(as_of_us: int, day_bound: str | None = None) -> str:
             f"WHEN {short}_raw IS NULL THEN 'field ''{name}'': not a valid date or time'",
             f"WHEN {short}_us IS NULL THEN 'field ''{name}'': timestamp outside 1900-01-01..2200-01-01 UTC'",
         ]
-    eff_raw, rec_raw = _instant_sql("ep"), _instant_sql("rp")
-    extract = "regexp_extract(COLUMN, '" + _SHAPE + "', ['d', 'h', 'mi', 's', 'f', 'z', 'sg', 'oh', 'om'])"
     in_range = "CASE WHEN {0} BETWEEN {1} AND {2} THEN {0} END"
-    # One statement, one table written: the parsing and checks stream into the window over event_id,
-    # and only what later queries read is kept (a store of 20M rows spilled 17 GB as four tables).
+    rec_us = in_range.format("rec_raw", _US_1900, _US_2200)
+    ours = f"NOT (purpose IS NOT NULL AND purpose <> '{PURPOSE}')"
+    visible = f"(rec_us IS NULL OR rec_us <= {as_of_us})"
+    # One statement, one table written: the parsing and checks stream into the join with the repeated
+    # event_ids, and only what later queries read is kept (a store of 20M rows spilled 17 GB as four
+    # tables). Repeated ids are found by a grouping of the ids alone, not by a window over event_id, which
+    # sorted every column of every row to find the few ids that repeat.
     return f"""
 CREATE TEMP TABLE judged AS
 SELECT * EXCLUDE (subject_id, effective_at, recorded_at, nontext, eff_raw, rec_raw) FROM (
@@ -129,7 +157,7 @@ SELECT *,
             AND decision IN ('grant', 'revoke') AND nontext & {bit["terms_version"]} = 0
             AND eff_us IS NOT NULL AND rec_us IS NOT NULL THEN NULL  -- reads well: no check below can fail
        WHEN purpose IS NULL THEN 'field ''purpose'': missing or not text'
-       WHEN id_rank > 1 THEN {_quoted(DUPLICATE_ERROR)}
+       WHEN NOT id_first THEN {_quoted(DUPLICATE_ERROR)}
        {" ".join(checks)}
        WHEN id_count > 1 THEN {_quoted(DUPLICATE_ERROR)}
   END AS error,
@@ -140,22 +168,18 @@ SELECT *,
                 chr(30), coalesce(effective_at, ''), chr(30), coalesce(recorded_at, ''), chr(30),
                 coalesce(terms_version, ''))) AS digest
 FROM (
-  SELECT *,
-    CASE WHEN event_id IS NULL THEN 1 ELSE count(*) OVER (PARTITION BY event_id) END AS id_count,
-    CASE WHEN event_id IS NULL THEN 1 ELSE row_number() OVER (PARTITION BY event_id ORDER BY rn) END AS id_rank
+  SELECT visible_rows.*, coalesce(repeats, 1) AS id_count,
+         (first_rn IS NULL OR rn = first_rn) AS id_first
   FROM (
     SELECT *, {in_range.format("eff_raw", _US_1900, _US_2200)} AS eff_us,
               {in_range.format("rec_raw", _US_1900, _US_2200)} AS rec_us
-    FROM (
-      SELECT * EXCLUDE (ep, rp), {eff_raw} AS eff_raw, {rec_raw} AS rec_raw
-      FROM (
-        SELECT rowid AS rn, *, {recorded_day_sql(day_bound)} AS recorded_day,
-               {extract.replace("COLUMN", "effective_at")} AS ep,
-               {extract.replace("COLUMN", "recorded_at")} AS rp
-        FROM raw WHERE NOT (purpose IS NOT NULL AND purpose <> '{PURPOSE}')
-      )
-    )
-  ) WHERE rec_us IS NULL OR rec_us <= {as_of_us}
+    FROM (SELECT rowid AS rn, *, {recorded_day_sql(day_bound)} AS recorded_day FROM raw WHERE {ours})
+    WHERE {visible}
+  ) AS visible_rows LEFT JOIN (
+    SELECT event_id AS repeated_id, count(*) AS repeats, min(rn) AS first_rn
+    FROM (SELECT rowid AS rn, event_id, {rec_us} AS rec_us FROM raw WHERE event_id IS NOT NULL AND {ours})
+    WHERE {visible} GROUP BY event_id HAVING count(*) > 1
+  ) AS repeated ON visible_rows.event_id = repeated.repeated_id
 )
 )
 """
@@ -227,7 +251,7 @@ def _judge(
     # rn (the table's rowid) is the store's reading order, whatever DuckDB's threads do: it decides which
     # row of a duplicated event_id is the first (its revocation counts), as in the row-wise reading
     connection.execute("SET preserve_insertion_order = true")
-    connection.execute("CREATE TEMP TABLE raw AS SELECT * FROM incoming").fetchall()
+    connection.execute(RAW_SQL).fetchall()
     connection.execute("SET preserve_insertion_order = false")
     connection.execute(_snapshot_sql(to_ns(as_of) // 1000, day_bound)).fetchall()  # fetched: DuckDB refuses new work
     if rows_by_day is not None:
@@ -370,7 +394,7 @@ def judged_snapshot(
     batches: pa.RecordBatchReader | pa.Table, as_of: datetime, queries: dict[str, str]
 ) -> tuple[ConsentSnapshot, dict[str, list[tuple[Any, ...]]]]:
     """The snapshot, and the rows of extra `queries` over the judged rows (table `judged`: the visible
-    rows with `error`, `subject_ok`, `subject_key`, `eff_us`, `rec_us`, `id_count`)."""
+    rows with `error`, `subject_ok`, `subject_key`, `eff_us`, `rec_us`, `id_count`, `id_first`)."""
     as_of = as_of.astimezone(UTC)
     with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as spill:
         connection = connect_duckdb(spill)

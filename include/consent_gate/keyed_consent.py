@@ -177,7 +177,7 @@ def _queries(as_of: datetime, since: datetime | None) -> dict[str, str]:
         "event_id, rn FROM judged "
         # the first row of a duplicated id reads well on its own: its revocation counts (its subject
         # fails closed as well), as in the row-wise reading
-        f"WHERE (error IS NULL OR (error = {duplicate} AND id_rank = 1)) AND decision = 'revoke' "
+        f"WHERE (error IS NULL OR (error = {duplicate} AND id_first)) AND decision = 'revoke' "
         f"AND {changed.replace('x', in_force)}",
         "fail_closed": "SELECT DISTINCT subject_key FROM judged WHERE error IS NOT NULL AND subject_ok "
         f"AND (id_count > 1 OR rec_us IS NULL OR {changed.replace('x', 'rec_us')})",
