@@ -244,9 +244,11 @@ def _judge(
     as_of: datetime,
     day_bound: str | None = None,
     rows_by_day: dict[str | None, int] | None = None,
+    visible_by_day: dict[str | None, tuple[int, list[int]]] | None = None,
 ) -> SnapshotSummary:
     """Judge the rows into table `judged`; `rows_by_day`: filled with every row read (any purpose, any
-    instant) by `recorded_day_sql(day_bound)`."""
+    instant) by `recorded_day_sql(day_bound)`; `visible_by_day`: with the visible rows by the same day,
+    how many and their digest word sums (the whole checksum is then their sum: one pass, not two)."""
     incoming = batches  # noqa: F841  (read by name in the SQL; consumed once, streaming)
     # rn (the table's rowid) is the store's reading order, whatever DuckDB's threads do: it decides which
     # row of a duplicated event_id is the first (its revocation counts), as in the row-wise reading
@@ -267,7 +269,15 @@ def _judge(
             f"consent_events row event_id={lost[0][0]!r}: {lost[0][1]}, and its subject cannot be read either; "
             "refusing to decide any consent"
         )
-    visible, *parts = connection.execute(f"SELECT count(*), {_DIGEST_SUMS} FROM judged").fetchall()[0]
+    if visible_by_day is None:
+        visible, *parts = connection.execute(f"SELECT count(*), {_DIGEST_SUMS} FROM judged").fetchall()[0]
+    else:
+        query = f"SELECT recorded_day, count(*), {_DIGEST_SUMS} FROM judged GROUP BY recorded_day"
+        visible_by_day.update(
+            {day: (int(n), [int(p) for p in sums]) for day, n, *sums in connection.execute(query).fetchall()}
+        )
+        visible = sum(n for n, _ in visible_by_day.values())
+        parts = [sum(sums[i] for _, sums in visible_by_day.values()) for i in range(4)]
     unreadable = [
         UnreadableConsentRow(str(event_id), subject_type, error)
         for event_id, subject_type, error in connection.execute(
@@ -353,16 +363,11 @@ def judge_with_facts(
     with tempfile.TemporaryDirectory(prefix="consent-gate-snapshot-") as spill:
         connection = connect_duckdb(spill)
         try:
-            summary = _judge(connection, batches, as_of, day_bound, rows)
+            visible: dict[str | None, tuple[int, list[int]]] = {}
+            summary = _judge(connection, batches, as_of, day_bound, rows, visible)
             for name, table in (tables or {}).items():
                 connection.register(name, table)
             _copy_files(connection, files)
-            visible = {
-                day: (int(n), [int(p) for p in parts])
-                for day, n, *parts in connection.execute(
-                    f"SELECT recorded_day, count(*), {_DIGEST_SUMS} FROM judged GROUP BY recorded_day"
-                ).fetchall()
-            }
             unreadable = connection.execute(
                 f"SELECT event_id, subject_type, error, CASE WHEN subject_ok THEN sha256({pep} || subject_key) END, "
                 f"sha256({pep} || digest), recorded_day FROM judged WHERE error IS NOT NULL ORDER BY event_id, rn"
