@@ -31,7 +31,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "explain",
     ),
     # The day's steps over a stage, its checks and its manifest.
-    "steps": ("steps", "checks", "manifest", "validation", "gx_reports", "unpublished"),
+    "steps": ("steps", "checks", "manifest", "validation", "gx_reports", "gx_views", "unpublished"),
     # Transactions over published data: publication, the whole day, the revocation sweep.
     "orchestration": ("publication", "pipeline", "processes", "sweep"),
     # Entry points: Airflow task bodies and callbacks, the command line, the auditor view, tooling.

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -336,6 +337,17 @@ def test_great_expectations_is_imported_without_the_modules_no_suite_uses():
     assert out.splitlines() == ["False [] scipy.stats", "0.0 Chart", "True"], out
 
 
+def _staged_suites(sample_dir: Path, tmp_path: Path) -> tuple[RunSettings, Stage, Any]:
+    """A gated and aggregated sample day, and its suites, not yet run (the caller closes them)."""
+    from consent_gate.validation import _StageSuites
+
+    settings = settings_for(sample_dir, tmp_path)
+    stage = snapshot_consent(settings, DAY, AS_OF, run_id="test", clock=utc_now)
+    gate_content(settings, stage)
+    aggregate_day(settings, stage)
+    return settings, stage, _StageSuites(settings.store(), stage.root, DAY, settings.policy.k_min_distinct_users)
+
+
 _RENDERING = re.compile(r"\?d=\d{8}T\d{6}\.\d+Z|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -344,13 +356,8 @@ def test_data_docs_rendered_in_two_parts_are_those_one_build_renders(sample_dir,
     """The content suites' pages are rendered while the telemetry is still aggregated, the rest and the
     index after: the same files, byte for byte, as one build of every page over the same results."""
     from consent_gate.checks import staged_counts
-    from consent_gate.validation import _StageSuites
 
-    settings = settings_for(sample_dir, tmp_path)
-    stage = snapshot_consent(settings, DAY, AS_OF, run_id="test", clock=utc_now)
-    gate_content(settings, stage)
-    aggregate_day(settings, stage)
-    suites = _StageSuites(settings.store(), stage.root, DAY, settings.policy.k_min_distinct_users)
+    settings, stage, suites = _staged_suites(sample_dir, tmp_path)
     try:
         suites.check_content()
         docs = suites.runner.docs
@@ -369,5 +376,50 @@ def test_data_docs_rendered_in_two_parts_are_those_one_build_renders(sample_dir,
         in_two_parts = rendered()
         suites.runner.context.build_data_docs()  # every page and the index, over the same results
         assert rendered() == in_two_parts
+    finally:
+        suites.close()
+
+
+@pytest.mark.integration
+def test_data_docs_are_the_pages_gx_renders_with_each_template_compiled_once(sample_dir, tmp_path, monkeypatch):
+    """The site's views (`gx_views`) render the pages GX's own views render, byte for byte but for what
+    differs at each rendering, and once a build has compiled the templates, no later build compiles one."""
+    import jinja2
+
+    from consent_gate.checks import staged_counts
+
+    compiled: list[str | None] = []
+    compile_template = jinja2.Environment.compile
+
+    def counting(self: jinja2.Environment, source: str, name: str | None = None, *args: object, **kwargs: object):
+        compiled.append(name)
+        return compile_template(self, source, name, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counting)
+    settings, stage, suites = _staged_suites(sample_dir, tmp_path)
+    try:
+        suites.check_content()
+        suites.finish(staged_counts(settings, stage))
+        docs, context = suites.runner.docs, suites.runner.context
+
+        def rendered() -> dict[str, str]:
+            return {
+                p.relative_to(docs).as_posix(): _RENDERING.sub("", p.read_text(encoding="utf-8", errors="replace"))
+                for p in sorted(docs.rglob("*.html"))
+            }
+
+        ours = rendered()
+        assert {"index.html", "expectations/content.html", "expectations/aggregates.html"} <= set(ours)
+        compiled.clear()
+        context.build_data_docs()  # new views, as every build makes
+        assert compiled == [] and rendered() == ours
+
+        site = dict(context.variables.data_docs_sites["local_site"])
+        del site["site_section_builders"]
+        site["site_index_builder"] = {"class_name": "DefaultSiteIndexBuilder"}  # GX's own views from here
+        context.variables.data_docs_sites = {"local_site": site}
+        context.build_data_docs()
+        assert compiled, "GX's own views compile their templates at every build"
+        assert rendered() == ours
     finally:
         suites.close()
