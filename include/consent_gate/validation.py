@@ -53,8 +53,10 @@ TEXT_TYPES = ("transcript_segment", "chat_message", "summary")
 ARTIFACT_TYPES = (*TEXT_TYPES, "recording")
 # Content rows per GX batch (wide rows: text): what bounds the suites' memory. A checkpoint run costs
 # ~0.15-0.25 s however small its batch: at 10k meetings (135k rows) 25k rows cost 0.4 s more than 50k
-# for 45 MB less, and 100k / 200k cost 0.5 s less than 50k / 100k for 30 MB more (2.25 -> 1.75 s).
-BATCH_ROWS = 100_000
+# for 45 MB less, and 100k / 200k cost 0.5 s less than 50k / 100k for 30 MB more (2.25 -> 1.75 s). Later
+# (2026-12-07) a content run cost ~0.35 s at 1k rows and ~0.35 s more a 100k: 200k rows instead of 100k took
+# the 10k day's content checks from 7 runs to 6 and 3.4-3.9 to 2.6-3.3 CPU-s, for 25-50 MB more.
+BATCH_ROWS = 200_000
 NARROW_BATCH_ROWS = 200_000  # rows per batch of the narrow frames: key counts, artifact ids
 
 _HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
