@@ -351,6 +351,15 @@ def _staged_suites(sample_dir: Path, tmp_path: Path) -> tuple[RunSettings, Stage
 _RENDERING = re.compile(r"\?d=\d{8}T\d{6}\.\d+Z|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def _rendered(docs: Path) -> dict[str, str]:
+    """Every file of a Data Docs folder, but for what differs at each rendering: its instant, element ids."""
+    return {
+        p.relative_to(docs).as_posix(): _RENDERING.sub("", p.read_text(encoding="utf-8", errors="replace"))
+        for p in sorted(docs.rglob("*"))
+        if p.is_file()
+    }
+
+
 @pytest.mark.integration
 def test_data_docs_rendered_in_two_parts_are_those_one_build_renders(sample_dir, tmp_path):
     """The content suites' pages are rendered while the telemetry is still aggregated, the rest and the
@@ -365,17 +374,9 @@ def test_data_docs_rendered_in_two_parts_are_those_one_build_renders(sample_dir,
         assert "index.html" not in first_part and "expectations/content.html" in first_part
         assert "expectations/aggregates.html" not in first_part
         suites.finish(staged_counts(settings, stage))
-
-        def rendered() -> dict[str, str]:  # but for what differs at each rendering: its instant, element ids
-            return {
-                p.relative_to(docs).as_posix(): _RENDERING.sub("", p.read_text(encoding="utf-8", errors="replace"))
-                for p in sorted(docs.rglob("*"))
-                if p.is_file()
-            }
-
-        in_two_parts = rendered()
+        in_two_parts = _rendered(docs)
         suites.runner.context.build_data_docs()  # every page and the index, over the same results
-        assert rendered() == in_two_parts
+        assert _rendered(docs) == in_two_parts
     finally:
         suites.close()
 
@@ -401,18 +402,11 @@ def test_data_docs_are_the_pages_gx_renders_with_each_template_compiled_once(sam
         suites.check_content()
         suites.finish(staged_counts(settings, stage))
         docs, context = suites.runner.docs, suites.runner.context
-
-        def rendered() -> dict[str, str]:
-            return {
-                p.relative_to(docs).as_posix(): _RENDERING.sub("", p.read_text(encoding="utf-8", errors="replace"))
-                for p in sorted(docs.rglob("*.html"))
-            }
-
-        ours = rendered()
+        ours = _rendered(docs)
         assert {"index.html", "expectations/content.html", "expectations/aggregates.html"} <= set(ours)
         compiled.clear()
         context.build_data_docs()  # new views, as every build makes
-        assert compiled == [] and rendered() == ours
+        assert compiled == [] and _rendered(docs) == ours
 
         site = dict(context.variables.data_docs_sites["local_site"])
         del site["site_section_builders"]
@@ -420,6 +414,6 @@ def test_data_docs_are_the_pages_gx_renders_with_each_template_compiled_once(sam
         context.variables.data_docs_sites = {"local_site": site}
         context.build_data_docs()
         assert compiled, "GX's own views compile their templates at every build"
-        assert rendered() == ours
+        assert _rendered(docs) == ours
     finally:
         suites.close()

@@ -37,17 +37,19 @@ class _CompiledTemplates(jinja2.BytecodeCache):
 COMPILED_TEMPLATES = _CompiledTemplates()
 
 
-class PageView(DefaultJinjaPageView):
+class _CompiledOnce:
+    """A GX view whose environment takes its compiled templates from `COMPILED_TEMPLATES`."""
+
+    env: jinja2.Environment
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.env.bytecode_cache = COMPILED_TEMPLATES
+
+
+class PageView(_CompiledOnce, DefaultJinjaPageView):
     """GX's suite and validation pages."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.env.bytecode_cache = COMPILED_TEMPLATES
 
-
-class IndexPageView(DefaultJinjaIndexPageView):
+class IndexPageView(_CompiledOnce, DefaultJinjaIndexPageView):
     """GX's index page."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.env.bytecode_cache = COMPILED_TEMPLATES
