@@ -8,6 +8,7 @@ mutated transcripts; test_transcripts_day.py runs the examples of issue 9 throug
 from __future__ import annotations
 
 import html
+import itertools
 import random
 import unicodedata
 from datetime import timedelta
@@ -29,6 +30,7 @@ from consent_gate.speakers import (
     speakers_by_name,
 )
 from consent_gate.webvtt_reader import (
+    _COMMON_BLOCK,
     NotWebVTT,
     _common_cues,
     _Input,
@@ -196,13 +198,29 @@ def test_a_run_of_common_cues_is_read_whole_up_to_the_first_block_that_is_not_on
     assert [d.line for d in dropped] == [11]  # the arrow line starts a block, whose timing fails
 
 
-def test_timing_lines_without_empty_lines_between_are_each_a_cue():
+@pytest.mark.parametrize("ending", ["\nwords\n", ""])
+def test_timing_lines_without_empty_lines_between_are_each_a_cue(ending):
     # Each starts a block of its own (§ step 4.2). A file of them once made every cue look ahead to the
-    # end of the file: quadratic, 20,000 took 16 s (now 0.2 s).
+    # end of the file: quadratic, 20,000 took 16 s (0.2 s since); then the common-cue path did so again
+    # (16,000 took 28 s) until its pattern stopped at arrow lines (`test_a_common_block_...` below).
     n = 20_000
-    text = "WEBVTT\n\n" + "00:00:01.000 --> 00:00:02.000\n" * n + "\nwords\n"
+    text = "WEBVTT\n\n" + "00:00:01.000 --> 00:00:02.000\n" * n + ending
     assert cues_of(text) == [(1000, "")] * n
-    assert dropped_lines(text) == [n + 4]
+    assert dropped_lines(text) == ([n + 4] if ending else [])
+
+
+@given(st.lists(_LINES, max_size=30))
+@settings(max_examples=1000, deadline=None)
+def test_a_common_block_never_reads_past_an_arrow_line_after_its_timing_line(lines):
+    # What keeps the common-cue path linear: the steps start a block at an arrow line, so a whole-block
+    # match that ran on across one would be given up and tried again from each later block, each time
+    # reading on to the same far end.
+    text = "\n".join(lines) + "\n"
+    starts = itertools.accumulate((len(line) + 1 for line in lines), initial=0)
+    for match in filter(None, (_COMMON_BLOCK.match(text, at) for at in starts)):
+        identifier, words = match.group(1), match.group(10)
+        assert identifier is None or "-->" not in identifier
+        assert "-->" not in words
 
 
 def test_cue_settings_are_ignored_and_spaces_around_the_arrow_are_optional():
