@@ -75,20 +75,22 @@ class SpeakerNames(Generic[P]):
     per meeting: every cue of its transcript is attributed against it."""
 
     by_name: dict[str, list[P]]
-    labels: tuple[str, ...]  # the names, each followed by ":" (what a labelled line starts with)
+    lengths: frozenset[int]  # the names' lengths: where, in a line, a name's colon can be
     longest: int  # the length of the longest name
 
     @classmethod
     def of(cls, by_name: dict[str, list[P]]) -> SpeakerNames[P]:
-        return cls(by_name, tuple(name + ":" for name in by_name), max(map(len, by_name), default=0))
+        lengths = frozenset(map(len, by_name))
+        return cls(by_name, lengths, max(lengths, default=0))
 
     def labelled(self, line: str) -> str | None:
         """The longest name that the normalised `line` starts with, followed by ":" (`Smith, John:`
-        before `Smith:`): a dict look-up at each colon where a name can end, the last first, not a
-        comparison with every name."""
+        before `Smith:`): at each colon where a name of the meeting can end, the last first, a dict
+        look-up. Never a comparison with every name (a webinar's thousands of names, for each of its
+        cues' lines, made that quadratic), nor a look-up at every colon (each copies the line up to it)."""
         colon = line.rfind(":", 0, self.longest + 1)
         while colon > 0:
-            if line[:colon] in self.by_name:
+            if colon in self.lengths and line[:colon] in self.by_name:
                 return line[:colon]
             colon = line.rfind(":", 0, colon)
         return None
@@ -145,9 +147,7 @@ def line_name(line: str, names: SpeakerNames[Any]) -> tuple[str, int] | None:
     """The name `line` is labelled with and how many colons the label spans, or None. A participant's
     display name followed by `:` wins (the longest: `Smith, John:` and `Team: Sales:` are names, though
     no generic label), else any `Name:` label."""
-    normalised = normalise_name(line)
-    # One C call rules out every name, as it mostly does for a line that is not labelled.
-    name = names.labelled(normalised) if normalised.startswith(names.labels) else None
+    name = names.labelled(normalise_name(line))
     if name is None:
         name = line_label(line)
     return (name, name.count(":") + 1) if name else None
