@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consent_gate.artifacts import Artifact, Meeting, Participant
-from consent_gate.gate import CONTENT_SCHEMA, REASONS, decide, excluded_rows, published_rows, required_subjects
+from consent_gate.gate import (
+    CONTENT_SCHEMA,
+    REASONS,
+    asking_parts,
+    decide,
+    excluded_rows,
+    published_rows,
+    required_subjects,
+)
 from consent_gate.keys import Keyer
 from tests import reference
 from tests.builders import T0, at, consent_row, snapshot
@@ -272,3 +280,20 @@ def test_a_revoked_user_disappears_at_any_later_as_of(world, revoke_after_hours)
     for a in artifacts:
         if a.artifact_id in after:
             assert ("user", "u_1") not in required_subjects(a)
+
+
+@given(st.lists(st.integers(0, 30), max_size=40), st.integers(1, 50))
+@settings(max_examples=300, deadline=None)
+def test_a_batch_is_decided_in_parts_that_each_ask_at_most_about_the_limit(widths, limit):
+    people = [Participant(f"p{i}", f"u_{i}", "acct_1", None) for i in range(30)]
+    artifacts = [artifact("recording", people[:width], minutes=n) for n, width in enumerate(widths)]
+    parts = asking_parts(artifacts, limit)
+    assert [a for part in parts for a in part] == artifacts  # every artifact, once, in order
+    assert all(parts) or parts == [artifacts]
+    asked = [[2 * len(a.required_participants) + 1 for a in part] for part in parts]
+    assert all(sum(questions[:-1]) < limit for questions in asked)  # full but for its last artifact
+    if sum(map(sum, asked)) <= limit:
+        assert parts == [artifacts]
+    # decided in parts or at once, the same decisions
+    rows = [*EVERYONE, *(consent_row(f"u{i}", f"u_{i}") for i in range(2, 30))]
+    assert [d for part in parts for d in decide(part, snapshot(rows))] == decide(artifacts, snapshot(rows))

@@ -93,10 +93,22 @@ def test_a_shard_that_never_reported_fails_the_run_and_publishes_nothing(sample_
 
 
 @pytest.mark.integration
-def test_a_small_batch_size_changes_nothing_published(sample_dir, tmp_path):
-    """gate_content streams meetings in batches; where the batches break does not matter."""
+def test_a_small_batch_size_changes_nothing_published(sample_dir, tmp_path, monkeypatch):
+    """gate_content streams meetings in batches, each decided in parts of a bounded number of consent
+    questions; where the batches and the parts break does not matter."""
     run_sharded(settings_for(sample_dir, str(tmp_path / "big")), DAY, AS_OF, 1)
+    parts: list[int] = []
+    asking_parts = steps.asking_parts
+
+    def counted(artifacts, limit):
+        split = asking_parts(artifacts, limit)
+        parts.append(len(split))
+        return split
+
+    monkeypatch.setattr(steps, "QUESTIONS_PER_PART", 20)
+    monkeypatch.setattr(steps, "asking_parts", counted)
     run_sharded(settings_for(sample_dir, str(tmp_path / "small"), batch_size=7), DAY, AS_OF, 2)
+    assert max(parts) > 1  # some batch was decided in parts
     big, small = published_tables(tmp_path / "big"), published_tables(tmp_path / "small")
     assert all(small[name].equals(big[name]) for name in big)
 

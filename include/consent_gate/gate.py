@@ -84,13 +84,20 @@ def required_subjects(artifact: Artifact) -> list[tuple[str, str]]:
 
 def structural_reason(artifact: Artifact) -> str | None:
     """The reasons that hold whatever anybody consented to."""
+    return _flagged_reason(artifact) or ("guest_participant" if _has_guest(artifact) else None)
+
+
+def _flagged_reason(artifact: Artifact) -> str | None:
+    """The structural reasons the artifact itself carries, in SPEC order (a guest is the next)."""
     if artifact.private_message:
         return "private_message"
     if artifact.unidentified_speaker:
         return "unidentified_speaker"
-    if any(p.is_guest for p in artifact.required_participants):
-        return "guest_participant"
     return None
+
+
+def _has_guest(artifact: Artifact) -> bool:
+    return any(p.is_guest for p in artifact.required_participants)
 
 
 def _whose_consent(artifact: Artifact) -> tuple[int, ...]:
@@ -102,23 +109,31 @@ def _whose_consent(artifact: Artifact) -> tuple[int, ...]:
 
 def decide(artifacts: Sequence[Artifact], snapshot: ConsentSnapshot) -> list[Decision]:
     """A decision per artifact, in order. The artifacts that need consent are grouped by whose consent
-    they need (`_whose_consent`): each group's subjects are listed and looked up in the snapshot once,
-    and every (artifact, subject) question is asked as arrays."""
-    reasons = [structural_reason(a) for a in artifacts]
+    they need (`_whose_consent`): each group's subjects are listed, checked for a guest and looked up in
+    the snapshot once (the recordings of a meeting of thousands need them all), and every (artifact,
+    subject) question is asked as arrays."""
+    reasons: list[str | None] = []
     group_of: dict[tuple[int, ...], int] = {}
     subjects_of_group: list[list[tuple[str, str]]] = []
+    guest_in_group: list[bool] = []
     asking: list[int] = []  # the artifacts without a structural reason, by index
     groups: list[int] = []
     content_types: list[int] = []
     captured: list[int] = []
     for index, artifact in enumerate(artifacts):
-        if reasons[index] is not None:
+        reason = _flagged_reason(artifact)
+        if reason is None:
+            who = _whose_consent(artifact)
+            group = group_of.get(who)
+            if group is None:
+                group = group_of[who] = len(subjects_of_group)
+                subjects_of_group.append(required_subjects(artifact))
+                guest_in_group.append(_has_guest(artifact))
+            if guest_in_group[group]:
+                reason = "guest_participant"
+        reasons.append(reason)
+        if reason is not None:
             continue
-        who = _whose_consent(artifact)
-        group = group_of.get(who)
-        if group is None:
-            group = group_of[who] = len(subjects_of_group)
-            subjects_of_group.append(required_subjects(artifact))
         asking.append(index)
         groups.append(group)
         content_types.append(_CONTENT_TYPE_CODE[artifact.artifact_type])
@@ -181,6 +196,20 @@ def _terms_of(terms: np.ndarray, first_question: np.ndarray) -> tuple[np.ndarray
     distinct_masks, code = np.unique(masks, return_inverse=True)
     sets = [tuple(sorted(name for bit, name in enumerate(names) if int(mask) >> bit & 1)) for mask in distinct_masks]
     return code.astype(np.int64), sets
+
+
+def asking_parts(artifacts: list[Artifact], limit: int) -> list[list[Artifact]]:
+    """`artifacts` in consecutive parts, each asking the snapshot fewer than `limit` consent questions
+    before its last artifact (so one asking more is a part of its own). A
+    recording or a summary needs every participant's consent, and its row carries every one's key: the
+    recordings of a meeting of thousands, decided at once, held artifacts x participants of both (4,000
+    of each: 1.9 GB)."""
+    asked = np.fromiter((2 * len(a.required_participants) + 1 for a in artifacts), np.int64, len(artifacts))
+    if asked.sum() <= limit:  # nearly every batch
+        return [artifacts]
+    part = (np.cumsum(asked) - asked) // limit  # the part each artifact's first question falls in
+    bounds = [0, *(np.flatnonzero(np.diff(part)) + 1).tolist(), len(artifacts)]
+    return [artifacts[start:stop] for start, stop in itertools.pairwise(bounds)]
 
 
 def published_rows(

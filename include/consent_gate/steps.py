@@ -41,6 +41,7 @@ from consent_gate.gate import (
     CONTENT_SCHEMA,
     EXCLUDED_SCHEMA,
     SPEAKERS_SCHEMA,
+    asking_parts,
     decide,
     excluded_rows,
     published_rows,
@@ -358,6 +359,11 @@ class ContentReport:
     unidentified_speakers: dict[str, int] = field(default_factory=dict)
 
 
+# The consent questions (artifact, subject) a batch is decided and written with at once, at most
+# (`gate.asking_parts`): ~120 MB of the decision's arrays.
+QUESTIONS_PER_PART = 1_000_000
+
+
 def shard_of(meeting_folder: str, shards: int) -> int:
     """A stable shard for a meeting: the same for every run, process and Python version."""
     digest = hashlib.sha256(file_name(meeting_folder).encode()).digest()
@@ -400,14 +406,15 @@ def gate_content(
     unidentified: Counter[str] = Counter()
 
     def flush() -> None:
-        decisions = decide(batch, snapshot)
-        content.write(published_rows(batch, decisions, keyer, snapshot.as_of))
-        excluded.write(excluded_rows(batch, decisions))
-        speakers.write(speaker_rows(batch))
+        for part in asking_parts(batch, QUESTIONS_PER_PART):
+            decisions = decide(part, snapshot)
+            content.write(published_rows(part, decisions, keyer, snapshot.as_of))
+            excluded.write(excluded_rows(part, decisions))
+            speakers.write(speaker_rows(part))
+            unidentified.update(a.unidentified_reason for a in part if a.unidentified_reason is not None)
+            reasons.update(d.reason for d in decisions if d.reason is not None)
         quarantine.write(_quarantine_table(batch_quarantined))
         inputs.write(_inputs_table(batch_files))
-        unidentified.update(a.unidentified_reason for a in batch if a.unidentified_reason is not None)
-        reasons.update(d.reason for d in decisions if d.reason is not None)
         for pending in (batch, batch_quarantined, batch_files):
             pending.clear()
 
