@@ -417,3 +417,24 @@ def test_data_docs_are_the_pages_gx_renders_with_each_template_compiled_once(sam
         assert _rendered(docs) == ours
     finally:
         suites.close()
+
+
+@pytest.mark.unit
+def test_the_content_is_read_in_batches_of_bounded_rows_and_keys(tmp_path, monkeypatch):
+    # A recording's row names every participant: the rows of a meeting of thousands hold millions of
+    # keys, so a batch ends at BATCH_VALUES values of list columns as well as at BATCH_ROWS rows.
+    from consent_gate import validation
+    from consent_gate.stores import storage_for
+
+    monkeypatch.setattr(validation, "BATCH_ROWS", 10)
+    monkeypatch.setattr(validation, "BATCH_VALUES", 100)
+    widths = [1, 2, 60, 1, 30, 0, 45, 3]  # keys a row, in row groups of 4 rows
+    schema = pa.schema([("n", pa.int64()), ("keys", pa.list_(pa.string()))])
+    with pq.ParquetWriter(tmp_path / "part.parquet", schema) as out:
+        for group, width in enumerate(widths):
+            out.write_table(pa.table({"n": range(4 * group, 4 * group + 4), "keys": [["k"] * width] * 4}, schema))
+    batches = list(validation._parquet_batches(storage_for(str(tmp_path)), ["part.parquet"]))
+    assert pa.Table.from_batches(batches).equals(pq.read_table(tmp_path / "part.parquet"))  # every row, in order
+    # row groups 0 and 1 together (8 rows, 12 keys); each other one alone: with its neighbour it would
+    # hold more than 100 keys (2, 4, 6) or more than 10 rows (3 with 5 and 7 after their neighbours)
+    assert [batch.num_rows for batch in batches] == [8, 4, 4, 4, 4, 4, 4]

@@ -11,12 +11,12 @@ allow-list of counts before they are written, and the rendered Data Docs are rew
 from the network.
 
 Memory stays bounded however big the day: the staged content is read once, a batch of `BATCH_ROWS`
-rows at a time, and each batch feeds the `content` suite (the columns it checks values of), the narrow
-per-row frame of `content_keys` (validated every `NARROW_BATCH_ROWS` rows) and, for `content_ids`,
-temporary files that spread the day's `artifact_id`s over buckets by a hash of the id: equal ids share
-a bucket, so uniqueness within every bucket is uniqueness across the day, while no more than about
-`NARROW_BATCH_ROWS` ids are held at once. `content_columns` checks each staged file's column names
-from its footer. Data Docs are rendered once at the end instead of after every batch.
+rows (and about `BATCH_VALUES` keys) at a time, and each batch feeds the `content` suite (the columns
+it checks values of), the narrow per-row frame of `content_keys` (validated every `NARROW_BATCH_ROWS`
+rows) and, for `content_ids`, temporary files that spread the day's `artifact_id`s over buckets by a
+hash of the id: equal ids share a bucket, so uniqueness within every bucket is uniqueness across the
+day, while no more than about `NARROW_BATCH_ROWS` ids are held at once. `content_columns` checks each
+staged file's column names from its footer. Data Docs are rendered once at the end instead of after every batch.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ ARTIFACT_TYPES = (*TEXT_TYPES, "recording")
 # the 10k day's content checks from 7 runs to 6 and 3.4-3.9 to 2.6-3.3 CPU-s, for 25-50 MB more.
 BATCH_ROWS = 200_000
 NARROW_BATCH_ROWS = 200_000  # rows per batch of the narrow frames: key counts, artifact ids
+# Values of list columns (keys, terms versions) a batch holds at most, but for a single row group: a
+# recording's row names every participant, so the rows of a meeting of thousands hold millions of keys
+# (2,000 recordings of a 2,000-participant meeting: one batch of 260 MB, 1.2 GB in the checks' process).
+BATCH_VALUES = 2_000_000
 
 _HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
 
@@ -138,13 +142,33 @@ def _reconciliation_expectations(gxe: Any, column: Any) -> list[Any]:
 
 
 def _parquet_batches(store: OutputStore, files: list[str], columns: list[str] | None = None) -> Iterator[Any]:
-    """Record batches of `BATCH_ROWS` rows of the staged files, one at a time (bounded memory)."""
+    """Record batches of the staged files, one at a time (bounded memory): `BATCH_ROWS` rows at most, and
+    no more row groups than hold `BATCH_VALUES` values of list columns together."""
     import pyarrow.parquet as pq
 
     for path in files:
         with store.open(path) as handle:
             parquet = pq.ParquetFile(handle)
-            yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+            for row_groups in _spans(parquet.metadata):
+                yield from parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=row_groups, columns=columns)
+
+
+def _spans(metadata: Any) -> Iterator[list[int]]:
+    """The file's row groups, consecutive ones together while they hold `BATCH_ROWS` rows and
+    `BATCH_VALUES` values of list columns at most (a row group alone may hold more)."""
+    span: list[int] = []
+    rows = values = 0
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        leaves = [group.column(leaf) for leaf in range(group.num_columns)]
+        listed = sum(leaf.num_values for leaf in leaves if "." in leaf.path_in_schema)  # list elements
+        if span and (rows + group.num_rows > BATCH_ROWS or values + listed > BATCH_VALUES):
+            yield span
+            span, rows, values = [], 0, 0
+        span.append(index)
+        rows, values = rows + group.num_rows, values + listed
+    if span:
+        yield span
 
 
 def _content_frame(batch: Any) -> Any:
