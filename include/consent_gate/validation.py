@@ -388,17 +388,18 @@ class _Runner:
 
         self.gx, self.gxe, self.column = gx, gxe, Column
         self.docs = root / "data_docs"
-        page_view = {"module_name": "consent_gate.gx_views", "class_name": "PageView"}
+        views = "consent_gate.gx_views"  # GX's views, compiling the templates once a process
         sections = ("expectations", "validations", "profiling")  # GX's default sections
         site = {
             "class_name": "SiteBuilder",
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(self.docs)},
             "site_index_builder": {
                 "class_name": "DefaultSiteIndexBuilder",
-                "view": {"module_name": "consent_gate.gx_views", "class_name": "IndexPageView"},
+                "view": {"module_name": views, "class_name": "IndexPageView"},
             },
-            # views that compile the templates once a process (`gx_views`)
-            "site_section_builders": {name: {"view": page_view} for name in sections},
+            "site_section_builders": {
+                name: {"view": {"module_name": views, "class_name": "PageView"}} for name in sections
+            },
         }
         config = DataContextConfig(
             store_backend_defaults=InMemoryStoreBackendDefaults(),
