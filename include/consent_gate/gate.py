@@ -200,10 +200,9 @@ def _terms_of(terms: np.ndarray, first_question: np.ndarray) -> tuple[np.ndarray
 
 def asking_parts(artifacts: list[Artifact], limit: int) -> list[list[Artifact]]:
     """`artifacts` in consecutive parts, each asking the snapshot fewer than `limit` consent questions
-    before its last artifact (so one asking more is a part of its own). A
-    recording or a summary needs every participant's consent, and its row carries every one's key: the
-    recordings of a meeting of thousands, decided at once, held artifacts x participants of both (4,000
-    of each: 1.9 GB)."""
+    before its last artifact (so one asking more is a part of its own). A recording or a summary needs
+    every participant's consent, and its row carries every one's key: the recordings of a meeting of
+    thousands, decided at once, held artifacts x participants of both (4,000 of each: 1.9 GB)."""
     asked = np.fromiter((2 * len(a.required_participants) + 1 for a in artifacts), np.int64, len(artifacts))
     if asked.sum() <= limit:  # nearly every batch
         return [artifacts]

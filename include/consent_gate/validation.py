@@ -16,7 +16,8 @@ it checks values of), the narrow per-row frame of `content_keys` (validated ever
 rows) and, for `content_ids`, temporary files that spread the day's `artifact_id`s over buckets by a
 hash of the id: equal ids share a bucket, so uniqueness within every bucket is uniqueness across the
 day, while no more than about `NARROW_BATCH_ROWS` ids are held at once. `content_columns` checks each
-staged file's column names from its footer. Data Docs are rendered once at the end instead of after every batch.
+staged file's column names from its footer. Data Docs are rendered once at the end instead of after
+every batch.
 """
 
 from __future__ import annotations
