@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 import pytest
@@ -165,3 +166,22 @@ def test_every_file_read_is_listed_with_size_and_hash(tmp_path):
     files = {f.path: f for f in read(tmp_path).files}
     assert set(files) == {f"meetings/dt={DAY}/m_1/meeting.json", f"meetings/dt={DAY}/m_1/chat.jsonl"}
     assert files[f"meetings/dt={DAY}/m_1/chat.jsonl"].size == (folder / "chat.jsonl").stat().st_size
+
+
+def test_a_file_larger_than_the_limit_is_one_quarantined_unit_and_the_rest_is_read(tmp_path, monkeypatch):
+    from consent_gate import sources
+
+    record = meeting_record("m_1", "acct_1", PEOPLE)
+    transcript = vtt(*((minute, f"Ada Lovelace: line {minute}") for minute in range(1, 40)))
+    write_meeting(tmp_path, record, transcript=transcript, chat=[chat_line("c1", "p1")])
+    limit = len(transcript.encode()) - 1  # the transcript is one byte over; meeting.json and chat are under
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", limit)
+    result = read(tmp_path)
+    assert [(q.unit, q.error) for q in result.quarantine] == [
+        (f"meetings/dt={DAY}/m_1/transcript.vtt", sources.TOO_LARGE)
+    ]
+    assert [a.artifact_type for a in result.artifacts] == ["chat_message"]
+    assert result.units_in == 2  # the chat line, and the transcript as one unit
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", len(json.dumps(record)) - 1)  # meeting.json too large
+    (whole,) = read(tmp_path).quarantine
+    assert whole.unit == f"meetings/dt={DAY}/m_1" and sources.TOO_LARGE in whole.error

@@ -26,7 +26,7 @@ from consent_gate.publish import (
     settle_publication,
     versioned_names,
 )
-from consent_gate.storage import NotARegularFile
+from consent_gate.storage import FileTooLarge, NotARegularFile
 from consent_gate.stores import LocalStorage, ObjectStorage, storage_for
 from tests.builders import manifest
 from tests.test_s3 import bucket, s3_endpoint  # noqa: F401 (fixtures)
@@ -85,6 +85,18 @@ def test_an_s3_uri_is_object_storage(bucket):  # noqa: F811 (the imported fixtur
 
 
 # --- the contract ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 6, 7, 8, 4096])
+def test_a_file_is_read_up_to_a_limit_and_refused_beyond_it(store, size):
+    # How the landing zone reads a meeting's files: whole, up to sources.MAX_FILE_BYTES.
+    store.write_bytes("day/file.bin", b"x" * size)
+    if size <= 7:
+        assert store.read_bytes("day/file.bin", 7) == b"x" * size
+    else:
+        with pytest.raises(FileTooLarge):
+            store.read_bytes("day/file.bin", 7)
+    assert store.read_bytes("day/file.bin") == b"x" * size  # no limit: every byte
 
 
 def test_whole_files_are_written_read_and_removed(store, tmp_path):

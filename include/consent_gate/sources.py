@@ -27,7 +27,7 @@ from consent_gate.records import (
     is_safe_name,
     safe_name,
 )
-from consent_gate.storage import NOT_FOLLOWED, NotARegularFile
+from consent_gate.storage import NOT_FOLLOWED, FileTooLarge, NotARegularFile
 from consent_gate.stores import storage_for
 
 
@@ -49,6 +49,13 @@ class MeetingRead:
 
 
 BAD_NAME = "name is not [A-Za-z0-9._-]{1,128} (named here by its sha256)"
+
+# The most bytes of a meeting's file that are read. A meeting's files are read whole, and each cue or line
+# becomes an artifact held until the meeting is decided (~700 bytes of memory a cue: 64 MiB of short
+# cues, ~1.1M of them, take ~0.8 GB); a day-long meeting's transcript is a few MB, the meeting.json of a
+# 100,000-participant webinar ~25 MB. A larger file is one quarantined unit, not a worker out of memory.
+MAX_FILE_BYTES = 64 << 20
+TOO_LARGE = f"larger than {MAX_FILE_BYTES >> 20} MiB; not read (a meeting's files are read whole)"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -135,9 +142,10 @@ class LandingZone:
         return self._storage.open_no_follow(relative)
 
     def read_bytes(self, relative: str) -> bytes | None:
-        """The file's bytes, or None when it does not exist; NotARegularFile for a link or folder."""
+        """The file's bytes, or None when it does not exist; NotARegularFile for a link or folder,
+        FileTooLarge beyond MAX_FILE_BYTES."""
         try:
-            return self._storage.read_bytes(relative)
+            return self._storage.read_bytes(relative, MAX_FILE_BYTES)
         except FileNotFoundError:
             return None
 
@@ -217,6 +225,8 @@ def _read_entry(zone: LandingZone, folder: str, entry: Entry) -> tuple[bytes | N
         data = zone.read_bytes(f"{folder}/{entry.name}")
     except NotARegularFile as error:
         return None, str(error).rsplit(": ", 1)[-1]
+    except FileTooLarge:
+        return None, TOO_LARGE
     except OSError as error:  # the error text holds the path, which is known; its type says what
         return None, f"cannot be read ({type(error).__name__})"
     return (data, None) if data is not None else (None, "file disappeared while reading")

@@ -33,6 +33,17 @@ class NotARegularFile(OSError):
     """A path that is a symlink, a folder or a device where a file was expected."""
 
 
+class FileTooLarge(OSError):
+    """A file holding more bytes than its reader reads: not read."""
+
+
+def within_limit(data: bytes, limit: int | None) -> bytes:
+    """`data` (at most `limit` + 1 bytes of a file, when there is a limit); FileTooLarge beyond `limit`."""
+    if limit is not None and len(data) > limit:
+        raise FileTooLarge(f"more than {limit} bytes")
+    return data
+
+
 NOT_FOLLOWED = "a symbolic link: never followed (SPEC §2.1)"
 
 
@@ -133,10 +144,11 @@ class OutputStore(ABC):
         size, sha256 = self.sha256(relative)
         return {"path": published_as, "rows": self.parquet_rows([relative]), "bytes": size, "sha256": sha256}
 
-    def read_bytes(self, relative: str) -> bytes:
-        """A regular file's bytes, never through a link (see `open_no_follow`)."""
+    def read_bytes(self, relative: str, limit: int | None = None) -> bytes:
+        """A regular file's bytes, never through a link (see `open_no_follow`); FileTooLarge, having read
+        no more than `limit` + 1 bytes, when it holds more than `limit`."""
         with self.open_no_follow(relative) as handle:
-            return handle.read()
+            return within_limit(handle.read() if limit is None else handle.read(limit + 1), limit)
 
     # --- where the backends differ --------------------------------------------------------------
 
