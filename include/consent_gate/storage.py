@@ -37,10 +37,15 @@ class FileTooLarge(OSError):
     """A file holding more bytes than its reader reads: not read."""
 
 
+def refuse_beyond(size: int, limit: int | None) -> None:
+    """FileTooLarge when a file of `size` bytes holds more than `limit`."""
+    if limit is not None and size > limit:
+        raise FileTooLarge(f"more than {limit} bytes")
+
+
 def within_limit(data: bytes, limit: int | None) -> bytes:
     """`data` (at most `limit` + 1 bytes of a file, when there is a limit); FileTooLarge beyond `limit`."""
-    if limit is not None and len(data) > limit:
-        raise FileTooLarge(f"more than {limit} bytes")
+    refuse_beyond(len(data), limit)
     return data
 
 

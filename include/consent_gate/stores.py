@@ -37,6 +37,7 @@ from consent_gate.storage import (
     OutputStore,
     PublishError,
     Swap,
+    refuse_beyond,
     within_limit,
 )
 
@@ -193,7 +194,8 @@ class LocalStorage(OutputStore):
             return super().read_bytes(relative, limit)
         size = _regular_size(fd)
         try:
-            return within_limit(_read_to_end(fd, size, limit), limit)
+            refuse_beyond(size, limit)  # known from fstat: not a byte read
+            return within_limit(_read_to_end(fd, size, limit), limit)  # unless it grew meanwhile
         finally:
             os.close(fd)
 
