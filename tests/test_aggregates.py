@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import random
 from dataclasses import replace
@@ -12,6 +13,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -327,6 +329,49 @@ def test_a_truncated_gzip_keeps_the_lines_before_the_break(tmp_path):
     assert "cannot be read as gzip" in result.quarantine[-1].error
     assert result.counts.quarantined == len(result.quarantine) >= 1
     assert_accounting(result.counts)
+
+
+def test_each_file_is_described_by_the_bytes_read_and_a_broken_one_by_nothing(tmp_path):
+    whole = write_part(tmp_path, [event(), event()], "part-0001.jsonl.gz")
+    # Two gzip members, then zero padding (as some writers leave): all of it is the file, and read.
+    padded = tmp_path / PREFIX / "part-0002.jsonl.gz"
+    padded.write_bytes(gzip.compress(line(event()) + b"\n") + gzip.compress(line(event()) + b"\n") + bytes(512))
+    broken = write_part(tmp_path, [event() for _ in range(50)], "part-0003.jsonl.gz")
+    Path(broken).write_bytes(Path(broken).read_bytes()[:-20])
+    result = run(tmp_path, whole, str(padded), broken)
+    expected = [
+        (f"{PREFIX}/{Path(p).name}", Path(p).stat().st_size, hashlib.sha256(Path(p).read_bytes()).hexdigest())
+        for p in (whole, padded)
+    ]
+    assert [(i.path, i.size, i.sha256) for i in result.inputs[:2]] == expected
+    assert result.inputs[2] is None  # its stream broke: the step hashes it apart (and the day fails on it)
+    assert result.counts.aggregated == 4
+
+
+def test_the_step_reads_each_telemetry_file_once_and_records_what_it_read(tmp_path, monkeypatch):
+    from consent_gate.config import RunSettings
+    from consent_gate.layout import Stage
+    from consent_gate.sources import LandingZone
+    from consent_gate.steps import aggregate_day
+
+    raw = tmp_path / "raw"
+    parts = [write_part(raw, [event() for _ in range(3)], f"part-{n}.jsonl.gz") for n in range(3)]
+    broken = write_part(raw, [event() for _ in range(50)], "part-9.jsonl.gz")
+    Path(broken).write_bytes(Path(broken).read_bytes()[:-20])
+    opened: list[str] = []
+    open_binary = LandingZone.open_binary
+    monkeypatch.setattr(LandingZone, "open_binary", lambda self, rel: opened.append(rel) or open_binary(self, rel))
+    settings = RunSettings(str(raw), str(tmp_path / "out"), "sqlite:///unused.db", Policy(), secret=b"k" * 32)
+    stage = Stage(DAY, "attempt-1")
+    aggregate_day(settings, stage)
+    names = [f"{PREFIX}/{Path(p).name}" for p in parts]
+    assert sorted(opened) == sorted([*names, f"{PREFIX}/part-9.jsonl.gz", f"{PREFIX}/part-9.jsonl.gz"])
+    table = pq.read_table(tmp_path / "out" / stage.root / "audit/inputs/telemetry.parquet").to_pylist()
+    assert table == [
+        {"path": f"{PREFIX}/{Path(p).name}", "size": Path(p).stat().st_size,
+         "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()}
+        for p in sorted([*parts, broken])
+    ]  # fmt: skip
 
 
 def test_a_missing_file_is_quarantined_not_silently_skipped(tmp_path):

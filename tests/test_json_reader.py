@@ -14,7 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consent_gate.records import MAX_JSON_DEPTH, MalformedRecord, _canonical_json, _load_json_strictly, load_json
+from consent_gate.records import (
+    MAX_JSON_DEPTH,
+    MalformedRecord,
+    _canonical_json,
+    _load_json_strictly,
+    load_json,
+    load_json_leniently,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -93,6 +100,29 @@ def test_load_json_reads_arbitrary_bytes_as_the_strict_reader_does(data):
     assert _reading(data, lambda d: load_json(d, "<line>")) == _reading(
         data, lambda d: _load_json_strictly(d, "<line>")
     )
+
+
+def _json_loads_or_none(data: bytes) -> str:
+    """The lenient reading's reference: Python's json, None for what it refuses."""
+    try:
+        return repr(json.loads(data or b"null"))
+    except (ValueError, RecursionError):
+        return repr(None)
+
+
+# The lenient reader picks the day's subjects out of every meeting.json before the gate: it must read
+# what json reads (a superset of the strict reading), however a document is written or damaged.
+@given(_VALUES, _LAYOUTS, st.booleans(), _DAMAGE)
+@settings(max_examples=1500, deadline=None)
+def test_the_lenient_reader_reads_every_document_as_json_does(value, layout, ascii_only, damage):
+    data = damage(_written(value, layout, ascii_only)).encode("utf-8", "surrogatepass")
+    assert repr(load_json_leniently(data)) == _json_loads_or_none(data)
+
+
+@given(st.binary(max_size=40) | st.sampled_from([b"", b"\xef\xbb\xbf{}", b"[1e400]", b'"\\ud800"', b"NaN"]))
+@settings(max_examples=1500, deadline=None)
+def test_the_lenient_reader_reads_arbitrary_bytes_as_json_does(data):
+    assert repr(load_json_leniently(data)) == _json_loads_or_none(data)
 
 
 def test_a_compact_event_takes_the_fast_path_and_a_duplicate_key_does_not():

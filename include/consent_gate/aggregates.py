@@ -39,7 +39,7 @@ from consent_gate.records import (
     MalformedRecord,
     Quarantined,
 )
-from consent_gate.sources import LandingZone
+from consent_gate.sources import InputFile, LandingZone
 from consent_gate.telemetry import (
     _DEFAULT_VALUES,
     EVENT_SCHEMA,
@@ -94,6 +94,8 @@ class TelemetryAggregate:
     groups: pa.Table  # AGGREGATE_SCHEMA, sorted by the five keys
     counts: TelemetryCounts
     quarantine: list[Quarantined]
+    # Per file, in the order given: its size and sha256 as read, or None when its stream broke.
+    inputs: list[InputFile | None]
 
 
 # --- aggregation --------------------------------------------------------------------------------
@@ -126,14 +128,17 @@ def aggregate_telemetry(
             day_groups.quarantine_unit(unit.unit, unit.error)
         zone = LandingZone(landing_root, storage_options)
         units = [relative_unit(url, landing_root) for url in files]
+        inputs = []
         for index, unit in enumerate(units):
-            day_groups.read_file(_TelemetryFile(zone, unit), unit, index)
+            source = _TelemetryFile(zone, unit)
+            day_groups.read_file(source, unit, index)
+            inputs.append(source.input)
         day_groups.close()
         table = _publish_groups(day_groups, k, units, spill)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     _check_accounting(day_groups.counts, table)
-    return TelemetryAggregate(table, day_groups.counts, day_groups.quarantine)
+    return TelemetryAggregate(table, day_groups.counts, day_groups.quarantine, inputs)
 
 
 # The parsed events of the day as read: where each line is, and its allow-listed fields (EVENT_SCHEMA).

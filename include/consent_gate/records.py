@@ -143,6 +143,22 @@ _FAST_REFUSES = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeErro
 _JSON_WHITESPACE = b" \t\r\n"
 
 
+def load_json_leniently(data: bytes | None) -> Any:
+    """What Python's `json.loads` makes of `data` (empty: null), or None where it refuses it: a lenient
+    reading, for a superset of what the strict one (`load_json`) accepts. msgspec reads first (the
+    snapshot step reads every meeting.json of the day this way before the gate: 0.14-0.26 s at 10,000
+    meetings with json, 0.07-0.12 s so); whatever it refuses, json reads (NaN, 1e400, lone surrogates,
+    a byte-order mark), and where both read, both read the same value (the last of a repeated key)."""
+    try:
+        return _FAST_DECODER.decode(data or b"null")
+    except _FAST_REFUSES:
+        pass
+    try:
+        return json.loads(data or b"null")
+    except (ValueError, RecursionError):
+        return None
+
+
 def _canonical_json(raw: bytes) -> Any:
     """The value `raw` holds when `raw` is byte for byte one of its canonical encodings (compact, or as
     `json.dumps` lays it out: `is_canonical_encoding`); else None, and `_load_json_strictly` reads it.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import subprocess
 import uuid
 from collections import Counter
@@ -62,7 +61,7 @@ from consent_gate.layout import (
 )
 from consent_gate.parquet import ParquetSink
 from consent_gate.publish import OutputStore
-from consent_gate.records import Quarantined, parse_timestamp
+from consent_gate.records import Quarantined, load_json_leniently, parse_timestamp
 from consent_gate.sources import InputFile, LandingZone, NotARegularFile, read_meeting
 from consent_gate.telemetry import GroupValues
 
@@ -332,9 +331,10 @@ def _meeting_records(zone: LandingZone, folders: list[str]) -> Iterator[Any]:
 
     def read(folder: str) -> Any:
         try:  # a link anywhere on the way raises NotARegularFile: the record is None
-            return json.loads(zone.read_bytes(f"{folder}/meeting.json") or b"null")
+            data = zone.read_bytes(f"{folder}/meeting.json")
         except Exception:  # noqa: BLE001 (any unreadable file: the gate itself quarantines it)
             return None
+        return load_json_leniently(data)
 
     if local:
         yield from map(read, folders)
@@ -473,7 +473,9 @@ def aggregate_day(settings: RunSettings, stage: Stage) -> dict[str, int]:
     try:
         groups.write(result.groups)
         quarantine.write(_quarantine_table(result.quarantine))
-        inputs.write(_inputs_table([_hash_input(zone, r) for r in relative]))
+        # As read; a file whose stream broke is hashed whole here (the day fails on it anyway).
+        read = zip(result.inputs, relative, strict=True)
+        inputs.write(_inputs_table([entry or _hash_input(zone, r) for entry, r in read]))
     finally:
         for sink in (groups, quarantine, inputs):
             sink.close()

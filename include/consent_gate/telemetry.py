@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import math
 import re
 import zlib
@@ -38,7 +39,7 @@ from consent_gate.records import (
     timestamps_us,
     to_us,
 )
-from consent_gate.sources import LandingZone
+from consent_gate.sources import InputFile, LandingZone
 
 # The group keys besides dt, in output order. A missing, null or empty value becomes UNKNOWN so that
 # events without it still count (in their own group) instead of vanishing.
@@ -332,11 +333,16 @@ class _TelemetryFile:
         self.zone = zone
         self.relative = relative
         self.error: str | None = None
+        # The file's size and sha256, of the bytes read (the inputs manifest's entry), once every line
+        # has been read; None while unread or when the stream broke.
+        self.input: InputFile | None = None
 
     @contextlib.contextmanager
-    def _open(self) -> Iterator[Any]:
-        with self.zone.open_binary(self.relative) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as handle:
-            yield handle
+    def _open(self) -> Iterator[tuple[_Hashed, Any]]:
+        with self.zone.open_binary(self.relative) as raw:
+            hashed = _Hashed(raw)
+            with gzip.GzipFile(fileobj=hashed, mode="rb") as handle:
+                yield hashed, handle
 
     # Decompressed a block at a time and split at C speed: GzipFile's own line iteration is Python code
     # per line. A block small enough that a broken stream loses few of the lines before the break.
@@ -351,7 +357,7 @@ class _TelemetryFile:
         number = 0  # lines handed on so far
         pending: list[bytes] = []
         try:
-            with self._open() as handle:
+            with self._open() as (hashed, handle):
                 unfinished: list[bytes] = []  # the pieces of a line that goes on in the next block
                 while block := handle.read(self._BLOCK_BYTES):
                     if b"\n" not in block:  # joined once the line ends: a huge line costs linear time
@@ -366,12 +372,35 @@ class _TelemetryFile:
                         number, pending = number + len(pending), []
                 if last := b"".join(unfinished):  # a last line without its LF
                     pending.append(last)
+                self.input = hashed.to_the_end(self.relative)
         except _READ_ERRORS as error:
             # The exception text can quote bytes of the file (gzip's "Not a gzipped file (b'..')"),
             # so only its type is kept. The lines read before the break are still handed on.
             self.error = f"file cannot be read as gzip ({type(error).__name__}) after line {number + len(pending)}"
         if pending:
             yield number + 1, pending
+
+
+class _Hashed:
+    """A binary file read through: the bytes read are hashed and counted on the way, so the inputs
+    manifest describes the bytes the lines were read from, and the file is read once, not again to hash."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._sha256 = hashlib.sha256()
+        self._size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._sha256.update(data)
+        self._size += len(data)
+        return data
+
+    def to_the_end(self, relative: str) -> InputFile:
+        """The file's entry, once whatever follows the gzip stream's end is read too."""
+        while self.read(1 << 20):
+            pass
+        return InputFile(relative, self._size, self._sha256.hexdigest())
 
 
 def relative_unit(url: str, landing_root: str) -> str:
