@@ -5,7 +5,9 @@ a copy of the sample's SQLite consent store with extra events of subjects that h
 per subject, grants and revocations, all visible at as_of), indexed as `consent-gate sample` indexes it.
 Each case runs `consent-gate run` twice in its own process (wall time, peak RSS via wait4, the per-step
 times it prints): the first reads the whole store and writes the consent ledger, the rerun reads only
-the day's subjects' rows and what is new since the ledger's bound. Then three `consent-gate sweep`s:
+the day's subjects' rows and what is new since the ledger's bound. With `--renew-first`, `consent-gate
+ledger` reads the whole store first (timed: what the sweep DAG's renewal costs), and both runs read
+from the ledger. Then three `consent-gate sweep`s:
 the first (full: no watermark yet), a second with no new
 revocation, and a third after 100 revocations of users who have published rows (taken out of the store
 again afterwards, so the cached store stays as generated). The published rows must be the same for
@@ -195,15 +197,21 @@ def measure(store: Store, args: argparse.Namespace, sample_dir: Path, name: str)
     runs = []
     if args.published:
         shutil.copytree(args.published, out)
-        runs.append((0.0, 0, (0, "(not run: --published)"), ["(not run)"]))
-    # the first run reads the whole store and writes the consent ledger; the rerun reads from the ledger
+        runs.append(("first", 0.0, 0, (0, "(not run: --published)"), ["(not run)"]))
+    if args.renew_first and not args.published:  # the whole-store read off the run's path, as the sweep DAG does
+        log = run_log.with_suffix(".ledger.log")
+        wall, rss, code = timed_process([*CLI, "ledger", *common], log)
+        said = [line for line in log.read_text().splitlines() if "ledger" in line][-1:]
+        runs.append(("ledger", wall, rss, (0, "(renewal)" if code == 0 else "FAILED"), said))
+    # the first run reads the whole store and writes the consent ledger (unless --renew-first wrote it);
+    # the rerun reads from the ledger
     for attempt in [] if args.published else ["first", "rerun"]:
         log = run_log.with_suffix(f".{attempt}.log")
         wall, rss, code = timed_process(
             [*CLI, "run", "--date", DAY, "--as-of", AS_OF, "--raw", str(sample_dir / "raw"), *common], log
         )
         steps = [line.split("] ", 1)[-1] for line in log.read_text().splitlines() if "step " in line]
-        runs.append((wall, rss, published_digest(out) if code == 0 else (0, "FAILED"), steps))
+        runs.append((attempt, wall, rss, published_digest(out) if code == 0 else (0, "FAILED"), steps))
     sweeps = []
     for n in range(3):
         if n == 2:
@@ -225,6 +233,10 @@ def main() -> None:
         "--published", type=Path, help="sweep a copy of this published output instead of running the day first"
     )
     parser.add_argument(
+        "--renew-first", action="store_true",
+        help="renew the consent ledger (`consent-gate ledger`, timed) before the first run, as the sweep DAG does",
+    )  # fmt: skip
+    parser.add_argument(
         "--postgres",
         help="also copy each store into this PostgreSQL database (its consent_events is replaced) "
         "and measure it there, e.g. postgresql+psycopg2://root@localhost/consent_bench",
@@ -243,14 +255,14 @@ def main() -> None:
         for backend, store in stores:
             rows.append((backend, *measure(store, args, sample_dir, f"{events}-{backend}")))
             count, runs, sweeps = rows[-1][1:]
-            for name, (wall, rss, published, steps) in zip(("first run", "rerun"), runs, strict=False):
+            for name, wall, rss, published, steps in runs:
                 print(f"{backend} {count:,} events, {name}: {wall:.1f} s, {rss / 1e6:.0f} MB, published {published}; "
                       f"{'; '.join(steps)}")  # fmt: skip
             print("  sweeps: " + "; ".join(f"{w:.1f} s, {r / 1e6:.0f} MB (exit {c})" for w, r, c in sweeps), flush=True)
     print("\n| store | consent events | run | wall | peak RSS | published rows (digest) | steps |")
     print("|---|---|---|---|---|---|---|")
     for backend, count, runs, _ in rows:
-        for name, (wall, rss, published, steps) in zip(("first", "rerun"), runs, strict=False):
+        for name, wall, rss, published, steps in runs:
             print(
                 f"| {backend} | {count:,} | {name} | {wall:.1f} s | {rss / 1e9:.2f} GB "
                 f"| {published[0]} ({published[1]}) | {', '.join(s.removeprefix('step ') for s in steps)} |"

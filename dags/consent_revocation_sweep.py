@@ -18,6 +18,10 @@ recorded (day, rows removed by reason, `as_of`, revocation-to-purge latency) und
 - **Events and alerts:** each rewritten day gets an event on `consent_gate_content` (partition key:
   the day; `extra`: kind `sweep`, rows removed by reason, the new manifest's sha256); a run still
   unfinished `CONSENT_GATE_SWEEP_DEADLINE_MINUTES` (60) after it was queued raises an alert.
+- **The consent ledger:** `renew_consent_ledger`, beside the sweep, reads the whole consent store and
+  renews the ledger once three quarters of its life (policy `full_snapshot_every_hours`) are gone, so
+  a daily run always finds one and reads only the rows recorded since (`consent-gate ledger` does it by
+  hand, e.g. once at setup).
 - **One writer:** the sweep takes the day lock on local storage; on object stores (no lock) it shares
   the 1-slot `consent_gate_publish` pool with the daily publications.
 - All logic lives in `include/consent_gate/sweep.py`; this file only wires it.
@@ -63,7 +67,15 @@ def consent_revocation_sweep():
 
         return announce_task(summary, outlet_events)
 
+    @task
+    def renew_consent_ledger() -> dict:
+        """Renew the consent ledger by a whole-store read when it is due, so no daily run has to."""
+        from consent_gate.airflow_tasks import renew_ledger_task
+
+        return renew_ledger_task()
+
     announce_purges(sweep())
+    renew_consent_ledger()
 
 
 consent_revocation_sweep()

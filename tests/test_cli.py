@@ -213,3 +213,32 @@ def test_the_command_starts_the_checks_process_first_and_leaves_none_behind(cli_
     assert report["refused"] == 1 and "FAILED, nothing published: nothing arrived for 2026-11-05" in done.stderr
     assert report["started"] == [False, True] and report["waiting"] == 0 and report["left"] == 0
     assert (tmp_path / "out/content/dt=2026-11-02").is_dir()
+
+
+def test_ledger_renews_the_consent_ledger_when_due_and_a_run_then_reads_only_what_is_new(cli_world, tmp_path, capsys):
+    from consent_gate.consent_store import observe_reads
+
+    root, args = cli_world
+    out = tmp_path / "out"  # a fresh output: no ledger yet
+    args = [*args[:2], "--out", str(out), *args[4:]]
+    assert main(["ledger", *args]) == 0
+    printed = capsys.readouterr().out
+    assert "consent ledger renewed (no consent ledger yet" in printed and "rows read" in printed
+    ledger = json.loads((out / "_audit/consent/ledger.json").read_text())
+    assert main(["ledger", *args]) == 0
+    assert "consent ledger not renewed: not due" in capsys.readouterr().out
+    assert json.loads((out / "_audit/consent/ledger.json").read_text()) == ledger  # left as it was
+    assert main(["ledger", "--force", *args]) == 0
+    assert "consent ledger renewed (asked for)" in capsys.readouterr().out
+    with observe_reads() as reads:
+        assert main(["run", "--date", "2026-11-02", "--as-of", "2026-11-20T00:00:00Z", *args]) == 0
+    manifest = json.loads((out / "_audit/dt=2026-11-02/manifest.json").read_text())
+    assert manifest["consent"]["basis"]["scope"] == "ledger"
+    assert "snapshot" not in dict(reads)  # the whole store was not read by the run
+    assert "the whole store is read" not in capsys.readouterr().err
+    elsewhere = [*args[:2], "--out", str(tmp_path / "elsewhere"), *args[4:]]  # no ledger there: the run says so
+    assert main(["run", "--date", "2026-11-02", "--as-of", "2026-11-20T00:00:00Z", *elsewhere]) == 0
+    assert "the whole store is read (no consent ledger yet" in capsys.readouterr().err
+    published = json.loads((root / "out/_audit/dt=2026-11-02/manifest.json").read_text())["consent"]
+    for field in ("checksum", "visible_events", "failed_closed_subjects", "unreadable_rows"):
+        assert manifest["consent"][field] == published[field]  # a whole-store run's evidence

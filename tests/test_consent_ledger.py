@@ -22,7 +22,16 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from consent_gate.consent import CONTENT_TYPES, ConsentStoreError, subject_key, to_ns
-from consent_gate.consent_ledger import Ledger, ledger_from_json, ledger_json, run_consent
+from consent_gate.consent_ledger import (
+    RENEW_AT,
+    Ledger,
+    ledger_from_json,
+    ledger_json,
+    renewal_due,
+    run_consent,
+    store_identity,
+    whole_store_ledger,
+)
 from consent_gate.consent_store import create_consent_indexes, observe_reads
 from consent_gate.consent_vector import pseudonym, pseudonym_pepper, read_snapshot_events, snapshot_from_events
 from tests.builders import consent_row, ts, write_consent_db
@@ -79,11 +88,13 @@ def consent_rows(draw: Any, prefix: str, ids: int, recorded_from: int, recorded_
     return rows
 
 
-def _judge(url: str, as_of: datetime, subjects: set[str], ledger: Ledger | None, folder: str) -> Any:
+def _judge(
+    url: str, as_of: datetime, subjects: set[str], ledger: Ledger | None, folder: str, now: datetime | None = None
+) -> Any:
     files = {"events": f"{folder}/events.parquet", "subjects": f"{folder}/subjects.parquet"}
     try:
         result = run_consent(
-            url, SECRET, as_of, subjects, ledger, files, now=as_of + timedelta(hours=1), full_every=FULL_EVERY
+            url, SECRET, as_of, subjects, ledger, files, now=now or as_of + timedelta(hours=1), full_every=FULL_EVERY
         )
     except ConsentStoreError:
         return None
@@ -133,9 +144,7 @@ def test_a_run_from_the_ledger_equals_a_whole_store_read(old, new, first, later,
     appended = new.draw(consent_rows("n", len(old), first - 12, first + 80))
     subjects = {subject_key(t, s) for t, s in asked}
     with tempfile.TemporaryDirectory() as folder:
-        _mkdirs(folder)
-        url = write_consent_db(f"{folder}/consent.db", old)  # type: ignore[arg-type]
-        create_consent_indexes(url)
+        url = _store(_mkdirs(folder), old)
         first_run = _judge(url, as_of1, subjects, None, folder)
         if first_run is None:
             return  # an unreadable subject: no ledger is written (test_unreadable_subjects_... below)
@@ -155,6 +164,64 @@ def test_a_run_from_the_ledger_equals_a_whole_store_read(old, new, first, later,
             later_as_of = as_of2 + timedelta(hours=30)
             rerun = _judge(url, later_as_of, subjects, rolled, folder + "/r")
             _assert_same(rerun, _judge(url, later_as_of, subjects, None, folder + "/x"), subjects)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    old=consent_rows("e", 0, -120, 30),
+    new=st.data(),
+    renewed_at=st.integers(0, 40),
+    run_at=st.sampled_from([-30, -2, 0, 5]),
+    asked=st.sets(st.sampled_from(SUBJECTS), min_size=1),
+)
+def test_a_run_from_a_renewed_ledger_equals_a_whole_store_read(old, new, renewed_at, run_at, asked):
+    """A ledger renewed off the daily path (no day's subjects judged, at `now`), rows appended after it,
+    and a run pinned before or after the renewal: its evidence and decisions are a whole-store read's."""
+    renewal = DAY0 + timedelta(hours=renewed_at)
+    as_of = renewal + timedelta(hours=run_at)
+    appended = new.draw(consent_rows("n", len(old), renewed_at - 12, renewed_at + 60))
+    subjects = {subject_key(t, s) for t, s in asked}
+    with tempfile.TemporaryDirectory() as folder:
+        url = _store(_mkdirs(folder), old)
+        try:
+            ledger, rows_read = whole_store_ledger(url, SECRET, renewal, now=renewal, folder=folder)
+        except ConsentStoreError:
+            return  # a row whose subject cannot be read: no ledger, and every run fails on it
+        assert ledger is not None and rows_read == len(old)
+        with sqlite3.connect(f"{folder}/consent.db") as connection:
+            connection.executemany(f"INSERT INTO consent_events VALUES ({', '.join('?' * 9)})", appended)
+        now = max(renewal, as_of) + timedelta(hours=1)  # a run's clock is past the renewal's
+        ledgered = _judge(url, as_of, subjects, ledger, folder + "/l", now)
+        _assert_same(ledgered, _judge(url, as_of, subjects, None, folder + "/w", now), subjects)
+        if ledgered is not None:
+            basis = ledgered[0].basis
+            event(f"run: {basis['scope']}")
+            # Appended rows are recorded after its bound, but for those of an unreadable recorded_at.
+            assert basis["scope"] == "ledger" or "inserted below" in basis["why"]
+
+
+@pytest.mark.parametrize(
+    ("age", "store", "due"),
+    [
+        (None, "this", "no consent ledger yet"),
+        (timedelta(0), "other", "another consent store"),
+        (timedelta(0), "this", None),
+        (FULL_EVERY * RENEW_AT - timedelta(seconds=1), "this", None),
+        (FULL_EVERY * RENEW_AT, "this", "75% of its life"),
+        (FULL_EVERY, "this", "whole-store read is due"),
+        (-timedelta(hours=1), "this", "whole-store read is due"),  # read in the future: a clock set wrong
+    ],
+)
+def test_a_ledger_is_renewed_before_a_run_would_find_it_due(tmp_path, age, store, due):
+    url = _store(str(tmp_path), OLD_ROWS)
+    ledger, _ = whole_store_ledger(url, SECRET, DAY0, now=DAY0, folder=_mkdirs(str(tmp_path)))
+    assert ledger is not None
+    identity = store_identity(SECRET, url if store == "this" else url + "-other")
+    why = renewal_due(None if age is None else ledger, identity, DAY0 + (age or timedelta(0)), FULL_EVERY)
+    assert (why is None) == (due is None) and (due is None or due in why)
+    run_would_read_the_whole_store = _basis(url, ledger, str(tmp_path), now=DAY0 + (age or timedelta(0)))
+    if age is not None and store == "this" and why is None:
+        assert run_would_read_the_whole_store["scope"] == "ledger"
 
 
 def _mkdirs(folder: str) -> str:

@@ -133,6 +133,15 @@ def sweep_task(params: Any, run_id: str | None = None) -> dict[str, Any]:
     }
 
 
+def renew_ledger_task() -> dict[str, Any]:
+    """The DAG's task renewing the consent ledger when it is due (`steps.renew_consent_ledger`): the
+    whole-store read happens here, hourly at most and usually weekly, not in a daily run."""
+    outcome = steps.renew_consent_ledger(settings_from_airflow(), now=utc_now(), progress=log.info)
+    if not outcome["renewed"] and outcome["why"] != "not due":
+        log.warning("consent ledger not renewed: %s", outcome["why"])
+    return outcome
+
+
 def announce_task(summary: dict[str, Any], outlet_events: Any) -> dict[str, Any]:
     """The DAG's announcing task: one content event per day the sweep rewrote. A sweep that changed no
     day emits nothing (the task is skipped), so consumers run only when published data changed."""

@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--full", action="store_true", help="re-evaluate every published day, not only affected ones")
     _common(sweep)
 
+    ledger = commands.add_parser(
+        "ledger",
+        help="renew the consent ledger by reading the whole consent store, when due (at setup; the sweep DAG "
+        "renews it before any daily run would have to)",
+    )
+    ledger.add_argument("--force", action="store_true", help="renew it even when it is not due")
+    _common(ledger)
+
     verify = commands.add_parser("verify", help="read-only re-check of a published day against current consent")
     verify.add_argument("--date", type=_day, required=True)
     _common(verify)
@@ -243,6 +251,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from consent_gate.steps import renew_consent_ledger
+
+    outcome = renew_consent_ledger(settings_from(args), now=datetime.now(UTC), force=args.force, progress=_say)
+    if outcome["renewed"]:
+        print(
+            f"consent ledger renewed ({outcome['why']}): {outcome['rows_read']:,} rows read, "
+            f"bound {outcome['bound']}; runs read only the rows recorded from it on and their day's subjects'"
+        )
+        return 0
+    print(f"consent ledger not renewed: {outcome['why']}")
+    return 0 if outcome["why"] == "not due" else 1
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Exit 0 when every published row of the day is still eligible now, 1 when not, 2 when nothing is there."""
     from consent_gate.verify import VerificationError, verify_published_day
@@ -285,7 +307,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "sample": cmd_sample, "run": cmd_run, "explain": cmd_explain, "sweep": cmd_sweep,
+    "sample": cmd_sample, "run": cmd_run, "explain": cmd_explain, "sweep": cmd_sweep, "ledger": cmd_ledger,
     "verify": cmd_verify, "files": cmd_files, "report": cmd_report,
 }  # fmt: skip
 

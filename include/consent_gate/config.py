@@ -58,7 +58,9 @@ class Policy:
     k_min_distinct_users: int = 10
     max_stage_age_hours: float = 24.0  # an unpublished stage older than this is abandoned: the sweep deletes it
     full_sweep_every_hours: float = 24.0  # the sweep reads the whole consent store at least this often
-    full_snapshot_every_hours: float = 168.0  # a run reads the whole store (and rewrites the ledger) this often
+    # The consent ledger's life: the sweep DAG renews it before (consent_ledger.RENEW_AT); a run finding
+    # none it can use reads the whole store itself.
+    full_snapshot_every_hours: float = 168.0
     telemetry_event_types: tuple[str, ...] = field(default=DEFAULT_EVENT_TYPES)
     telemetry_platforms: tuple[str, ...] = field(default=DEFAULT_PLATFORMS)
     telemetry_regions: tuple[str, ...] = field(default=DEFAULT_REGIONS)

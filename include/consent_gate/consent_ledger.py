@@ -164,6 +164,8 @@ def run_consent(
         if below != ledger.rows_below(bound):
             why = "rows were inserted below the ledger's bound or deleted from below it"
     if why is not None:
+        if progress is not None:
+            progress(f"consent store: the whole store is read ({why}); `consent-gate ledger` renews the ledger apart")
         return _whole_store(url, as_of, now, store, pepper, new_bound, counted, subjects, files, why, progress)
     assert ledger is not None
     consent = _from_ledger(url, as_of, store, pepper, ledger, bound, new_bound, counted, subjects, files)
@@ -173,6 +175,36 @@ def run_consent(
             f"{bound} on, the day's {len(subjects):,} subjects and rows sharing their event_ids)"
         )
     return consent
+
+
+# A ledger is renewed off the daily path (`renewal_due`, the sweep DAG's `renew_consent_ledger`) once this
+# share of its life (`full_snapshot_every_hours`) is gone, so that no daily run finds it due and reads the
+# whole store itself: with the default 168 h, after 126 h, and the hourly sweep renews it within the hour.
+RENEW_AT = 0.75
+
+
+def renewal_due(ledger: Ledger | None, store: str, now: datetime, full_every: timedelta) -> str | None:
+    """Why the ledger of `store` should be renewed by a whole-store read now (None: not yet): a run
+    would not use it (none, another store's, past its life), or RENEW_AT of its life is gone."""
+    why = _unusable(ledger, store, now, full_every)
+    if why is None and ledger is not None and now - ledger.full_read_at >= full_every * RENEW_AT:
+        why = f"{RENEW_AT:.0%} of its life ({full_every.total_seconds() / 3600:g} h) is gone"
+    return why
+
+
+def whole_store_ledger(
+    url: str, secret: bytes, as_of: datetime, *, now: datetime, folder: str, progress: Progress | None = None
+) -> tuple[Ledger | None, int]:
+    """The ledger of a whole-store read at `as_of` that judges no day's subjects (its snapshot files are
+    left in `folder`), and the rows read; None for the ledger when rows were inserted below its bound,
+    or deleted from below it, while the store was read (a run then reads the whole store itself)."""
+    as_of = as_of.astimezone(UTC)
+    new_bound = changed_bound(as_of)
+    counted = count_recorded_before(url, new_bound)
+    files = {"events": f"{folder}/snapshot.parquet", "subjects": f"{folder}/subjects.parquet"}
+    store, pepper = store_identity(secret, url), pseudonym_pepper(secret)
+    read = _whole_store(url, as_of, now, store, pepper, new_bound, counted, set(), files, "renewal", progress)
+    return read.ledger, int(read.basis["rows_read"])
 
 
 def _unusable(ledger: Ledger | None, store: str, now: datetime, full_every: timedelta) -> str | None:

@@ -25,7 +25,16 @@ from consent_gate.aggregates import AGGREGATE_SCHEMA, aggregate_telemetry
 from consent_gate.artifacts import Artifact
 from consent_gate.config import PROJECT_ROOT, Clock, RunSettings
 from consent_gate.consent import ConsentSnapshot, refuse_future_as_of, subject_ids_of, subject_key
-from consent_gate.consent_ledger import Ledger, ledger_from_json, ledger_json, run_consent, uncovered_markers
+from consent_gate.consent_ledger import (
+    Ledger,
+    ledger_from_json,
+    ledger_json,
+    renewal_due,
+    run_consent,
+    store_identity,
+    uncovered_markers,
+    whole_store_ledger,
+)
 from consent_gate.consent_vector import (
     SnapshotSummary,
     file_sha256,
@@ -235,6 +244,35 @@ def _write_run_record(
         except OSError as error:  # the run's evidence is complete; the next run reads the whole store
             if progress is not None:
                 progress(f"consent ledger not written ({os_reason(error)}): the next run reads the whole store")
+
+
+def renew_consent_ledger(
+    settings: RunSettings, *, now: datetime, force: bool = False, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Renew the consent ledger by a whole-store read at `now` when it is due (`renewal_due`), or always
+    with `force`: at setup and from the hourly sweep's DAG, so that the whole store is read off the daily
+    runs' path and each run reads only what is new (`consent_ledger`). What it did, for logs."""
+    import tempfile
+
+    store = settings.store()
+    ledger = read_ledger(store, settings.secret)
+    full_every = timedelta(hours=settings.policy.full_snapshot_every_hours)
+    identity = store_identity(settings.secret, settings.consent_db)
+    why = "asked for" if force else renewal_due(ledger, identity, now, full_every)
+    if why is None:
+        assert ledger is not None
+        return {"renewed": False, "why": "not due", "full_read_at": ledger.full_read_at.isoformat()}
+    with tempfile.TemporaryDirectory(prefix="consent-gate-ledger-") as local:
+        renewed, rows = whole_store_ledger(
+            settings.consent_db, settings.secret, now, now=now, folder=local, progress=progress
+        )
+    if renewed is None:
+        return {"renewed": False, "why": "rows were inserted or deleted below the bound meanwhile", "rows_read": rows}
+    _advance_ledger(store, settings.secret, renewed)
+    return {
+        "renewed": True, "why": why, "rows_read": rows, "bound": renewed.bound,
+        "full_read_at": renewed.full_read_at.isoformat(),
+    }  # fmt: skip
 
 
 def _copy_in(store: OutputStore, path: str, target: str) -> str:

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from consent_gate.config import Policy, RunSettings, utc_now
+from consent_gate.consent_ledger import ledger_from_json
 from consent_gate.keys import Keyer
 from consent_gate.pipeline import run_day
 from consent_gate.records import parse_timestamp
@@ -73,6 +74,7 @@ def test_dag_test_purges_a_revoked_account(airflow_db, published):
             ("zz_dag_revoke", "account", account, "ai_training", "*", "revoke",
              "2026-11-26T09:00:00Z", "2026-11-26T09:00:00Z", "2026-01"),
         )  # fmt: skip
+    (out / "_audit/consent/ledger.json").unlink()  # the run's: the DAG's renewal writes another
     dag = load_dag("consent_revocation_sweep")
     # Airflow 3.3.2's dag.test cannot finish a run of a DAG with a DeadlineAlert (DagRun.update_state looks
     # the alerts up by their DB id; dag.test's DAG holds their definitions): tested apart, in
@@ -81,7 +83,9 @@ def test_dag_test_purges_a_revoked_account(airflow_db, published):
     run = dag.test(run_conf={"as_of": "2026-11-26T10:00:00Z"})
     assert run.state == "success"
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert states == {"sweep": "success", "announce_purges": "success"}
+    assert states == {"sweep": "success", "announce_purges": "success", "renew_consent_ledger": "success"}
+    renewed = ledger_from_json(json.loads((out / "_audit/consent/ledger.json").read_text()), settings.secret)
+    assert renewed is not None and renewed.full_read_at > AS_OF  # read at the sweep's now, not the pinned as_of
     after = content_rows(out)
     assert after == [r for r in before if keyer.account(account) not in r["account_keys"]]
     assert len(after) < len(before)
