@@ -224,6 +224,17 @@ def test_a_ledger_is_renewed_before_a_run_would_find_it_due(tmp_path, age, store
         assert run_would_read_the_whole_store["scope"] == "ledger"
 
 
+def test_a_renewal_that_sees_the_store_change_below_its_bound_writes_no_ledger(tmp_path, monkeypatch):
+    from consent_gate import consent_ledger
+
+    url = _store(_mkdirs(str(tmp_path)), OLD_ROWS)
+    counted = consent_ledger.count_recorded_before
+    # The store counted before the read holds one row fewer than the read finds: one was back-dated meanwhile.
+    monkeypatch.setattr(consent_ledger, "count_recorded_before", lambda url, bound: counted(url, bound) - 1)
+    ledger, rows_read = whole_store_ledger(url, SECRET, DAY0, now=DAY0, folder=str(tmp_path))
+    assert ledger is None and rows_read == len(OLD_ROWS)
+
+
 def _mkdirs(folder: str) -> str:
     import os
 
