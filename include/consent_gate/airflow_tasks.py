@@ -137,7 +137,7 @@ def renew_ledger_task() -> dict[str, Any]:
     """The DAG's task renewing the consent ledger when it is due (`steps.renew_consent_ledger`): the
     whole-store read happens here, hourly at most and usually weekly, not in a daily run."""
     outcome = steps.renew_consent_ledger(settings_from_airflow(), now=utc_now(), progress=log.info)
-    if not outcome["renewed"] and outcome["why"] != "not due":
+    if not outcome["renewed"] and outcome["why"] != steps.NOT_DUE:
         log.warning("consent ledger not renewed: %s", outcome["why"])
     return outcome
 

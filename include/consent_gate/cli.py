@@ -252,7 +252,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    from consent_gate.steps import renew_consent_ledger
+    from consent_gate.steps import NOT_DUE, renew_consent_ledger
 
     outcome = renew_consent_ledger(settings_from(args), now=datetime.now(UTC), force=args.force, progress=_say)
     if outcome["renewed"]:
@@ -262,7 +262,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         )
         return 0
     print(f"consent ledger not renewed: {outcome['why']}")
-    return 0 if outcome["why"] == "not due" else 1
+    return 0 if outcome["why"] == NOT_DUE else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

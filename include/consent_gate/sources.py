@@ -150,6 +150,28 @@ class LandingZone:
             return None
 
 
+class HashingReader:
+    """A binary file read through: the bytes read are hashed (sha256) and counted on the way, so a file
+    is described by the very bytes its reader read, without reading it again to hash it."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._sha256 = hashlib.sha256()
+        self._size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._sha256.update(data)
+        self._size += len(data)
+        return data
+
+    def to_the_end(self, path: str) -> InputFile:
+        """The file's entry, once whatever its reader left unread is read too."""
+        while self.read(1 << 20):
+            pass
+        return InputFile(path, self._size, self._sha256.hexdigest())
+
+
 def input_file(path: str, data: bytes) -> InputFile:
     return InputFile(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 

@@ -71,7 +71,7 @@ from consent_gate.layout import (
 from consent_gate.parquet import ParquetSink
 from consent_gate.publish import OutputStore
 from consent_gate.records import Quarantined, load_json_leniently, parse_timestamp
-from consent_gate.sources import InputFile, LandingZone, NotARegularFile, read_meeting
+from consent_gate.sources import HashingReader, InputFile, LandingZone, NotARegularFile, read_meeting
 from consent_gate.telemetry import GroupValues
 
 QUARANTINE_SCHEMA = pa.schema([("unit", pa.string()), ("error", pa.string())])
@@ -246,6 +246,9 @@ def _write_run_record(
                 progress(f"consent ledger not written ({os_reason(error)}): the next run reads the whole store")
 
 
+NOT_DUE = "not due"  # what `renew_consent_ledger` says of a ledger it left as it was
+
+
 def renew_consent_ledger(
     settings: RunSettings, *, now: datetime, force: bool = False, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -261,7 +264,7 @@ def renew_consent_ledger(
     why = "asked for" if force else renewal_due(ledger, identity, now, full_every)
     if why is None:
         assert ledger is not None
-        return {"renewed": False, "why": "not due", "full_read_at": ledger.full_read_at.isoformat()}
+        return {"renewed": False, "why": NOT_DUE, "full_read_at": ledger.full_read_at.isoformat()}
     with tempfile.TemporaryDirectory(prefix="consent-gate-ledger-") as local:
         renewed, rows = whole_store_ledger(
             settings.consent_db, settings.secret, now, now=now, folder=local, progress=progress
@@ -523,10 +526,5 @@ def aggregate_day(settings: RunSettings, stage: Stage) -> dict[str, int]:
 
 
 def _hash_input(zone: LandingZone, relative: str) -> InputFile:
-    digest = hashlib.sha256()
-    size = 0
     with zone.open_binary(relative) as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return InputFile(relative, size, digest.hexdigest())
+        return HashingReader(handle).to_the_end(relative)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import math
 import re
 import zlib
@@ -39,7 +38,7 @@ from consent_gate.records import (
     timestamps_us,
     to_us,
 )
-from consent_gate.sources import InputFile, LandingZone
+from consent_gate.sources import HashingReader, InputFile, LandingZone
 
 # The group keys besides dt, in output order. A missing, null or empty value becomes UNKNOWN so that
 # events without it still count (in their own group) instead of vanishing.
@@ -338,9 +337,9 @@ class _TelemetryFile:
         self.input: InputFile | None = None
 
     @contextlib.contextmanager
-    def _open(self) -> Iterator[tuple[_Hashed, Any]]:
+    def _open(self) -> Iterator[tuple[HashingReader, Any]]:
         with self.zone.open_binary(self.relative) as raw:
-            hashed = _Hashed(raw)
+            hashed = HashingReader(raw)
             with gzip.GzipFile(fileobj=hashed, mode="rb") as handle:
                 yield hashed, handle
 
@@ -379,28 +378,6 @@ class _TelemetryFile:
             self.error = f"file cannot be read as gzip ({type(error).__name__}) after line {number + len(pending)}"
         if pending:
             yield number + 1, pending
-
-
-class _Hashed:
-    """A binary file read through: the bytes read are hashed and counted on the way, so the inputs
-    manifest describes the bytes the lines were read from, and the file is read once, not again to hash."""
-
-    def __init__(self, raw: Any) -> None:
-        self._raw = raw
-        self._sha256 = hashlib.sha256()
-        self._size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self._sha256.update(data)
-        self._size += len(data)
-        return data
-
-    def to_the_end(self, relative: str) -> InputFile:
-        """The file's entry, once whatever follows the gzip stream's end is read too."""
-        while self.read(1 << 20):
-            pass
-        return InputFile(relative, self._size, self._sha256.hexdigest())
 
 
 def relative_unit(url: str, landing_root: str) -> str:
