@@ -56,7 +56,8 @@ def harness_main(spec: dict[str, Any]) -> None:
     def counted(name: str, function: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             result = function(*args, **kwargs)
-            calls.append(name)
+            journal = name == "remove" and str(args[-1]).endswith(f"/{JOURNAL}")
+            calls.append("remove_journal" if journal else name)
             if len(calls) == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
             return result
@@ -135,9 +136,10 @@ def leftovers(out: Path) -> list[str]:
 
 
 def kill_points(calls: list[str]) -> list[int]:
-    """The first call, each exchange and the call after it, the middle of the copying, the last call."""
+    """The first call, each exchange and the call after it, the middle of the copying, the journal's
+    removal (the stage is still there), the last call."""
     swaps = [i + 1 for i, name in enumerate(calls) if name == "swap"]
-    points = {1, len(calls) // 2, len(calls)} | set(swaps) | {n + 1 for n in swaps}
+    points = {1, len(calls) // 2, len(calls), calls.index("remove_journal") + 1} | set(swaps) | {n + 1 for n in swaps}
     if "copy_tree" in calls:
         points |= {calls.index("copy_tree"), calls.index("link") + 1}
     return sorted(p for p in points if 1 <= p <= len(calls))
@@ -178,12 +180,14 @@ def test_a_publication_killed_anywhere_leaves_a_whole_version_and_the_next_run_s
     assert done.returncode == 0, done.stderr[-3000:]
     calls = json.loads(done.stdout.strip().splitlines()[-1])
     assert calls.count("swap") == 3 and "copy_tree" in calls and "link" in calls
+    assert calls.index("remove_journal") > max(i for i, name in enumerate(calls) if name == "swap")
     new = read_manifest(_settings({**world["spec"], "out": str(counting["out"])}).store(), DAY)
     new_versions = {
         p: published_listing(counting["out"], new, p) for p in (f"content/dt={DAY}", f"aggregates/dt={DAY}")
     }
 
-    # Kill points: the journal, the history copy, each exchange, the deletion of superseded versions, the end.
+    # Kill points: the journal, the history copy, each exchange, the deletion of superseded versions, the
+    # journal's removal, the end.
     swaps = [i + 1 for i, name in enumerate(calls) if name == "swap"]
     points = kill_points(calls)
     assert len(points) >= 6

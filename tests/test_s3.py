@@ -330,3 +330,31 @@ def test_a_sweep_on_s3_purges_a_revoked_user_and_keeps_the_history(published_on_
     history = {f.rsplit("/", 1)[-1] for f in store.files(f"_audit/dt={DAY}/attempts", ".json")}
     assert history == {f"{manifest['attempt']}.json", f"{outcome.sweep_id}.json"}
     assert not store.tree(f"_staging/dt={DAY}")
+
+
+def test_a_publication_on_s3_stopped_after_its_commit_is_done_when_its_task_is_retried(published_on_s3, monkeypatch):
+    """Airflow retries a publish task whose worker died: past the commit, the retry finds the attempt
+    published (its journal may be gone already) and only finishes the cleanup; the history says published."""
+    settings, store = published_on_s3
+    for point, stop_before, new_version_stands in STOPS:
+        if not new_version_stands:
+            continue
+        stage = steps.snapshot_consent(settings, DAY, LATER, run_id="retried", clock=utc_now)
+        for shard in range(2):
+            steps.gate_content(settings, stage, shard=shard, shards=2)
+        steps.aggregate_day(settings, stage)
+        assert all(c.passed for c in validate_stage(settings, stage))
+        with monkeypatch.context() as patch:
+            calls = instrument(patch, store, lambda: None, stop_before=stop_before)
+            patch.setattr(publication, "_abandon_publication", lambda *args: None)  # killed: no cleanup runs
+            with pytest.raises(Interrupted):
+                publication.publish_stage(settings, stage, clock=utc_now)
+        assert "stopped" in calls, point
+        manifest = publication.publish_stage(settings, stage, clock=utc_now)  # the task's retry
+        assert manifest["attempt"] == stage.attempt == read_manifest(store, DAY)["attempt"], point
+        for output in manifest["outputs"]:
+            assert store.sha256(output["path"])[1] == output["sha256"], (point, output["path"])
+        assert store.read_json(f"_audit/dt={DAY}/attempts/{stage.attempt}.json")["status"] == "published", point
+        assert not store.tree(f"_staging/dt={DAY}"), point
+        publication.record_failed_attempt(settings, stage, "teardown", clock=utc_now)  # the run's teardown
+        assert store.read_json(f"_audit/dt={DAY}/attempts/{stage.attempt}.json")["status"] == "published", point

@@ -179,15 +179,13 @@ def test_a_publication_journaled_but_not_begun_settles_as_rolled_back(store):
     assert settle_publication(store, stage) == "rolled_back"  # settling twice changes nothing
 
 
-def test_remove_deletes_a_single_file(store, request):
-    if isinstance(store, LocalStorage):
-        # shutil.rmtree(ignore_errors=True) leaves a file alone, so a local publication's journal stays
-        # until its stage is removed, and local crash recovery (recover_day after a kill between the
-        # journal's removal and the stage's) relies on that: change the two together.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="local remove() deletes folders only"))
+def test_remove_deletes_a_single_file_and_leaves_its_folder(store):
     store.write_json(f"stage/{JOURNAL}", {"swaps": []})
+    store.write_json("stage/run.json", {})
     store.remove(f"stage/{JOURNAL}")
     assert not store.exists(f"stage/{JOURNAL}")
+    assert store.exists("stage/run.json")
+    store.remove(f"stage/{JOURNAL}")  # gone already: nothing happens
 
 
 # --- links: never followed ------------------------------------------------------------------------

@@ -137,9 +137,9 @@ def publish_stage(settings: RunSettings, stage: Stage, *, clock: Clock) -> dict[
     store = settings.store()
     day = stage.day.isoformat()
     if not store.exists(stage / CHECKS_REPORT):
-        published = manifest_path(day)
-        if store.exists(published) and store.read_json(published).get("attempt") == stage.attempt:
-            return store.read_json(published)  # a retry after this attempt was published in full
+        published = _published_by(store, stage)
+        if published is not None:
+            return published  # a retry after this attempt was published in full
         raise InterruptedPublication(f"stage {stage.attempt} of {day} is gone or was never validated; rerun the day")
     checks = store.read_json(stage / CHECKS_REPORT)
     failed = [c["name"] for c in checks if not c["passed"]]
@@ -155,6 +155,11 @@ def publish_stage(settings: RunSettings, stage: Stage, *, clock: Clock) -> dict[
                 f"an earlier try to publish attempt {stage.attempt} of {day} was interrupted and rolled back; "
                 "the previous version stands; rerun the day for a new snapshot"
             )
+        elif (published := _published_by(store, stage)) is not None:
+            # Killed after its commit and its journal's removal, before its stage's removal: published. (On
+            # an object store the stage keeps its staged copies: publishing them again would collide.)
+            manifest = published
+            store.remove(stage.root)
         else:
             if not settings.allow_shrink:
                 refuse_shrink(store, stage, staged_counts(settings, stage)["units_in"])
@@ -166,6 +171,15 @@ def publish_stage(settings: RunSettings, stage: Stage, *, clock: Clock) -> dict[
                 raise
     audit.write_index(store)
     return manifest
+
+
+def _published_by(store: OutputStore, stage: Stage) -> dict[str, Any] | None:
+    """The day's published manifest when it is this attempt's (its publication committed), else None."""
+    published = manifest_path(stage.day)
+    if not store.exists(published):
+        return None
+    manifest = store.read_json(published)
+    return manifest if manifest.get("attempt") == stage.attempt else None
 
 
 def refuse_shrink(store: OutputStore, stage: Stage, units_in: int) -> None:

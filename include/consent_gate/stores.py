@@ -159,7 +159,12 @@ class LocalStorage(OutputStore):
             raise
 
     def remove(self, relative: str) -> None:
-        shutil.rmtree(self.path(relative), ignore_errors=True)
+        path = self.path(relative)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:  # a file, or a link (the link goes, never what it points to)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def copy_file(self, source: str, target: str) -> None:
         os.makedirs(os.path.dirname(self.path(target)), exist_ok=True)
