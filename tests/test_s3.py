@@ -25,6 +25,7 @@ import pytest
 
 from consent_gate import publication, steps
 from consent_gate.config import Policy, RunSettings, utc_now
+from consent_gate.layout import Stage
 from consent_gate.manifest import read_manifest
 from consent_gate.pipeline import run_day
 from consent_gate.publish import OutputStore, published_files
@@ -253,16 +254,22 @@ def test_a_reader_on_s3_sees_one_whole_version_at_every_step_of_a_publication(pu
         assert len(ids) == len(set(ids))  # never a duplicate row
 
 
+def validated_stage(settings: RunSettings, run_id: str) -> Stage:
+    """The day's next version (as of LATER) staged in two shards and validated, ready to publish."""
+    stage = steps.snapshot_consent(settings, DAY, LATER, run_id=run_id, clock=utc_now)
+    for shard in range(2):
+        steps.gate_content(settings, stage, shard=shard, shards=2)
+    steps.aggregate_day(settings, stage)
+    assert all(c.passed for c in validate_stage(settings, stage))
+    return stage
+
+
 def test_a_publication_on_s3_stopped_anywhere_recovers_to_one_whole_version(published_on_s3, monkeypatch):
     """Stopped before its commit it is undone (evidence included); after its commit it is finished."""
     settings, store = published_on_s3
     for point, stop_before, new_version_stands in STOPS:
         before = read_manifest(store, DAY)
-        stage = steps.snapshot_consent(settings, DAY, LATER, run_id="stopped", clock=utc_now)
-        for shard in range(2):
-            steps.gate_content(settings, stage, shard=shard, shards=2)
-        steps.aggregate_day(settings, stage)
-        assert all(c.passed for c in validate_stage(settings, stage))
+        stage = validated_stage(settings, "stopped")
         with monkeypatch.context() as patch:
             calls = instrument(patch, store, lambda: None, stop_before=stop_before)
             try:
@@ -339,11 +346,7 @@ def test_a_publication_on_s3_stopped_after_its_commit_is_done_when_its_task_is_r
     for point, stop_before, new_version_stands in STOPS:
         if not new_version_stands:
             continue
-        stage = steps.snapshot_consent(settings, DAY, LATER, run_id="retried", clock=utc_now)
-        for shard in range(2):
-            steps.gate_content(settings, stage, shard=shard, shards=2)
-        steps.aggregate_day(settings, stage)
-        assert all(c.passed for c in validate_stage(settings, stage))
+        stage = validated_stage(settings, "retried")
         with monkeypatch.context() as patch:
             calls = instrument(patch, store, lambda: None, stop_before=stop_before)
             patch.setattr(publication, "_abandon_publication", lambda *args: None)  # killed: no cleanup runs
