@@ -76,7 +76,8 @@ def record_failed_attempt(settings: RunSettings, stage: Stage, reason: str, *, c
     """End an attempt that will not publish: keep its evidence under `_audit/dt=D/attempts/` (once),
     then delete its stage, so no staged content outlives its run (a revocation could not reach it).
 
-    Returns the evidence path; None when the stage was already gone (published, or ended before). When
+    Returns the attempt's record (`_audit/dt=D/attempts/<attempt>.json`, a published attempt's too); None
+    when it has none (its stage was gone, or never held its run record). When
     the output cannot be written (a full disk, a read-only mount) the stage is still deleted if it can
     be, and AttemptNotRecorded says plainly what was and was not left behind; nothing half-written stays.
     """
@@ -105,8 +106,7 @@ def _record_failed_attempt(settings: RunSettings, stage: Stage, reason: str, clo
     then delete its stage, so no staged content outlives its run (a revocation could not reach it).
 
     Under the day lock an interrupted publication of the day is first finished or undone, so a stage
-    is never deleted half-exchanged. Returns the evidence path; None when the stage was already gone
-    (published, or ended before) and there is nothing to record.
+    is never deleted half-exchanged. Returns the attempt's record, or None when it has none.
     """
     store = settings.store()
     day = stage.day.isoformat()
