@@ -188,6 +188,20 @@ def test_remove_deletes_a_single_file_and_leaves_its_folder(store):
     store.remove(f"stage/{JOURNAL}")  # gone already: nothing happens
 
 
+def test_remove_takes_a_link_away_and_leaves_what_it_points_to(linkable_store, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "kept.json").write_text("{}")
+    (elsewhere / "kept-too.json").write_text("{}")
+    linkable_store.makedirs("stage")
+    os.symlink(elsewhere, linkable_store.path("stage/folder-link"))
+    os.symlink(elsewhere / "kept-too.json", linkable_store.path("stage/file-link"))
+    linkable_store.remove("stage/folder-link")
+    linkable_store.remove("stage/file-link")
+    assert linkable_store.listing("stage") == []
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["kept-too.json", "kept.json"]
+
+
 # --- links: never followed ------------------------------------------------------------------------
 
 
