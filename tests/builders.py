@@ -53,7 +53,7 @@ def snapshot(rows: Sequence[tuple[Any, ...]], as_of: datetime | None = None):
     return snapshot_from_rows(ordered, as_of or at(24 * 60))
 
 
-def write_consent_db(path: Path, rows: Sequence[tuple[Any, ...]]) -> str:
+def write_consent_db(path: Path | str, rows: Sequence[tuple[Any, ...]]) -> str:
     with sqlite3.connect(path) as connection:
         connection.execute(f"CREATE TABLE IF NOT EXISTS consent_events ({', '.join(c + ' TEXT' for c in COLUMNS)})")
         connection.executemany(f"INSERT INTO consent_events VALUES ({', '.join('?' * len(COLUMNS))})", rows)

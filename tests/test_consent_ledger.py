@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import tempfile
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
@@ -150,8 +149,7 @@ def test_a_run_from_the_ledger_equals_a_whole_store_read(old, new, first, later,
             return  # an unreadable subject: no ledger is written (test_unreadable_subjects_... below)
         ledger = ledger_from_json(ledger_json(first_run[0].ledger, SECRET), SECRET)
         assert ledger is not None and ledger == first_run[0].ledger
-        with sqlite3.connect(f"{folder}/consent.db") as connection:
-            connection.executemany(f"INSERT INTO consent_events VALUES ({', '.join('?' * 9)})", appended)
+        write_consent_db(f"{folder}/consent.db", appended)  # appended to the store's table
         whole = _judge(url, as_of2, subjects, None, folder + "/w")
         ledgered = _judge(url, as_of2, subjects, ledger, folder + "/l")
         _assert_same(ledgered, whole, subjects)
@@ -188,8 +186,7 @@ def test_a_run_from_a_renewed_ledger_equals_a_whole_store_read(old, new, renewed
         except ConsentStoreError:
             return  # a row whose subject cannot be read: no ledger, and every run fails on it
         assert ledger is not None and rows_read == len(old)
-        with sqlite3.connect(f"{folder}/consent.db") as connection:
-            connection.executemany(f"INSERT INTO consent_events VALUES ({', '.join('?' * 9)})", appended)
+        write_consent_db(f"{folder}/consent.db", appended)  # appended to the store's table
         now = max(renewal, as_of) + timedelta(hours=1)  # a run's clock is past the renewal's
         ledgered = _judge(url, as_of, subjects, ledger, folder + "/l", now)
         _assert_same(ledgered, _judge(url, as_of, subjects, None, folder + "/w", now), subjects)
@@ -247,7 +244,7 @@ def _mkdirs(folder: str) -> str:
 
 
 def _store(folder: str, rows: list[tuple[Any, ...]]) -> str:
-    url = write_consent_db(f"{folder}/consent.db", rows)  # type: ignore[arg-type]
+    url = write_consent_db(f"{folder}/consent.db", rows)
     create_consent_indexes(url)
     return url
 
@@ -270,11 +267,8 @@ def test_a_ledger_is_used_only_while_it_describes_the_store(tmp_path):
     url = _store(str(tmp_path), OLD_ROWS)
     ledger = _basis(url, None, str(tmp_path))["ledger"]
     assert _basis(url, ledger, str(tmp_path))["scope"] == "ledger"
-    with sqlite3.connect(tmp_path / "consent.db") as connection:  # back-dated: below the ledger's bound
-        connection.execute(
-            f"INSERT INTO consent_events VALUES ({', '.join('?' * 9)})",
-            consent_row("late", "u_9", "revoke", recorded=DAY0 - timedelta(days=6)),
-        )
+    # back-dated: below the ledger's bound
+    write_consent_db(tmp_path / "consent.db", [consent_row("late", "u_9", "revoke", recorded=DAY0 - timedelta(days=6))])
     basis = _basis(url, ledger, str(tmp_path))
     assert basis["scope"] == "whole store" and "inserted below" in basis["why"]
     assert basis["rows_read"] == len(OLD_ROWS) + 1
@@ -343,15 +337,14 @@ def test_a_meeting_arriving_after_a_ledger_snapshot_is_excluded_never_gated_on_n
     shutil.copyfile(sample_dir / "consent.db", tmp_path / "consent.db")
     day_folder = tmp_path / "raw" / "meetings" / f"dt={day}"
     subjects = _late_meeting(day_folder, tmp_path / "late")
-    with sqlite3.connect(tmp_path / "consent.db") as connection:  # granted long before: any run may publish it
-        connection.executemany(
-            f"INSERT INTO consent_events VALUES ({', '.join('?' * 9)})",
-            [
-                consent_row(f"late_{n}", raw_id, subject_type=kind, effective="2026-01-01T00:00:00Z",
-                            recorded="2026-01-01T00:00:00Z")
-                for n, (kind, raw_id) in enumerate(subjects)
-            ],
-        )  # fmt: skip
+    write_consent_db(  # granted long before: any run may publish it
+        tmp_path / "consent.db",
+        [
+            consent_row(f"late_{n}", raw_id, subject_type=kind, effective="2026-01-01T00:00:00Z",
+                        recorded="2026-01-01T00:00:00Z")
+            for n, (kind, raw_id) in enumerate(subjects)
+        ],
+    )  # fmt: skip
 
     def settings(out: str) -> RunSettings:
         return RunSettings(
